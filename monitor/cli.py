@@ -1,0 +1,338 @@
+"""The ``tapewatch`` command line (also ``python -m monitor``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections import Counter
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from monitor import __version__
+from monitor.config import (
+    Config,
+    ConfigError,
+    check_config,
+    config_from_dict,
+    deep_merge,
+    load_config,
+)
+from streams.tape import TapeError
+
+log = logging.getLogger("tapewatch")
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional off Linux/macOS
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(path: str) -> Config:
+    if not Path(path).exists():
+        raise SystemExit(
+            f"config file {path!r} not found: run from the tapewatch checkout (which ships "
+            f"config.yaml) or pass --config FILE"
+        )
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        lines = "\n".join(f"  {e}" for e in err.errors)
+        raise SystemExit(f"{path}: invalid configuration:\n{lines}") from None
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+# -- commands -------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from monitor.daemon import Daemon
+
+    config = _load(args.config)
+    _setup_logging(config.log_level)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        await Daemon(config).run(stop)
+        return 0
+
+    return _run_async(main())
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from monitor.daemon import Daemon
+    from monitor.recorder import Recorder
+
+    config = _load(args.config)
+    _setup_logging(config.log_level)
+    recorder = Recorder(args.out, max_bytes=int(args.rotate_mb * 2**20), note="tapewatch record")
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        daemon = Daemon(config, recorder=recorder, publish=False)
+        task = asyncio.create_task(daemon.run(stop))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.duration if args.duration else None
+        while not stop.is_set() and not task.done():
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(10.0, remaining or 10.0))
+            print(
+                f"recorded {recorder.frames} frames, {recorder.rest_bodies} REST bodies, "
+                f"{recorder.bytes / 2**20:.1f} MB into {recorder.segment + 1} segment(s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        stop.set()
+        await task
+        return 0
+
+    return _run_async(main())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    errors = check_config(args.file)
+    if errors:
+        print(f"{args.file}: {len(errors)} error(s)", file=sys.stderr)
+        for line in errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from monitor.replay import replay_to_jsonl
+
+    config = _load(args.config)
+    _setup_logging(config.log_level)
+    if args.out is None:
+        raise SystemExit("replay needs --out FILE.jsonl (publishing a replay to MQTT comes later)")
+    try:
+        with open(args.out, "wb") as out:
+            health = replay_to_jsonl(args.tapes, config, out)
+    except (TapeError, FileNotFoundError) as err:
+        raise SystemExit(f"replay: {err}") from None
+    frames = sum(health.frames.values())
+    malformed = sum(health.malformed.values())
+    print(f"replayed {frames} frames ({malformed} malformed) into {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from streams.simulator.server import Simulator, serve_forever
+
+    _setup_logging("info")
+    sim = Simulator(
+        host="127.0.0.1",
+        port=args.port,
+        scenario=args.scenario,
+        speed=args.speed,
+        seed=args.seed,
+        faults=frozenset(args.fault or ()),
+        fault_every=args.fault_every,
+        fault_symbol=args.fault_symbol,
+    )
+
+    async def main() -> int:
+        task = asyncio.create_task(serve_forever(sim, args.write_config))
+        stop = asyncio.Event()
+        _install_stop(stop)
+        await stop.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return 0
+
+    return _run_async(main())
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from monitor.tail import tail
+
+    config = _load(args.config)
+    mqtt = config.mqtt
+
+    async def main() -> int:
+        task = asyncio.create_task(tail(mqtt.host, mqtt.port, mqtt.prefix, args.asset or "+"))
+        stop = asyncio.Event()
+        _install_stop(stop)
+        done, _ = await asyncio.wait(
+            [task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        task.cancel()
+        if task in done and task.exception():
+            raise SystemExit(f"tail: {task.exception()}")
+        return 0
+
+    return _run_async(main())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.daemon import Daemon
+    from monitor.tail import tail
+    from streams.simulator.server import Simulator
+
+    _setup_logging("warning")
+
+    async def main() -> int:
+        sim = Simulator(port=0, scenario=args.scenario, speed=args.speed)
+        await sim.start()
+        base: dict[str, Any] = {}
+        if Path(args.config).exists():
+            base = yaml.safe_load(Path(args.config).read_text()) or {}
+        port = _free_port()
+        merged = deep_merge(base, sim.config_overrides())
+        merged = deep_merge(
+            merged,
+            {
+                "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "broker": "embedded"},
+                "instance": "demo",
+                "log_level": "warning",
+            },
+        )
+        config = config_from_dict(merged, env={})
+        print(
+            f"tapewatch demo: simulator on {sim.base_ws} (scenario {args.scenario}), "
+            f"embedded MQTT broker on mqtt://127.0.0.1:{port}; running {args.duration:g}s\n"
+            f"  watch it from another terminal: "
+            f"mosquitto_sub -p {port} -t '{config.mqtt.prefix}/#' -v",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        _install_stop(stop)
+        counts: Counter[str] = Counter()
+        daemon = Daemon(config)
+        daemon_task = asyncio.create_task(daemon.run(stop))
+        await asyncio.wait_for(daemon.broker_ready.wait(), 10)
+        tail_task = asyncio.create_task(tail("127.0.0.1", port, config.mqtt.prefix, counts=counts))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.duration)
+        tail_task.cancel()
+        stop.set()
+        await daemon_task
+        await sim.stop()
+        print(
+            f"demo finished: {counts['signals']} signals, {counts['regime']} regime and "
+            f"{counts['status']} status messages received over MQTT"
+        )
+        return 0 if counts["signals"] and counts["regime"] else 1
+
+    return _run_async(main())
+
+
+# -- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from streams.simulator.faults import FAULTS
+
+    p = argparse.ArgumentParser(
+        prog="tapewatch",
+        description="Real-time crypto market-flow monitor: signals and regimes over MQTT.",
+    )
+    p.add_argument("--version", action="version", version=f"tapewatch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", default=DEFAULT_CONFIG, help="config file [config.yaml]")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="simulator + daemon + broker + live view, offline")
+    demo.add_argument("--scenario", default="sell_wave")
+    demo.add_argument("--duration", type=float, default=60.0, help="seconds [60]")
+    demo.add_argument("--speed", type=float, default=1.0, help="event-time speed-up [1]")
+    demo.add_argument("--config", default=DEFAULT_CONFIG, help="base config [config.yaml]")
+    demo.set_defaults(func=cmd_demo)
+
+    sim = sub.add_parser("simulate", help="run the exchange simulator on loopback")
+    sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument("--scenario", default="sell_wave")
+    sim.add_argument("--speed", type=float, default=1.0)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--write-config", metavar="FILE", help="write a config pointing at it")
+    sim.add_argument(
+        "--fault",
+        action="append",
+        choices=sorted(FAULTS),
+        help="inject a fault every --fault-every seconds (repeatable): drop = cut every socket; "
+        "stall = silence one cadenced stream; skip_depth = skip a book update; duplicate / "
+        "reorder = repeat or swap trade frames; malformed = bad frames; rest_429 / rest_418 = "
+        "rate-limit or ban REST",
+    )
+    sim.add_argument(
+        "--fault-symbol",
+        default="BTCUSDT",
+        help="symbol the wire faults hit (Binance symbol or Coinbase product) [BTCUSDT]",
+    )
+    sim.add_argument("--fault-every", type=float, default=5.0, help="seconds between faults")
+    sim.set_defaults(func=cmd_simulate)
+
+    rep = sub.add_parser("replay", help="replay tapes through the pipeline at full speed")
+    rep.add_argument("tapes", nargs="+", metavar="TAPE")
+    rep.add_argument("--config", default=DEFAULT_CONFIG)
+    rep.add_argument("--out", metavar="FILE.jsonl", help="write would-be MQTT messages here")
+    rep.set_defaults(func=cmd_replay)
+
+    rec = sub.add_parser("record", help="record raw exchange traffic to a tape")
+    rec.add_argument("--out", required=True, metavar="TAPE", help="e.g. rec.tape.jsonl.zst")
+    rec.add_argument("--duration", type=float, help="seconds (default: until interrupted)")
+    rec.add_argument(
+        "--rotate-mb",
+        type=float,
+        default=256.0,
+        help="start a new tape segment after this many uncompressed MB [256]",
+    )
+    rec.add_argument("--config", default=DEFAULT_CONFIG)
+    rec.set_defaults(func=cmd_record)
+
+    tl = sub.add_parser("tail", help="show regimes and signals from the broker")
+    tl.add_argument("--config", default=DEFAULT_CONFIG)
+    tl.add_argument("--asset")
+    tl.set_defaults(func=cmd_tail)
+
+    chk = sub.add_parser("check-config", help="validate a config file")
+    chk.add_argument("file")
+    chk.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

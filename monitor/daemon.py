@@ -1,0 +1,415 @@
+"""The daemon: collectors → bounded queue → pipeline → publisher, plus the REST side.
+
+All I/O is wired here; everything between the queue and the publisher is the pure pipeline.
+One consumer task drains the queue, so the engines see frames in arrival order and need no locks.
+REST answers (book snapshots, trade backfills, polled open interest and ratios) are queued among
+the frames, so the pipeline and the recorder see one ordered stream, and a replay of the
+recording reproduces the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from monitor import __version__
+from monitor.broker import EmbeddedBroker, ensure_broker
+from monitor.config import Config
+from monitor.health import Health
+from monitor.mqtt import Publisher
+from monitor.pipeline import BackfillRequest, Pipeline, Request, ResubscribeRequest, SnapshotRequest
+from monitor.recorder import Recorder
+from monitor.state import StateError, load_checkpoint, save_checkpoint
+from streams import binance, coinbase
+from streams.connection import (
+    Backoff,
+    Connection,
+    Control,
+    Frame,
+    FrameQueue,
+    LinkStats,
+    RestBody,
+)
+from streams.continuity import TradeGap
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
+from streams.rest import RestClient, RestError
+
+log = logging.getLogger("tapewatch.daemon")
+
+HEALTH_INTERVAL_S = 10.0
+AGG_TRADES_PAGE = 1000
+COINBASE_TRADES_MAX = 1000
+# Request weights (reference §3): depth by limit, aggTrades flat.
+SPOT_DEPTH_WEIGHT = {5: 5, 10: 5, 20: 5, 50: 5, 100: 5, 500: 25, 1000: 50}
+USDM_DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
+AGG_TRADES_WEIGHT = {BINANCE_SPOT: 4, BINANCE_USDM: 20}
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _chunks(symbols: list[str], per_symbol: int) -> Iterator[list[str]]:
+    """Symbols in groups whose streams fit one connection."""
+    size = max(1, binance.MAX_STREAMS_PER_CONNECTION // per_symbol)
+    for i in range(0, len(symbols), size):
+        yield symbols[i : i + size]
+
+
+class Daemon:
+    def __init__(
+        self, config: Config, recorder: Recorder | None = None, publish: bool = True
+    ) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.session = uuid.uuid4().hex[:12]
+        self.started_ms = wall_ms()
+        self.health = Health()
+        self.pipeline = Pipeline.for_session(
+            config, self.session, __version__, self.started_ms, self.health
+        )
+        builder = self.pipeline.builder
+        self.publisher: Publisher | None = None
+        if publish:
+            self.publisher = Publisher(
+                config.mqtt,
+                client_id=f"tapewatch-{config.instance}-{self.session}",
+                birth=builder.status("online"),
+                will=builder.status("offline"),
+                rebirth_topic=builder.topics.rebirth(),
+            )
+        self.queue = FrameQueue(config.collector.queue_size)
+        self.connections = self._connections()
+        venues = config.venues
+        self.rest = {
+            BINANCE_SPOT: RestClient(BINANCE_SPOT, venues.binance_spot.rest, weight_limit=6000),
+            BINANCE_USDM: RestClient(BINANCE_USDM, venues.binance_usdm.rest, weight_limit=2400),
+            COINBASE: RestClient(COINBASE, venues.coinbase.rest, requests_per_second=10),
+        }
+        self.broker: EmbeddedBroker | None = None
+        self.broker_ready = asyncio.Event()  # set once an embedded broker (if any) listens
+        self._inflight: set[Request] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.checkpoint_path = Path(config.state.dir) / f"{config.instance}.npz"
+        self._restore()
+
+    # -- wiring ---------------------------------------------------------------------------------
+    def _symbols(self, venue_key: str) -> list[str]:
+        return [s for a in self.config.assets.values() if (s := getattr(a, venue_key))]
+
+    def _connection(self, name: str, venue: str, url: str, **kw: Any) -> Connection:
+        col = self.config.collector
+        return Connection(
+            name,
+            venue,
+            url,
+            self.queue,
+            self.health.add_link(LinkStats(name)),
+            Backoff(col.backoff_initial, col.backoff_max),
+            silence_timeout=col.silence_timeout,
+            stall_timeout=col.stall_timeout,
+            **kw,
+        )
+
+    def _binance(
+        self, name: str, venue: str, base: str, symbols: list[str], streams: tuple[str, ...]
+    ) -> list[Connection]:
+        conns = []
+        for i, chunk in enumerate(_chunks(symbols, len(streams))):
+            watched = tuple(
+                f"{sym.lower()}@{stream}"
+                for sym in chunk
+                for stream in streams
+                if any(f"@{stream}".endswith(c) for c in binance.CADENCED_SUFFIXES)
+            )
+            url = binance.combined_stream_url(base, chunk, streams)
+            label = name if i == 0 else f"{name}#{i + 1}"
+            conns.append(
+                self._connection(label, venue, url, watched=watched, stream_of=binance.stream_name)
+            )
+        return conns
+
+    def _connections(self) -> list[Connection]:
+        v = self.config.venues
+        conns = self._binance(
+            f"{BINANCE_SPOT}",
+            BINANCE_SPOT,
+            v.binance_spot.ws,
+            self._symbols("binance_spot"),
+            binance.SPOT_STREAMS,
+        )
+        usdm = self._symbols("binance_usdm")
+        conns += self._binance(
+            f"{BINANCE_USDM}/market",
+            BINANCE_USDM,
+            v.binance_usdm.market_ws,
+            usdm,
+            binance.USDM_MARKET_STREAMS,
+        )
+        conns += self._binance(
+            f"{BINANCE_USDM}/public",
+            BINANCE_USDM,
+            v.binance_usdm.public_ws,
+            usdm,
+            binance.USDM_PUBLIC_STREAMS,
+        )
+        products = self._symbols("coinbase")
+        if products:
+            messages = coinbase.subscribe_messages(products)
+
+            async def subscribe(ws: Any) -> None:
+                # One channel per message, all within Coinbase's 5 s; 4 messages stay under
+                # its 8 messages/s limit.
+                for message in messages:
+                    await ws.send(message)
+
+            conns.append(
+                self._connection(
+                    COINBASE,
+                    COINBASE,
+                    v.coinbase.ws,
+                    on_open=subscribe,
+                    watched=("heartbeats",),
+                    stream_of=coinbase.channel_name,
+                )
+            )
+        return conns
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _restore(self) -> None:
+        try:
+            arrays, meta = load_checkpoint(self.checkpoint_path)
+        except StateError as exc:
+            if self.checkpoint_path.exists():
+                log.warning("%s: starting the baselines afresh", exc)
+            return
+        skipped = self.pipeline.engine.restore(arrays)
+        log.info(
+            "restored baselines from %s (saved %s by session %s)%s",
+            self.checkpoint_path,
+            meta.get("saved_ms"),
+            meta.get("session"),
+            f"; afresh (config changed): {', '.join(skipped)}" if skipped else "",
+        )
+
+    def save_checkpoint(self) -> None:
+        meta = {"instance": self.config.instance, "session": self.session, "saved_ms": wall_ms()}
+        try:
+            save_checkpoint(self.checkpoint_path, self.pipeline.engine.checkpoint(), meta)
+        except OSError as exc:
+            log.error("could not write checkpoint %s: %s", self.checkpoint_path, exc)
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.state.checkpoint_interval)
+            self.save_checkpoint()
+
+    # -- running --------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then flush and announce ``offline``."""
+        if self.publisher is not None:
+            self.broker = await ensure_broker(self.config.mqtt)
+        self.broker_ready.set()
+        log.info(
+            "tapewatch %s session %s: %d asset(s) on %d socket(s)%s",
+            __version__,
+            self.session,
+            len(self.config.assets),
+            len(self.connections),
+            f", publishing to {self.config.mqtt.url} under {self.config.mqtt.prefix}"
+            if self.publisher
+            else ", not publishing",
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(c.run(), name=c.name) for c in self.connections]
+                if self.publisher is not None:
+                    tasks.append(tg.create_task(self.publisher.run(), name="publisher"))
+                    tasks.append(tg.create_task(self._report_health(), name="health"))
+                tasks.append(tg.create_task(self._consume(), name="consumer"))
+                tasks += [tg.create_task(t, name="poller") for t in self._pollers()]
+                tasks.append(tg.create_task(self._checkpoints(), name="checkpoints"))
+                await stop.wait()
+                log.info("stopping")
+                self.save_checkpoint()
+                if self.publisher is not None:
+                    await self.publisher.close()
+                for task in [*tasks, *self._tasks]:
+                    task.cancel()
+        finally:
+            for client in self.rest.values():
+                await client.close()
+            if self.recorder is not None:
+                self.recorder.close()
+            if self.broker is not None:
+                await self.broker.stop()
+
+    def _publish(self, msgs: list[Any]) -> None:
+        if self.publisher is not None:
+            for msg in msgs:
+                self.publisher.publish(msg)
+
+    async def _consume(self) -> None:
+        pipeline, recorder = self.pipeline, self.recorder
+        while True:
+            for item in await self.queue.get_batch():
+                if recorder is not None:
+                    recorder.write(item)
+                if isinstance(item, Frame):
+                    self._publish(
+                        pipeline.feed_frame(item.venue, item.raw, item.ts_recv_ms, wall_ms())
+                    )
+                elif isinstance(item, RestBody):
+                    self._publish(
+                        pipeline.feed_rest(
+                            item.venue, item.url, item.body, item.ts_recv_ms, wall_ms()
+                        )
+                    )
+                else:
+                    self._publish(pipeline.control(item.venue, item.ctl))
+            for request in pipeline.take_requests():
+                self._dispatch(request)
+
+    # -- REST side ------------------------------------------------------------------------------
+    def _dispatch(self, request: Request) -> None:
+        if request in self._inflight:
+            return
+        if isinstance(request, ResubscribeRequest):
+            for conn in self.connections:
+                if conn.venue == request.venue:
+                    conn.request_reconnect(request.reason)
+            return
+        self._inflight.add(request)
+        task = asyncio.get_running_loop().create_task(self._fetch(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fetch(self, request: Request) -> None:
+        try:
+            if isinstance(request, SnapshotRequest):
+                await self._snapshot(request)
+            elif isinstance(request, BackfillRequest):
+                await self._backfill(request.gap)
+        finally:
+            self._inflight.discard(request)
+
+    def _put_body(self, venue: str, url: str, body: str) -> None:
+        self.queue.put(RestBody(venue, wall_ms(), url, body))
+
+    async def _snapshot(self, req: SnapshotRequest) -> None:
+        limit = self.config.collector.book_limit
+        if req.venue == BINANCE_SPOT:
+            path, weight = "/api/v3/depth", SPOT_DEPTH_WEIGHT[limit]
+        else:
+            path, weight = "/fapi/v1/depth", USDM_DEPTH_WEIGHT[limit]
+        backoff = Backoff(1.0, 60.0)
+        # The book stays unsynced until a snapshot arrives, so keep trying (politely).
+        while True:
+            try:
+                resp = await self.rest[req.venue].get_retrying(
+                    path, {"symbol": req.symbol, "limit": limit}, weight=weight
+                )
+                self._put_body(req.venue, resp.url, resp.text)
+                return
+            except RestError as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "%s %s: snapshot failed (%s); again in %.1fs", req.venue, req.symbol, exc, delay
+                )
+                await asyncio.sleep(delay)
+
+    async def _backfill(self, gap: TradeGap) -> None:
+        try:
+            if gap.venue == COINBASE:
+                limit = min(COINBASE_TRADES_MAX, gap.size + 100)
+                path = coinbase.TRADES_PATH.format(product=gap.symbol)
+                resp = await self.rest[COINBASE].get_retrying(path, {"limit": limit})
+                self._put_body(COINBASE, resp.url, resp.text)
+            else:
+                await self._backfill_binance(gap)
+            log.info(
+                "%s %s: backfilled trade ids %d..%d",
+                gap.venue,
+                gap.symbol,
+                gap.first_id,
+                gap.last_id,
+            )
+        except RestError as exc:
+            log.warning(
+                "%s %s: backfill of %d trades failed: %s", gap.venue, gap.symbol, gap.size, exc
+            )
+        finally:
+            done = {
+                "kind": "backfill_done",
+                "symbol": gap.symbol,
+                "first_id": gap.first_id,
+                "last_id": gap.last_id,
+            }
+            self.queue.put(Control(gap.venue, wall_ms(), done))
+
+    async def _backfill_binance(self, gap: TradeGap) -> None:
+        path = "/api/v3/aggTrades" if gap.venue == BINANCE_SPOT else "/fapi/v1/aggTrades"
+        next_id = gap.first_id
+        while next_id <= gap.last_id:
+            resp = await self.rest[gap.venue].get_retrying(
+                path,
+                {"symbol": gap.symbol, "fromId": next_id, "limit": AGG_TRADES_PAGE},
+                weight=AGG_TRADES_WEIGHT[gap.venue],
+            )
+            self._put_body(gap.venue, resp.url, resp.text)
+            rows = orjson.loads(resp.text)
+            if not isinstance(rows, list) or not rows:
+                return
+            next_id = max(int(r["a"]) for r in rows) + 1
+
+    def _pollers(self) -> list[Any]:
+        col = self.config.collector
+        polls = []
+        for symbol in self._symbols("binance_usdm"):
+            polls.append(
+                self._poll(col.open_interest_poll, "/fapi/v1/openInterest", {"symbol": symbol})
+            )
+            for path in (
+                "/futures/data/globalLongShortAccountRatio",
+                "/futures/data/takerlongshortRatio",
+            ):
+                polls.append(
+                    self._poll(
+                        col.ratios_poll, path, {"symbol": symbol, "period": "5m", "limit": 1}
+                    )
+                )
+        return polls
+
+    async def _poll(self, every: float, path: str, params: dict[str, Any]) -> None:
+        client = self.rest[BINANCE_USDM]
+        failing = False  # log a failing poll once, and its recovery, not every round
+        while True:
+            try:
+                resp = await client.get(path, params)
+                self._put_body(BINANCE_USDM, resp.url, resp.text)
+                if failing:
+                    log.info("%s %s: polling works again", path, params.get("symbol"))
+                failing = False
+            except RestError as exc:
+                if not failing:
+                    log.warning("%s: poll failed (%s); retrying every %.0fs", path, exc, every)
+                failing = True
+            await asyncio.sleep(every)
+
+    async def _report_health(self) -> None:
+        assert self.publisher is not None
+        while True:
+            self.health.outbox_depth = self.publisher.pending
+            now = wall_ms()
+            report = self.pipeline.health_report(now)
+            report["rest"] = {venue: client.stats() for venue, client in self.rest.items()}
+            report["queue_dropped"] = self.queue.dropped
+            self.publisher.publish(self.pipeline.builder.health(report, now))
+            await asyncio.sleep(HEALTH_INTERVAL_S)

@@ -1,0 +1,80 @@
+"""Counters that say how healthy the feeds are; published on ``<prefix>/health/<instance>``.
+
+Bad input is never silent: every malformed or ignored frame is counted under its venue and kind,
+and the first frame of each malformed kind is logged (one line per kind, not a flood).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from streams.frames import IgnoredFrame, MalformedFrame
+
+if TYPE_CHECKING:  # the socket code is not needed to count: keep the pipeline free of it
+    from streams.connection import LinkStats
+
+log = logging.getLogger("tapewatch.health")
+
+
+def _link_report(link: LinkStats, now_ms: int) -> dict[str, Any]:
+    age = None if link.last_frame_recv_ms is None else now_ms - link.last_frame_recv_ms
+    return {
+        "connected": link.connected,
+        "frames": link.frames,
+        "reconnects": link.reconnects,
+        "dropped": link.dropped,
+        "last_frame_age_ms": age,
+        "last_error": link.last_error,
+        "stalls": link.stalls,
+        "stalled": list(link.stalled),
+        "last_outage_s": None if link.last_outage_s is None else round(link.last_outage_s, 3),
+        "max_outage_s": round(link.max_outage_s, 3),
+    }
+
+
+@dataclass
+class Health:
+    streams: dict[str, LinkStats] = field(default_factory=dict)
+    frames: Counter[str] = field(default_factory=Counter)  # per venue
+    rest_bodies: Counter[str] = field(default_factory=Counter)  # per venue
+    malformed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (venue, kind)
+    ignored: Counter[tuple[str, str]] = field(default_factory=Counter)
+    outbox_depth: int = 0
+    _rate_mark: tuple[int, int] | None = None  # (time ms, total frames) at the last report
+
+    def add_link(self, link: LinkStats) -> LinkStats:
+        self.streams[link.name] = link
+        return link
+
+    def count_malformed(self, venue: str, err: MalformedFrame) -> None:
+        key = (venue, err.kind)
+        if key not in self.malformed:
+            log.warning(
+                "%s: malformed frame skipped (%s); further %r frames are only counted",
+                venue,
+                err,
+                err.kind,
+            )
+        self.malformed[key] += 1
+
+    def count_ignored(self, venue: str, err: IgnoredFrame) -> None:
+        self.ignored[(venue, err.kind)] += 1
+
+    def report(self, now_ms: int) -> dict[str, Any]:
+        total = sum(self.frames.values())
+        rate = None
+        if self._rate_mark is not None and now_ms > self._rate_mark[0]:
+            rate = round((total - self._rate_mark[1]) * 1000 / (now_ms - self._rate_mark[0]), 1)
+        self._rate_mark = (now_ms, total)
+        return {
+            "streams": {name: _link_report(s, now_ms) for name, s in sorted(self.streams.items())},
+            "frames": dict(self.frames),
+            "rest_bodies": dict(self.rest_bodies),
+            "msgs_per_s": rate,
+            "malformed": {f"{v}/{k}": n for (v, k), n in sorted(self.malformed.items())},
+            "ignored": {f"{v}/{k}": n for (v, k), n in sorted(self.ignored.items())},
+            "outbox_depth": self.outbox_depth,
+        }

@@ -1,0 +1,309 @@
+"""Frames in, MQTT messages out: parsers → books and trade continuity → signal engine →
+regime engines → message builder.
+
+The same pipeline serves the live daemon and ``tapewatch replay``; only the source of frames and
+the sink of messages differ. It does no I/O. What it needs from the network (a book snapshot, the
+trades of an id gap, a fresh Coinbase subscription) it asks for as ``Request`` data in
+``requests``; the daemon carries them out and feeds the REST bodies back through ``feed_rest``,
+in arrival order, exactly as a tape records them. A replay ignores the requests: the answers are
+already on the tape. ``ts_pub`` is the caller's wall clock when live and event time in replay,
+so a replay is reproducible to the byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from monitor.config import Config
+from monitor.health import Health
+from monitor.messages import MessageBuilder, OutMessage, Topics
+from signals.engine import DEPTH_BAND_PCT, BaselineSpec, SignalEngine
+from signals.regimes import RegimeEngine
+from streams import binance, coinbase
+from streams.book import BookSync
+from streams.continuity import TradeContinuity, TradeGap
+from streams.events import (
+    BINANCE_SPOT,
+    BINANCE_USDM,
+    COINBASE,
+    DepthDiff,
+    DepthSnapshot,
+    Event,
+    FeedGap,
+    Trade,
+)
+from streams.frames import IgnoredFrame, MalformedFrame, SkippedFrame
+
+CONFIG_VENUES = {"binance_spot": BINANCE_SPOT, "binance_usdm": BINANCE_USDM, "coinbase": COINBASE}
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """Fetch a REST depth snapshot for one symbol (its book lost sync)."""
+
+    venue: str
+    symbol: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRequest:
+    """Fetch the trades of an id gap from REST."""
+
+    gap: TradeGap
+
+
+@dataclass(frozen=True, slots=True)
+class ResubscribeRequest:
+    """Coinbase books can only be re-seeded by a fresh level2 subscription: reconnect."""
+
+    venue: str
+    reason: str
+
+
+Request = SnapshotRequest | BackfillRequest | ResubscribeRequest
+
+
+def asset_symbols(config: Config) -> dict[str, dict[str, str]]:
+    """asset -> {venue: venue symbol} for the venues configured per asset."""
+    out: dict[str, dict[str, str]] = {}
+    for name, asset in config.assets.items():
+        out[name] = {
+            venue: symbol
+            for key, venue in CONFIG_VENUES.items()
+            if (symbol := getattr(asset, key)) is not None
+        }
+    return out
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        builder: MessageBuilder,
+        health: Health | None = None,
+    ) -> None:
+        sig = config.signals
+        self.config = config
+        self.builder = builder
+        self.health = health or Health()
+        symbols = asset_symbols(config)
+
+        def depth_1pct(venue: str, symbol: str) -> tuple[float, float] | None:
+            # Read at snapshot time; an unsynced book would report a made-up depth.
+            sync = self.books.get((venue, symbol))
+            if sync is None or not sync.synced:
+                return None
+            return sync.book.depth_band(DEPTH_BAND_PCT)
+
+        self.engine = SignalEngine(
+            symbols,
+            flow_window_ms=round(sig.flow_window * 1000),
+            bucket_ms=round(sig.bucket * 1000),
+            publish_interval_ms=round(sig.publish_interval * 1000),
+            flow_min_coverage=sig.flow_min_coverage,
+            volume_window_ms=round(sig.volume_window * 1000),
+            depth=depth_1pct,
+            baseline=BaselineSpec(
+                span_ms=round(sig.baseline_window * 1000),
+                bucket_ms=round(sig.baseline_bucket * 1000),
+                min_obs=max(1, round(sig.baseline_min_history / sig.baseline_bucket)),
+                robust=sig.robust_z,
+            ),
+        )
+        self.regimes = {name: RegimeEngine(name, config.regimes) for name in config.assets}
+        self.books = {
+            (venue, symbol): BookSync(venue, symbol)
+            for venues in symbols.values()
+            for venue, symbol in venues.items()
+        }
+        self.continuity = TradeContinuity()
+        self.coinbase_sequence = coinbase.SequenceTracker()
+        self.requests: list[Request] = []  # drained by the daemon, ignored by replay
+        self._last_trade_ms: dict[str, int] = {}  # per venue, live trades only
+        # After a trade socket drops: venue -> (last trade time before, symbols not yet heard).
+        self._reconnecting: dict[str, tuple[int, set[str]]] = {}
+        # Trade-id gaps found on reconnect, waiting for their backfill: the outage's event-time
+        # span per gap, marked missing only if the backfill could not recover every trade.
+        self._outage: dict[TradeGap, tuple[int, int]] = {}
+        # A retained signals message older than a few intervals is stale; let v5 brokers drop it.
+        self.signal_expiry_s = max(10, round(sig.publish_interval * 10))
+
+    @classmethod
+    def for_session(
+        cls,
+        config: Config,
+        session: str,
+        version: str,
+        started_ms: int,
+        health: Health | None = None,
+    ) -> Pipeline:
+        topics = Topics(config.mqtt.prefix, config.instance)
+        return cls(config, MessageBuilder(topics, session, version, started_ms), health)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def feed_frame(
+        self, venue: str, raw: str | bytes, ts_recv_ms: int, now_ms: int | None = None
+    ) -> list[OutMessage]:
+        """One raw websocket frame. ``now_ms`` is the wall clock (live) or None (replay)."""
+        self.health.frames[venue] += 1
+        try:
+            events = self._parse_frame(venue, raw, ts_recv_ms)
+        except SkippedFrame as skip:
+            self._count(venue, skip)
+            return []
+        return self._process(venue, events, now_ms, live=True)
+
+    def feed_rest(
+        self, venue: str, url: str, body: str | bytes, ts_recv_ms: int, now_ms: int | None = None
+    ) -> list[OutMessage]:
+        """One REST response body (``url`` = path?query), in arrival order among the frames."""
+        self.health.rest_bodies[venue] += 1
+        parser = coinbase.parse_rest if venue == COINBASE else binance.parse_rest
+        try:
+            events = parser(venue, url, body, ts_recv_ms)
+        except SkippedFrame as skip:
+            self._count(venue, skip)
+            return []
+        return self._process(venue, events, now_ms, live=False)
+
+    def control(self, venue: str, ctl: dict[str, Any]) -> list[OutMessage]:
+        """A collector conclusion, live or from a tape's ``ctl`` record."""
+        if not isinstance(ctl, dict):
+            self.health.count_malformed(venue, MalformedFrame("bad_control", str(ctl)[:80]))
+            return []
+        kind = ctl.get("kind")
+        if kind == "link_lost":
+            self._link_lost(venue, bool(ctl.get("trades", True)))
+            return []
+        if kind == "backfill_done":
+            try:
+                gap = TradeGap(venue, str(ctl["symbol"]), int(ctl["first_id"]), int(ctl["last_id"]))
+            except (KeyError, TypeError, ValueError):
+                self.health.count_malformed(venue, MalformedFrame("bad_control", str(ctl)[:80]))
+                return []
+            return self._backfill_done(gap)
+        self.health.count_ignored(venue, IgnoredFrame("unknown_control", str(kind)[:40]))
+        return []
+
+    def _link_lost(self, venue: str, carried_trades: bool) -> None:
+        if venue == COINBASE:
+            self.coinbase_sequence.reset()  # a new connection numbers from its own baseline
+        last = self._last_trade_ms.get(venue)
+        if carried_trades and last is not None and venue not in self._reconnecting:
+            symbols = {sym for (v, sym) in self.continuity.symbols if v == venue}
+            self._reconnecting[venue] = (last, symbols)
+
+    def _backfill_done(self, gap: TradeGap) -> list[OutMessage]:
+        """Ids the backfill did not bring are lost; if an outage lost any, its span is missing."""
+        lost = self.continuity.give_up(gap.venue, gap.symbol, gap.first_id, gap.last_id)
+        span = self._outage.pop(gap, None)
+        if span is None or lost == 0:
+            return []
+        start, end = span
+        return self.feed_event(FeedGap(gap.venue, gap.symbol, start, end, end, "trades lost"))
+
+    def take_requests(self) -> list[Request]:
+        out, self.requests = self.requests, []
+        return out
+
+    # -- internals ------------------------------------------------------------------------------
+    def _parse_frame(self, venue: str, raw: str | bytes, ts_recv_ms: int) -> list[Event]:
+        if venue == COINBASE:
+            msg = coinbase.parse_envelope(raw)
+            # The sequence counter covers every frame on the connection, heartbeats included.
+            if self.coinbase_sequence.observe(msg):
+                self._coinbase_sequence_gap()
+            return coinbase.events_from(venue, msg, ts_recv_ms)
+        if venue in (BINANCE_SPOT, BINANCE_USDM):
+            return binance.parse_frame(venue, raw, ts_recv_ms)
+        raise IgnoredFrame("venue_not_collected", venue)
+
+    def _count(self, venue: str, skip: SkippedFrame) -> None:
+        if isinstance(skip, MalformedFrame):
+            self.health.count_malformed(venue, skip)
+        elif isinstance(skip, IgnoredFrame):
+            self.health.count_ignored(venue, skip)
+
+    def _process(
+        self, venue: str, events: list[Event], now_ms: int | None, live: bool
+    ) -> list[OutMessage]:
+        out: list[OutMessage] = []
+        for event in events:
+            if isinstance(event, Trade):
+                admitted, gap = self.continuity.admit(venue, event.symbol, event.trade_id)
+                if not admitted:
+                    continue
+                if gap is not None and gap.backfillable:
+                    self.requests.append(BackfillRequest(gap))
+                if live:
+                    out.extend(self._live_trade(event, gap, now_ms))
+            elif isinstance(event, DepthDiff | DepthSnapshot):
+                self._book(event)
+            out.extend(self.feed_event(event, now_ms))
+        return out
+
+    def _live_trade(
+        self, trade: Trade, gap: TradeGap | None, now_ms: int | None
+    ) -> list[OutMessage]:
+        venue = trade.venue
+        if trade.ts_event > self._last_trade_ms.get(venue, 0):
+            self._last_trade_ms[venue] = trade.ts_event
+        pending = self._reconnecting.get(venue)
+        if pending is None or trade.symbol not in pending[1]:
+            return []
+        start, waiting = pending
+        waiting.discard(trade.symbol)
+        if not waiting:
+            del self._reconnecting[venue]
+        if gap is None:  # no trade was missed while the socket was down
+            return []
+        if gap.backfillable:
+            self._outage[gap] = (start, trade.ts_event)  # decided when the backfill is done
+            return []
+        outage = FeedGap(venue, trade.symbol, start, trade.ts_recv, trade.ts_event, "trades lost")
+        return self.feed_event(outage, now_ms)
+
+    def _book(self, event: DepthDiff | DepthSnapshot) -> None:
+        sync = self.books.get((event.venue, event.symbol))
+        if sync is None:
+            return
+        result = sync.on_diff(event) if isinstance(event, DepthDiff) else sync.on_snapshot(event)
+        if result.needs_snapshot:
+            self._request_snapshot(sync, result.reason or "resync")
+
+    def _request_snapshot(self, sync: BookSync, reason: str) -> None:
+        if sync.venue == COINBASE:
+            request: Request = ResubscribeRequest(COINBASE, reason)
+        else:
+            request = SnapshotRequest(sync.venue, sync.symbol)
+        if request not in self.requests:
+            self.requests.append(request)
+
+    def _coinbase_sequence_gap(self) -> None:
+        for (venue, _symbol), sync in self.books.items():
+            if venue == COINBASE:
+                result = sync.invalidate("sequence_gap")
+                if result.needs_snapshot:
+                    self._request_snapshot(sync, "sequence_gap")
+
+    def feed_event(self, event: Event, now_ms: int | None = None) -> list[OutMessage]:
+        out: list[OutMessage] = []
+        for snap in self.engine.on_event(event):
+            ts_pub = snap.ts_event if now_ms is None else now_ms
+            out.append(self.builder.signals(snap, ts_pub, self.signal_expiry_s))
+            change = self.regimes[snap.asset].evaluate(snap)
+            if change is not None:
+                out.extend(self.builder.regime(change, ts_pub))
+        return out
+
+    # -- health ---------------------------------------------------------------------------------
+    def health_report(self, now_ms: int) -> dict[str, Any]:
+        report = self.health.report(now_ms)
+        report["books"] = {
+            f"{venue}/{symbol}": {"synced": sync.synced, **sync.counters()}
+            for (venue, symbol), sync in sorted(self.books.items())
+        }
+        report["trades"] = self.continuity.report()
+        report["coinbase_sequence_gaps"] = self.coinbase_sequence.gaps
+        return report

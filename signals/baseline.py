@@ -1,0 +1,112 @@
+"""z-scores against a long baseline (90 days of one-minute samples by default).
+
+A metric is sampled once per baseline bucket: the value it had when the bucket closed (the last
+value observed in it). Buckets in which the metric was missing, or in which the feed was down,
+hold no sample, so they are excluded rather than read as zero. ``z = (x - mean) / std`` with
+ddof 0, or, robust, ``(x - median) / (1.4826 * MAD)``.
+
+Why there is no running-moment update here: samples arrive once per bucket (once a minute), so
+the moments are recomputed exactly with numpy each time a bucket closes (two-pass, well under a
+millisecond for 129,600 samples). Add/subtract moment updates drift after a volatile stretch, and
+even an exact sum of squares cancels catastrophically at large levels (open interest in
+billions): a two-pass recompute has neither problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from signals.window import BucketWindow
+
+# Scales the MAD to a standard deviation for normally distributed data.
+MAD_TO_STD = 1.4826
+
+
+@dataclass(frozen=True, slots=True)
+class ZScore:
+    z: float | None  # None until n_obs >= min_obs, or when the baseline has no spread
+    n_obs: int  # samples in the baseline
+    warmup: bool  # the baseline window is not yet full of samples
+
+
+class Baseline:
+    def __init__(self, span_ms: int, bucket_ms: int, min_obs: int, robust: bool = False) -> None:
+        self.window = BucketWindow(span_ms, bucket_ms, channels=1)
+        self.bucket_ms = bucket_ms
+        self.min_obs = min_obs
+        self.robust = robust
+        self._open: tuple[int, float] | None = None  # (bucket, latest value) not yet closed
+        self._bucket: int | None = None  # the bucket of the latest observation
+        self._center: float | None = None
+        self._scale: float | None = None
+        self.n_obs = 0
+
+    def observe(self, ts_ms: int, value: float | None) -> None:
+        """The metric's value at ``ts_ms`` (None = missing). O(1) unless a bucket closes."""
+        bucket = ts_ms // self.bucket_ms
+        if self._bucket is not None and bucket > self._bucket:
+            if self._open is not None:
+                closed, last = self._open
+                self.window.add(closed * self.bucket_ms, (last,))
+            # The baseline ends at the last closed bucket, and slides even without samples.
+            self.window.advance((bucket - 1) * self.bucket_ms)
+            self._refresh()
+        self._bucket = max(bucket, self._bucket or bucket)
+        # The value at the bucket's close is the last one observed: missing included.
+        valid = value is not None and np.isfinite(value)
+        self._open = (bucket, float(value)) if valid else None
+
+    def mark_missing(self, start_ms: int, end_ms: int) -> None:
+        """A feed outage: its buckets carry no sample."""
+        if self._open is not None and start_ms // self.bucket_ms <= self._open[0]:
+            self._open = None
+        self.window.mark_missing(start_ms, end_ms)
+        self._refresh()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        bucket = -1 if self._bucket is None else self._bucket
+        open_bucket, open_value = self._open if self._open is not None else (-1, np.nan)
+        return {
+            **{f"window.{k}": v for k, v in self.window.state().items()},
+            "marks": np.array([bucket, open_bucket, self.min_obs, int(self.robust)]),
+            "open_value": np.array([open_value]),
+        }
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from ``state()`` of a baseline with the same window; ValueError if it differs
+        (a changed config: the old samples do not fit, start afresh)."""
+        window = BucketWindow.from_state(
+            {k.removeprefix("window."): v for k, v in state.items() if k.startswith("window.")}
+        )
+        if (window.span_ms, window.bucket_ms) != (self.window.span_ms, self.window.bucket_ms):
+            raise ValueError("baseline window changed since the checkpoint")
+        bucket, open_bucket = int(state["marks"][0]), int(state["marks"][1])
+        self.window = window
+        self._bucket = None if bucket < 0 else bucket
+        value = float(state["open_value"][0])
+        self._open = None if open_bucket < 0 or not np.isfinite(value) else (open_bucket, value)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        samples = self.window.samples()[:, 0]
+        self.n_obs = len(samples)
+        if self.n_obs == 0:
+            self._center = self._scale = None
+            return
+        if self.robust:
+            center = float(np.median(samples))
+            scale = MAD_TO_STD * float(np.median(np.abs(samples - center)))
+        else:
+            center = float(samples.mean())
+            scale = float(samples.std())  # ddof 0, two-pass
+        self._center = center
+        self._scale = scale if scale > 0 else None
+
+    def score(self, x: float | None) -> ZScore:
+        warmup = self.n_obs < self.window.slots
+        if x is None or self.n_obs < self.min_obs or self._scale is None or self._center is None:
+            return ZScore(None, self.n_obs, warmup)
+        return ZScore((x - self._center) / self._scale, self.n_obs, warmup)

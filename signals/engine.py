@@ -1,0 +1,443 @@
+"""Per-asset signal engine: normalized events in, signal snapshots out, on the event-time clock.
+
+The engine never reads the wall clock. Time advances only with the events it is fed, and a
+snapshot of every asset is taken each time event time crosses a multiple of the publish
+interval; the snapshot at boundary ``B`` reflects exactly the events with ``ts_event < B``
+that had arrived by then. This is what makes a replay give the same numbers as the live session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from signals.baseline import Baseline, ZScore
+from signals.catalogue import Z_ALIASES, Z_SCORED
+from signals.window import BucketWindow
+from streams.events import (
+    BINANCE_SPOT,
+    BINANCE_USDM,
+    BUY,
+    COINBASE,
+    Event,
+    FeedGap,
+    Liquidation,
+    LongShortRatio,
+    MarkPrice,
+    OpenInterest,
+    Trade,
+)
+
+# Funding changes slowly, but a mark price older than this means the markPrice stream stopped:
+# report funding as missing rather than a frozen number.
+MARK_STALE_MS = 30_000
+
+# Funding is paid three times a day on most Binance perps.
+FUNDINGS_PER_YEAR = 365 * 3
+
+# The Coinbase premium compares two last-trade prices; a price older than this is no longer
+# "the price now" and the difference would measure time, not venues.
+PREMIUM_STALE_MS = 10_000
+
+# Open interest is polled every few seconds; older than this the poller has stopped.
+OI_STALE_MS = 5 * 60_000
+
+# `price` is the last Binance spot trade; a minute without a trade means the feed is down.
+PRICE_STALE_MS = 60_000
+
+DAY_MS = 86_400_000
+# History for the 24 h / 7 d changes: 5-minute buckets over 8 days (a week back, plus a day).
+HISTORY_BUCKET_MS = 5 * 60_000
+HISTORY_SPAN_MS = 8 * DAY_MS
+
+# Long/short rows describe 5-minute periods, timestamped at the period's end and polled every
+# `ratios_poll` [5 m]: three periods without a new row means the poller has stopped.
+LONG_SHORT_STALE_MS = 15 * 60_000
+
+# The volume window spans a day: one-minute buckets keep it at 1,440 slots per asset.
+VOLUME_BUCKET_MS = 60_000
+DEFAULT_VOLUME_WINDOW_MS = 24 * 3600_000
+
+# Depth band of the depth signals, percent of mid on each side.
+DEPTH_BAND_PCT = 1.0
+
+# (venue, symbol) -> (bid, ask) resting notional within DEPTH_BAND_PCT of mid, or None when the
+# book is not synced. Injected so that signals never depends on streams.book.
+DepthProvider = Callable[[str, str], tuple[float, float] | None]
+
+FLOW_VENUES = (BINANCE_USDM, BINANCE_SPOT, COINBASE)
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineSpec:
+    """How the z-scored signals are baselined (see signals/baseline.py)."""
+
+    span_ms: int
+    bucket_ms: int
+    min_obs: int
+    robust: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSnapshot:
+    asset: str
+    ts_event: int  # the publish boundary, ms
+    values: dict[str, float | None]  # None = missing (no data), never a made-up zero
+    z: dict[str, ZScore] = field(default_factory=dict)  # for the Z_SCORED signals
+
+    def lookup(self) -> dict[str, float | None]:
+        """Every name a regime rule may use: values, ``<signal>_z`` and the seeds' aliases."""
+        out = dict(self.values)
+        out.update({f"{name}_z": score.z for name, score in self.z.items()})
+        out.update({alias: out.get(target) for alias, target in Z_ALIASES.items()})
+        return out
+
+
+class AssetSignals:
+    """The rolling state of one asset."""
+
+    _BUY, _SELL = 0, 1  # channels of a flow window: taker buy / taker sell notional
+    _PERP, _SPOT = 0, 1  # channels of the volume window: quote volume per Binance venue
+    _LONG, _SHORT = 0, 1  # channels of the liquidation window: longs / shorts liquidated
+
+    def __init__(
+        self,
+        asset: str,
+        symbols: Mapping[str, str],
+        flow_window_ms: int,
+        bucket_ms: int,
+        flow_min_coverage: float,
+        volume_window_ms: int = DEFAULT_VOLUME_WINDOW_MS,
+        depth: DepthProvider | None = None,
+        baseline: BaselineSpec | None = None,
+    ) -> None:
+        self.asset = asset
+        self.baselines = (
+            {
+                name: Baseline(
+                    baseline.span_ms, baseline.bucket_ms, baseline.min_obs, baseline.robust
+                )
+                for name in Z_SCORED
+            }
+            if baseline is not None
+            else {}
+        )
+        self.symbols = dict(symbols)  # venue -> venue symbol
+        # One flow window per configured venue: a gap on one venue must not blank the others.
+        self.flow = {
+            venue: BucketWindow(flow_window_ms, bucket_ms, channels=2)
+            for venue in FLOW_VENUES
+            if venue in self.symbols
+        }
+        # The existing perp signals read this window even for an asset without a perp symbol
+        # (they then stay None), so it always exists.
+        self.perp_flow = self.flow.setdefault(
+            BINANCE_USDM, BucketWindow(flow_window_ms, bucket_ms, channels=2)
+        )
+        # Perp and spot volume share one window: a gap on either venue drops the bucket from
+        # both sums, so the ratio always compares the same minutes.
+        self.volume = BucketWindow(volume_window_ms, VOLUME_BUCKET_MS, channels=2)
+        self.liquidations = BucketWindow(flow_window_ms, bucket_ms, channels=2)
+        self.flow_min_coverage = flow_min_coverage
+        self.depth = depth
+        self.mark: MarkPrice | None = None
+        self.last_trade: dict[str, Trade] = {}  # venue -> latest trade by event time
+        self.open_interest: OpenInterest | None = None
+        # Open interest (USD) and price per 5-minute bucket over 8 days, for 24 h / 7 d changes:
+        # channels (oi sum, oi samples, price sum, price samples).
+        self.history = BucketWindow(HISTORY_SPAN_MS, HISTORY_BUCKET_MS, channels=4)
+        self.long_short: LongShortRatio | None = None
+
+    def on_trade(self, trade: Trade) -> None:
+        notional = trade.price * trade.qty
+        window = self.flow.get(trade.venue)
+        if window is not None:
+            if trade.taker_side == BUY:
+                window.add(trade.ts_event, (notional, 0.0))
+            else:
+                window.add(trade.ts_event, (0.0, notional))
+        if trade.venue == BINANCE_USDM:
+            self.volume.add(trade.ts_event, (notional, 0.0))
+        elif trade.venue == BINANCE_SPOT:
+            self.volume.add(trade.ts_event, (0.0, notional))
+        last = self.last_trade.get(trade.venue)
+        if last is None or trade.ts_event >= last.ts_event:
+            self.last_trade[trade.venue] = trade
+
+    def on_mark(self, mark: MarkPrice) -> None:
+        if self.mark is None or mark.ts_event >= self.mark.ts_event:
+            self.mark = mark
+
+    def on_liquidation(self, liq: Liquidation) -> None:
+        # A SELL order closes a long position, a BUY order a short one.
+        notional = liq.price * liq.qty
+        if liq.side == BUY:
+            self.liquidations.add(liq.ts_event, (0.0, notional))
+        else:
+            self.liquidations.add(liq.ts_event, (notional, 0.0))
+
+    def on_open_interest(self, oi: OpenInterest) -> None:
+        if self.open_interest is None or oi.ts_event >= self.open_interest.ts_event:
+            self.open_interest = oi
+
+    def on_long_short(self, ratio: LongShortRatio) -> None:
+        if self.long_short is None or ratio.ts_event >= self.long_short.ts_event:
+            self.long_short = ratio
+
+    def on_gap(self, gap: FeedGap) -> None:
+        window = self.flow.get(gap.venue)
+        if window is not None:
+            window.mark_missing(gap.ts_event, gap.ts_end)
+        if gap.venue in (BINANCE_USDM, BINANCE_SPOT):
+            self.volume.mark_missing(gap.ts_event, gap.ts_end)
+        if gap.venue == BINANCE_USDM:
+            self.liquidations.mark_missing(gap.ts_event, gap.ts_end)
+        # An outage's minutes are not samples of the market: keep them out of every baseline.
+        for baseline in self.baselines.values():
+            baseline.mark_missing(gap.ts_event, gap.ts_end)
+
+    def _flow(self, venue: str) -> tuple[float, float] | None:
+        """(buy, sell) notional of one venue's flow window, None if it covers too little."""
+        window = self.flow.get(venue)
+        if window is None or window.filled() < self.flow_min_coverage:
+            return None
+        buy, sell = (float(x) for x in window.totals())
+        return buy, sell
+
+    def _changes(self, boundary_ms: int, values: dict[str, float | None]) -> None:
+        """Record this snapshot's OI and price, and compare with 24 h / 7 d before: the mean of
+        the 5-minute bucket that held the moment one day (week) earlier."""
+        oi, price = values["open_interest_usd"], values["price"]
+        end = boundary_ms - 1
+        self.history.add(
+            end,
+            (
+                oi or 0.0,
+                1.0 if oi is not None else 0.0,
+                price or 0.0,
+                1.0 if price is not None else 0.0,
+            ),
+        )
+
+        def past(ago_ms: int, total: int, count: int) -> float | None:
+            sums = self.history.bucket(end - ago_ms)
+            return None if sums is None or sums[count] == 0 else float(sums[total] / sums[count])
+
+        values["oi_change_pct_24h"] = _change_pct(oi, past(DAY_MS, 0, 1))
+        values["oi_change_pct_7d"] = _change_pct(oi, past(7 * DAY_MS, 0, 1))
+        values["price_change_pct_24h"] = _change_pct(price, past(DAY_MS, 2, 3))
+
+    def _fresh_price(self, venue: str, boundary_ms: int, max_age_ms: int) -> float | None:
+        trade = self.last_trade.get(venue)
+        if trade is None or boundary_ms - trade.ts_event > max_age_ms:
+            return None
+        return trade.price
+
+    def snapshot(self, boundary_ms: int) -> SignalSnapshot:
+        end = boundary_ms - 1
+        for window in (*self.flow.values(), self.volume, self.liquidations):
+            window.advance(end)
+        values: dict[str, float | None] = {}
+
+        buy, sell = self._flow(BINANCE_USDM) or (0.0, 0.0)
+        total = buy + sell
+        values["taker_imbalance_perp"] = (buy - sell) / total if total > 0 else None
+        values["taker_buy_ratio"] = buy / total if total > 0 else None
+        values["taker_sell_ratio"] = sell / total if total > 0 else None
+        values["taker_buy_sell_ratio"] = buy / sell if sell > 0 else None
+        values["taker_imbalance_spot"] = _imbalance(self._flow(BINANCE_SPOT))
+        values["taker_imbalance_coinbase"] = _imbalance(self._flow(COINBASE))
+
+        # All venues: only when every venue configured for the asset covers its window. Summing
+        # just the covered ones would make the number jump whenever a venue drops out, and a
+        # Binance-only sum would pass for a market-wide one.
+        flows = [self._flow(venue) for venue in FLOW_VENUES if venue in self.symbols]
+        combined: tuple[float, float] | None = None
+        if flows and all(f is not None for f in flows):
+            combined = (sum(f[0] for f in flows if f), sum(f[1] for f in flows if f))
+        values["taker_imbalance"] = _imbalance(combined)
+        values["net_taker_usd"] = (
+            combined[0] - combined[1] if combined is not None and sum(combined) > 0 else None
+        )
+
+        perp_vol, spot_vol = (float(x) for x in self.volume.totals())
+        volume_ok = self.volume.filled() >= self.flow_min_coverage
+        values["perp_spot_volume_ratio"] = (
+            perp_vol / spot_vol if volume_ok and spot_vol > 0 else None
+        )
+
+        spot = self._fresh_price(BINANCE_SPOT, boundary_ms, PREMIUM_STALE_MS)
+        cb = self._fresh_price(COINBASE, boundary_ms, PREMIUM_STALE_MS)
+        premium = cb - spot if cb is not None and spot is not None else None
+        values["coinbase_premium_usd"] = premium
+        values["coinbase_premium_pct"] = (
+            premium / spot * 100 if premium is not None and spot else None
+        )
+
+        # No liquidation in a covered window is information (0.0), not missing data.
+        liq_ok = self.liquidations.filled() >= self.flow_min_coverage
+        longs, shorts = (float(x) for x in self.liquidations.totals())
+        values["liquidations_usd"] = longs + shorts if liq_ok else None
+        values["liquidations_usd_long"] = longs if liq_ok else None
+        values["liquidations_usd_short"] = shorts if liq_ok else None
+
+        band = None
+        perp_symbol = self.symbols.get(BINANCE_USDM)
+        if self.depth is not None and perp_symbol is not None:
+            band = self.depth(BINANCE_USDM, perp_symbol)
+        bid, ask = band if band is not None else (None, None)
+        depth = bid + ask if bid is not None and ask is not None else None
+        values["depth_usd_1pct_bid"] = bid
+        values["depth_usd_1pct_ask"] = ask
+        values["depth_usd_1pct"] = depth
+        values["book_imbalance_1pct"] = (
+            (bid - ask) / depth if bid is not None and ask is not None and depth else None
+        )
+
+        mark = self.mark
+        fresh = mark is not None and boundary_ms - mark.ts_event <= MARK_STALE_MS
+        funding = mark.funding_rate if fresh and mark is not None else None
+        values["funding_rate"] = funding
+        values["funding_rate_annualized_pct"] = (
+            funding * FUNDINGS_PER_YEAR * 100 if funding is not None else None
+        )
+        mark_price = mark.mark_price if fresh and mark is not None else None
+        values["mark_price"] = mark_price
+
+        oi = self.open_interest
+        oi_fresh = oi is not None and boundary_ms - oi.ts_event <= OI_STALE_MS
+        values["open_interest_usd"] = (
+            oi.open_interest * mark_price
+            if oi_fresh and oi is not None and mark_price is not None
+            else None
+        )
+        ls = self.long_short
+        ls_fresh = ls is not None and boundary_ms - ls.ts_event <= LONG_SHORT_STALE_MS
+        values["long_short_ratio"] = ls.ratio if ls_fresh and ls is not None else None
+        values["price"] = self._fresh_price(BINANCE_SPOT, boundary_ms, PRICE_STALE_MS)
+        self._changes(boundary_ms, values)
+        z: dict[str, ZScore] = {}
+        for name, baseline in self.baselines.items():
+            # The snapshot at boundary B is the value at the close of the bucket holding B - 1.
+            baseline.observe(boundary_ms - 1, values[name])
+            z[name] = baseline.score(values[name])
+        return SignalSnapshot(self.asset, boundary_ms, values, z)
+
+
+def _change_pct(now: float | None, past: float | None) -> float | None:
+    if now is None or past is None or past <= 0:
+        return None
+    return (now / past - 1.0) * 100.0
+
+
+def _imbalance(flow: tuple[float, float] | None) -> float | None:
+    """(buy - sell) / (buy + sell); None without a covered window or without any trade."""
+    if flow is None:
+        return None
+    buy, sell = flow
+    total = buy + sell
+    return (buy - sell) / total if total > 0 else None
+
+
+class SignalEngine:
+    """Routes events to their asset and emits snapshots on the publish clock."""
+
+    def __init__(
+        self,
+        assets: Mapping[str, Mapping[str, str]],
+        flow_window_ms: int,
+        bucket_ms: int,
+        publish_interval_ms: int,
+        flow_min_coverage: float = 0.0,
+        volume_window_ms: int = DEFAULT_VOLUME_WINDOW_MS,
+        depth: DepthProvider | None = None,
+        baseline: BaselineSpec | None = None,
+    ) -> None:
+        """``assets`` maps asset -> {venue: symbol}, e.g. {"BTC": {"binance-usdm": "BTCUSDT"}}.
+        ``depth`` gives a book's (bid, ask) notional within 1 % of mid, None when not synced.
+        ``baseline``: z-scores for the Z_SCORED signals; None = no z-scores."""
+        self.assets = {
+            name: AssetSignals(
+                name,
+                symbols,
+                flow_window_ms,
+                bucket_ms,
+                flow_min_coverage,
+                volume_window_ms,
+                depth,
+                baseline,
+            )
+            for name, symbols in assets.items()
+        }
+        self._route: dict[tuple[str, str], AssetSignals] = {
+            (venue, symbol): self.assets[name]
+            for name, symbols in assets.items()
+            for venue, symbol in symbols.items()
+        }
+        self.publish_interval_ms = publish_interval_ms
+        self._next_boundary: int | None = None
+        self.unrouted = 0  # events for symbols no asset maps to
+
+    def on_event(self, event: Event) -> list[SignalSnapshot]:
+        snapshots = self._tick(event.ts_event)
+        if isinstance(event, FeedGap):
+            for (venue, symbol), state in self._route.items():
+                if venue == event.venue and event.symbol in (None, symbol):
+                    state.on_gap(event)
+            return snapshots
+        state = self._route.get((event.venue, event.symbol))
+        if state is None:
+            self.unrouted += 1
+        elif isinstance(event, Trade):
+            state.on_trade(event)
+        elif isinstance(event, MarkPrice):
+            state.on_mark(event)
+        elif isinstance(event, Liquidation):
+            state.on_liquidation(event)
+        elif isinstance(event, OpenInterest):
+            state.on_open_interest(event)
+        elif isinstance(event, LongShortRatio):
+            state.on_long_short(event)
+        return snapshots
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, np.ndarray]:
+        """The long-lived state (the z-score baselines) as named arrays. Short windows are not
+        saved: after a restart they honestly start empty and report missing until covered."""
+        return {
+            f"{asset}/{name}/{key}": array
+            for asset, state in self.assets.items()
+            for name, baseline in state.baselines.items()
+            for key, array in baseline.state().items()
+        }
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> list[str]:
+        """Load baselines from ``checkpoint()`` output; returns the ones that could not be
+        restored (unknown asset, changed window), which start afresh."""
+        skipped: list[str] = []
+        for asset, state in self.assets.items():
+            for name, baseline in state.baselines.items():
+                prefix = f"{asset}/{name}/"
+                part = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+                if not part:
+                    continue
+                try:
+                    baseline.restore(part)
+                except (KeyError, ValueError):
+                    skipped.append(prefix.rstrip("/"))
+        return skipped
+
+    def _tick(self, ts_ms: int) -> list[SignalSnapshot]:
+        interval = self.publish_interval_ms
+        if self._next_boundary is None:
+            self._next_boundary = (ts_ms // interval + 1) * interval
+            return []
+        if ts_ms < self._next_boundary:
+            return []
+        # One snapshot at the latest boundary passed: after a quiet stretch there is nothing
+        # new to say about the boundaries in between.
+        boundary = ts_ms // interval * interval
+        self._next_boundary = boundary + interval
+        return [state.snapshot(boundary) for state in self.assets.values()]

@@ -1,0 +1,181 @@
+"""The one rolling-window type: time buckets over a numpy ring buffer, keyed on event time.
+
+A window of ``span`` is ``span / bucket`` slots; slot ``i`` holds the sums of ``channels``
+values for every event whose time falls in absolute bucket ``b`` with ``b % slots == i``.
+Adding an event is O(1); moving the window forward clears the slots that fall out of it.
+
+Missing is not zero: buckets in which a feed was known to be down (``mark_missing``) are flagged
+and excluded, and ``coverage`` says how much of the window is backed by data, so a signal can be
+reported as missing instead of as a quiet market.
+
+Running totals are kept by add/subtract for O(1) reads. Subtraction drifts in floating point
+(catastrophically after a volatile stretch, then calm), so totals are recomputed exactly from the
+slots once per full rotation of the ring and whenever a read follows a large eviction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class BucketWindow:
+    def __init__(self, span_ms: int, bucket_ms: int, channels: int) -> None:
+        if bucket_ms <= 0 or span_ms < bucket_ms or span_ms % bucket_ms:
+            raise ValueError(f"span {span_ms} ms must be a positive multiple of bucket {bucket_ms}")
+        self.span_ms = span_ms
+        self.bucket_ms = bucket_ms
+        self.slots = span_ms // bucket_ms
+        self._sums = np.zeros((self.slots, channels))
+        self._filled = np.zeros(self.slots, dtype=bool)  # the bucket received data
+        self._missing = np.zeros(self.slots, dtype=bool)
+        self._totals = np.zeros(channels)
+        self._head: int | None = None  # absolute index of the newest bucket in the window
+        self._first: int | None = None  # absolute index of the first bucket ever seen
+        self._advances_since_exact = 0
+        self.late_dropped = 0  # events older than the window when they arrived
+
+    # -- writing -------------------------------------------------------------------------
+    def add(self, ts_ms: int, values: tuple[float, ...] | list[float]) -> None:
+        bucket = ts_ms // self.bucket_ms
+        if self._head is None:
+            self._head = self._first = bucket
+        elif bucket > self._head:
+            self._advance_to(bucket)
+        elif bucket <= self._head - self.slots:
+            self.late_dropped += 1
+            return
+        slot = bucket % self.slots
+        row = self._sums[slot]
+        for i, v in enumerate(values):
+            row[i] += v
+            self._totals[i] += v
+        self._filled[slot] = True
+
+    def advance(self, ts_ms: int) -> None:
+        """Move the window's end to ``ts_ms`` (event time) without adding data."""
+        bucket = ts_ms // self.bucket_ms
+        if self._head is None:
+            self._head = self._first = bucket
+        elif bucket > self._head:
+            self._advance_to(bucket)
+
+    def mark_missing(self, start_ms: int, end_ms: int) -> None:
+        """Flag every bucket overlapping [start_ms, end_ms) that is still in the window."""
+        if self._head is None or end_ms <= start_ms:
+            return
+        # A gap ending at end_ms means event time got there: move the window first, or the
+        # buckets past the head would be cleared as fresh (quiet) ones when it moves later.
+        end_bucket = (end_ms - 1) // self.bucket_ms
+        if end_bucket > self._head:
+            self._advance_to(end_bucket)
+        lo = max(start_ms // self.bucket_ms, self._head - self.slots + 1)
+        hi = min((end_ms - 1) // self.bucket_ms, self._head)
+        for bucket in range(lo, hi + 1):
+            self._missing[bucket % self.slots] = True
+
+    def _advance_to(self, bucket: int) -> None:
+        assert self._head is not None
+        steps = bucket - self._head
+        if steps >= self.slots:
+            self._sums[:] = 0.0
+            self._filled[:] = False
+            self._missing[:] = False
+            self._totals[:] = 0.0
+            self._advances_since_exact = 0
+        else:
+            for b in range(self._head + 1, bucket + 1):
+                slot = b % self.slots
+                self._totals -= self._sums[slot]
+                self._sums[slot] = 0.0
+                self._filled[slot] = False
+                self._missing[slot] = False
+            self._advances_since_exact += steps
+            if self._advances_since_exact >= self.slots:
+                self.recompute()
+        self._head = bucket
+
+    def recompute(self) -> None:
+        """Exact totals from the slots, discarding accumulated rounding drift."""
+        self._totals = self._sums.sum(axis=0)
+        self._advances_since_exact = 0
+
+    # -- reading -------------------------------------------------------------------------
+    def totals(self) -> np.ndarray:
+        """Per-channel sums over the non-missing buckets of the window (a copy)."""
+        if self._missing.any():
+            return self._sums[~self._missing].sum(axis=0)
+        return self._totals.copy()
+
+    def bucket(self, ts_ms: int) -> np.ndarray | None:
+        """Sums of the bucket holding ``ts_ms``, if it is in the window, received data and is
+        not missing (a copy); None otherwise."""
+        if self._head is None:
+            return None
+        b = ts_ms // self.bucket_ms
+        if not self._head - self.slots < b <= self._head:
+            return None
+        slot = b % self.slots
+        if not self._filled[slot] or self._missing[slot]:
+            return None
+        return self._sums[slot].copy()
+
+    def samples(self) -> np.ndarray:
+        """Per-bucket sums of the buckets that received data and are not missing, oldest first
+        (a copy, shape ``(n, channels)``). Empty buckets are absent, not zero rows."""
+        if self._head is None:
+            return self._sums[:0].copy()
+        order = (np.arange(self._head + 1, self._head + 1 + self.slots)) % self.slots
+        keep = self._filled[order] & ~self._missing[order]
+        return self._sums[order[keep]]
+
+    def coverage(self) -> float:
+        """Fraction of the window's buckets since the first event that are not missing."""
+        if self._head is None or self._first is None:
+            return 0.0
+        length = min(self._head - self._first + 1, self.slots)
+        return 1.0 - int(self._missing.sum()) / length
+
+    def filled(self) -> float:
+        """Fraction of the whole window backed by data: buckets since the first event, less the
+        missing ones, over all buckets. A young or mostly-disconnected window scores low."""
+        if self._head is None or self._first is None:
+            return 0.0
+        length = min(self._head - self._first + 1, self.slots)
+        return (length - int(self._missing.sum())) / self.slots
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue this window after a restart (plain numpy arrays)."""
+        head = -1 if self._head is None else self._head
+        first = -1 if self._first is None else self._first
+        return {
+            "shape": np.array([self.span_ms, self.bucket_ms, self._sums.shape[1]]),
+            "marks": np.array([head, first, self._advances_since_exact, self.late_dropped]),
+            "sums": self._sums.copy(),
+            "filled": self._filled.copy(),
+            "missing": self._missing.copy(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> BucketWindow:
+        """Rebuild a window from ``state()``; raises ValueError if the arrays do not fit."""
+        span_ms, bucket_ms, channels = (int(x) for x in state["shape"])
+        window = cls(span_ms, bucket_ms, channels)
+        for key in ("sums", "filled", "missing"):
+            if state[key].shape != getattr(window, f"_{key}").shape:
+                raise ValueError(f"checkpoint array {key!r} has shape {state[key].shape}")
+        head, first, advances, late = (int(x) for x in state["marks"])
+        window._sums = state["sums"].astype(float, copy=True)
+        window._filled = state["filled"].astype(bool, copy=True)
+        window._missing = state["missing"].astype(bool, copy=True)
+        window._head = None if head < 0 else head
+        window._first = None if first < 0 else first
+        window._advances_since_exact = advances
+        window.late_dropped = late
+        window.recompute()  # totals are derived: never trust them from disk
+        return window
+
+    @property
+    def end_ms(self) -> int | None:
+        """Exclusive end (event time) of the newest bucket."""
+        return None if self._head is None else (self._head + 1) * self.bucket_ms

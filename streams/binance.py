@@ -1,0 +1,356 @@
+"""Binance (spot and USDⓈ-M) market-data frames: stream names, URLs and the pure parser.
+
+Facts (../reference in the design repo, summarised in the README):
+- combined streams wrap each payload as ``{"stream": name, "data": payload}``;
+- ``m`` is "is the buyer the maker?", so ``m == true`` means the taker SOLD;
+- since 2026-04-23 USDⓈ-M serves trades/markPrice/forceOrder only under ``/market`` and books
+  only under ``/public``; a socket on the wrong path connects and then stays silent.
+"""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from streams.events import (
+    BUY,
+    SELL,
+    BookTicker,
+    DepthDiff,
+    DepthSnapshot,
+    Event,
+    Level,
+    Liquidation,
+    LongShortRatio,
+    MarkPrice,
+    OpenInterest,
+    TakerVolumeRatio,
+    Trade,
+)
+from streams.frames import (
+    IgnoredFrame,
+    MalformedFrame,
+    boolean,
+    integer,
+    non_negative_number,
+    optional_integer,
+    optional_number,
+    positive_number,
+    string,
+)
+
+# Streams collected per symbol, by socket. USDⓈ-M trades, mark price and liquidations live on
+# /market and books on /public (since 2026-04-23); spot serves everything on one socket.
+USDM_MARKET_STREAMS = ("aggTrade", "markPrice@1s", "forceOrder")
+USDM_PUBLIC_STREAMS = ("depth@100ms", "bookTicker")
+SPOT_STREAMS = ("aggTrade", "depth@100ms", "bookTicker")
+
+# Streams that tick on a fixed cadence whatever the market does: silence on them means the stream
+# (not the market) stopped. Trades and book tickers are irregular and are not watched.
+CADENCED_SUFFIXES = ("@markPrice@1s", "@depth@100ms")
+
+# Most streams one connection may carry (USDⓈ-M documents 200 or 1024; plan for 200).
+MAX_STREAMS_PER_CONNECTION = 200
+
+# Payload event types that are valid Binance data but not turned into events.
+_NOT_COLLECTED = frozenset({"kline", "24hrTicker", "24hrMiniTicker"})
+
+
+def combined_stream_url(base: str, symbols: list[str], streams: tuple[str, ...]) -> str:
+    """``<base>/stream?streams=btcusdt@aggTrade/...`` (Binance wants lower-case symbols)."""
+    names = "/".join(f"{sym.lower()}@{stream}" for sym in symbols for stream in streams)
+    return f"{base.rstrip('/')}/stream?streams={names}"
+
+
+def parse_frame(venue: str, raw: str | bytes, ts_recv: int) -> list[Event]:
+    """Turn one websocket text frame into normalized events.
+
+    Raises ``MalformedFrame`` or ``IgnoredFrame``; never anything else for any input.
+    """
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedFrame("not_json", repr(raw[:80])) from None
+    if not isinstance(msg, dict):
+        raise MalformedFrame("not_object", type(msg).__name__)
+    data = msg.get("data")
+    if isinstance(data, dict) and "stream" in msg:
+        msg = data
+    elif "result" in msg and "id" in msg:
+        raise IgnoredFrame("control_reply", str(msg.get("id")))
+    elif "error" in msg:
+        raise IgnoredFrame("error_reply", str(msg["error"])[:200])
+    return parse_payload(venue, msg, ts_recv)
+
+
+def parse_payload(venue: str, payload: dict, ts_recv: int) -> list[Event]:
+    kind = payload.get("e")
+    if kind == "aggTrade":
+        return [_trade(venue, payload, ts_recv, "a")]
+    if kind == "trade":
+        return [_trade(venue, payload, ts_recv, "t")]
+    if kind == "markPriceUpdate":
+        return [_mark_price(venue, payload, ts_recv)]
+    if kind == "depthUpdate":
+        return [_depth_diff(venue, payload, ts_recv)]
+    if kind == "bookTicker" or (kind is None and "u" in payload and "B" in payload):
+        return [_book_ticker(venue, payload, ts_recv)]  # spot bookTicker has no "e" and no time
+    if kind == "forceOrder":
+        return [_liquidation(venue, payload, ts_recv)]
+    if kind in _NOT_COLLECTED:
+        raise IgnoredFrame("not_collected", kind)
+    if kind == "serverShutdown":
+        raise IgnoredFrame("server_shutdown")
+    raise MalformedFrame("unknown_event", repr(kind)[:40])
+
+
+def _trade(venue: str, p: dict, ts_recv: int, id_key: str) -> Trade:
+    # Fast path for the well-formed frame (nearly all of them): read every field once and check
+    # them together. Any doubt falls through to the strict readers, which say what is wrong.
+    try:
+        raw_p, raw_q, maker, ts, trade_id, symbol = (
+            p["p"],
+            p["q"],
+            p["m"],
+            p["T"],
+            p[id_key],
+            p["s"],
+        )
+        if raw_p.__class__ is str and raw_q.__class__ is str:
+            price, qty = float(raw_p), float(raw_q)
+            if (
+                0.0 < price < math.inf
+                and 0.0 < qty < math.inf
+                and maker.__class__ is bool
+                and ts.__class__ is int
+                and trade_id.__class__ is int
+                and symbol.__class__ is str
+                and symbol
+            ):
+                return Trade(
+                    venue, symbol, ts, ts_recv, price, qty, SELL if maker else BUY, trade_id
+                )
+    except (KeyError, ValueError):
+        pass
+    return _trade_strict(venue, p, ts_recv, id_key)
+
+
+def _trade_strict(venue: str, p: dict, ts_recv: int, id_key: str) -> Trade:
+    return Trade(
+        venue=venue,
+        symbol=string(p, "s"),
+        ts_event=integer(p, "T"),
+        ts_recv=ts_recv,
+        price=positive_number(p, "p"),
+        qty=positive_number(p, "q"),
+        taker_side=SELL if boolean(p, "m") else BUY,
+        trade_id=integer(p, id_key),
+    )
+
+
+def _mark_price(venue: str, p: dict, ts_recv: int) -> MarkPrice:
+    next_funding = optional_integer(p, "T")
+    return MarkPrice(
+        venue=venue,
+        symbol=string(p, "s"),
+        ts_event=integer(p, "E"),
+        ts_recv=ts_recv,
+        mark_price=positive_number(p, "p"),
+        index_price=optional_number(p, "i"),
+        funding_rate=optional_number(p, "r"),
+        next_funding_time=next_funding or None,
+    )
+
+
+def _levels(payload: dict, key: str) -> tuple[Level, ...]:
+    """``[["price", "qty"], ...]`` with price > 0 and qty >= 0 (0 removes the level)."""
+    raw = payload.get(key)
+    if raw is None:
+        raise MalformedFrame("missing_field", key)
+    try:
+        levels = tuple((float(p), float(q)) for p, q in raw)
+    except (TypeError, ValueError):
+        raise MalformedFrame("bad_type", f"{key}={str(raw)[:60]}") from None
+    for price, qty in levels:
+        # NaN fails every comparison, so it lands here too.
+        if not (0.0 < price < math.inf and 0.0 <= qty < math.inf):
+            raise MalformedFrame("bad_value", f"{key} level {price!r} {qty!r}")
+    return levels
+
+
+def _depth_diff(venue: str, p: dict, ts_recv: int) -> DepthDiff:
+    return DepthDiff(
+        venue=venue,
+        symbol=string(p, "s"),
+        ts_event=integer(p, "E"),
+        ts_recv=ts_recv,
+        first_id=integer(p, "U"),
+        last_id=integer(p, "u"),
+        prev_last_id=optional_integer(p, "pu"),
+        bids=_levels(p, "b"),
+        asks=_levels(p, "a"),
+    )
+
+
+def _book_ticker(venue: str, p: dict, ts_recv: int) -> BookTicker:
+    ts = optional_integer(p, "E")
+    return BookTicker(
+        venue=venue,
+        symbol=string(p, "s"),
+        ts_event=ts if ts is not None else ts_recv,
+        ts_recv=ts_recv,
+        bid=positive_number(p, "b"),
+        bid_qty=non_negative_number(p, "B"),
+        ask=positive_number(p, "a"),
+        ask_qty=non_negative_number(p, "A"),
+    )
+
+
+def _liquidation(venue: str, p: dict, ts_recv: int) -> Liquidation:
+    order = p.get("o")
+    if not isinstance(order, dict):
+        raise MalformedFrame("missing_field" if order is None else "bad_type", "o")
+    side = string(order, "S")
+    if side not in ("BUY", "SELL"):
+        raise MalformedFrame("bad_value", f"S={side!r}")
+    return Liquidation(
+        venue=venue,
+        symbol=string(order, "s"),
+        ts_event=integer(order, "T"),
+        ts_recv=ts_recv,
+        side=BUY if side == "BUY" else SELL,
+        price=positive_number(order, "ap"),
+        qty=positive_number(order, "z"),
+    )
+
+
+# -- REST bodies -------------------------------------------------------------------------------
+def parse_rest(venue: str, url: str, body: str | bytes, ts_recv: int) -> list[Event]:
+    """Turn one REST response body into events. ``url`` is ``path?query`` as recorded.
+
+    Raises ``MalformedFrame`` / ``IgnoredFrame`` like ``parse_frame``.
+    """
+    parts = urlsplit(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise MalformedFrame("not_json", f"{parts.path}: {str(body)[:80]!r}") from None
+    handler = _REST.get(parts.path)
+    if handler is None:
+        raise IgnoredFrame("rest_not_collected", parts.path)
+    if isinstance(data, dict) and "code" in data and "msg" in data:
+        raise IgnoredFrame("rest_error", f"{parts.path}: {data['code']} {data['msg']}"[:200])
+    symbol = query.get("symbol")
+    if not symbol:
+        raise MalformedFrame("missing_field", f"{parts.path}: symbol in query")
+    return handler(venue, symbol, data, ts_recv)
+
+
+def _rest_depth(venue: str, symbol: str, data: object, ts_recv: int) -> list[Event]:
+    if not isinstance(data, dict):
+        raise MalformedFrame("not_object", "depth snapshot")
+    ts = data.get("E")
+    return [
+        DepthSnapshot(
+            venue=venue,
+            symbol=symbol,
+            # Spot snapshots carry no time: the receive time stands in.
+            ts_event=ts if isinstance(ts, int) and not isinstance(ts, bool) else ts_recv,
+            ts_recv=ts_recv,
+            last_id=integer(data, "lastUpdateId"),
+            bids=_levels(data, "bids"),
+            asks=_levels(data, "asks"),
+        )
+    ]
+
+
+def _rest_agg_trades(venue: str, symbol: str, data: object, ts_recv: int) -> list[Event]:
+    if not isinstance(data, list):
+        raise MalformedFrame("bad_type", "aggTrades body is not a list")
+    out: list[Event] = []
+    for row in data:
+        if not isinstance(row, dict):
+            raise MalformedFrame("bad_type", "aggTrades row")
+        out.append(_trade(venue, {**row, "s": symbol}, ts_recv, "a"))
+    return out
+
+
+def _rest_open_interest(venue: str, symbol: str, data: object, ts_recv: int) -> list[Event]:
+    if not isinstance(data, dict):
+        raise MalformedFrame("not_object", "openInterest")
+    return [
+        OpenInterest(
+            venue,
+            symbol,
+            integer(data, "time"),
+            ts_recv,
+            non_negative_number(data, "openInterest"),
+        )
+    ]
+
+
+def _period_time(row: dict) -> int:
+    """``timestamp`` is a string in the docs and an int in Binance's SDK: accept both."""
+    raw = row.get("timestamp")
+    if isinstance(raw, str) and raw.isdigit():
+        return int(raw)
+    return integer(row, "timestamp")
+
+
+def _rows(data: object, what: str) -> list[dict]:
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise MalformedFrame("bad_type", f"{what} body is not a list of objects")
+    return data
+
+
+def _rest_long_short(venue: str, symbol: str, data: object, ts_recv: int) -> list[Event]:
+    return [
+        LongShortRatio(
+            venue,
+            symbol,
+            _period_time(r),
+            ts_recv,
+            non_negative_number(r, "longShortRatio"),
+            non_negative_number(r, "longAccount"),
+            non_negative_number(r, "shortAccount"),
+        )
+        for r in _rows(data, "globalLongShortAccountRatio")
+    ]
+
+
+def _rest_taker_ratio(venue: str, symbol: str, data: object, ts_recv: int) -> list[Event]:
+    return [
+        TakerVolumeRatio(
+            venue,
+            symbol,
+            _period_time(r),
+            ts_recv,
+            non_negative_number(r, "buySellRatio"),
+            non_negative_number(r, "buyVol"),
+            non_negative_number(r, "sellVol"),
+        )
+        for r in _rows(data, "takerlongshortRatio")
+    ]
+
+
+_REST = {
+    "/api/v3/depth": _rest_depth,
+    "/fapi/v1/depth": _rest_depth,
+    "/api/v3/aggTrades": _rest_agg_trades,
+    "/fapi/v1/aggTrades": _rest_agg_trades,
+    "/fapi/v1/openInterest": _rest_open_interest,
+    "/futures/data/globalLongShortAccountRatio": _rest_long_short,
+    "/futures/data/takerlongshortRatio": _rest_taker_ratio,
+}
+
+
+def stream_name(raw: str | bytes) -> str | None:
+    """The stream of a combined-mode frame, read from its prefix without parsing the JSON."""
+    head = raw[:80] if isinstance(raw, str) else raw[:80].decode("ascii", "replace")
+    if not head.startswith('{"stream":"'):
+        return None
+    end = head.find('"', 11)
+    return head[11:end] if end > 11 else None

@@ -1,0 +1,287 @@
+"""The one resilient websocket connection class, and the bounded queue it feeds.
+
+A ``Connection`` keeps one socket alive forever: it reconnects with capped, fully jittered
+exponential back-off, answers pings (``websockets`` does this for us), treats a socket that stays
+silent past ``silence_timeout`` as dead (Binance's retired paths connect and then say nothing),
+rotates the socket before Binance's 24 h cut, and reconnects at once on ``serverShutdown``.
+
+Frames go into a ``FrameQueue`` that never blocks the reader: when the consumer falls behind the
+oldest frame is dropped and counted, because a reader that stops reading gets disconnected by the
+exchange, which loses more than the queue would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+log = logging.getLogger("tapewatch.connection")
+
+# Binance closes every socket at 24 h; leave an hour's margin, as Binance's own SDK does.
+DEFAULT_MAX_AGE_S = 23 * 3600
+# A connection that lived this long counts as healthy: the next failure starts back-off afresh.
+STABLE_AFTER_S = 60.0
+
+
+@dataclass
+class LinkStats:
+    """Counters of one socket, read by the health report."""
+
+    name: str
+    connected: bool = False
+    frames: int = 0
+    reconnects: int = 0
+    dropped: int = 0  # frames this socket lost to a full queue
+    last_frame_recv_ms: int | None = None
+    last_error: str | None = None
+    stalls: int = 0  # times a watched stream went silent while the socket stayed open
+    stalled: tuple[str, ...] = ()  # the streams of the last stall
+    down_since: float | None = None  # monotonic time the socket was lost (None while up)
+    last_outage_s: float | None = None  # how long the last loss lasted until reconnected
+    max_outage_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    venue: str
+    ts_recv_ms: int
+    raw: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A collector conclusion queued among the frames (and recorded on tapes as ``ctl``):
+    ``{"kind": "link_lost", "stream": name, "trades": bool}`` when a socket drops, or
+    ``{"kind": "backfill_done", "symbol", "first_id", "last_id"}`` when a trade backfill ends."""
+
+    venue: str
+    ts_recv_ms: int
+    ctl: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RestBody:
+    """A REST response, queued among the frames so the pipeline sees both in arrival order."""
+
+    venue: str
+    ts_recv_ms: int
+    url: str  # path?query
+    body: str
+
+
+QueueItem = Frame | RestBody | Control
+
+
+class FrameQueue:
+    """Bounded FIFO between socket readers and the single consumer; drops oldest when full."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: deque[QueueItem] = deque()
+        self._maxsize = maxsize
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def put(self, item: QueueItem) -> bool:
+        """Enqueue; returns False if an old frame had to be dropped to make room."""
+        dropped = False
+        if len(self._items) >= self._maxsize:
+            self._items.popleft()
+            self.dropped += 1
+            dropped = True
+        self._items.append(item)
+        self._ready.set()
+        return not dropped
+
+    async def get_batch(self, limit: int = 1000) -> list[QueueItem]:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        n = min(limit, len(self._items))
+        return [self._items.popleft() for _ in range(n)]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Backoff:
+    """Capped exponential back-off with full jitter: wait U(0, min(cap, initial * 2**n))."""
+
+    def __init__(self, initial: float, cap: float, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        step = min(self.cap, self.initial * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 62)  # 2**n stays a finite float
+        return self._rng.uniform(0.0, step)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Connection:
+    def __init__(
+        self,
+        name: str,
+        venue: str,
+        url: str,
+        queue: FrameQueue,
+        health: LinkStats,
+        backoff: Backoff,
+        silence_timeout: float,
+        max_age: float = DEFAULT_MAX_AGE_S,
+        on_open: Callable[[ClientConnection], Awaitable[None]] | None = None,
+        watched: tuple[str, ...] = (),
+        stream_of: Callable[[str | bytes], str | None] | None = None,
+        stall_timeout: float = 10.0,
+        carries_trades: bool = True,
+    ) -> None:
+        self.name = name
+        self.venue = venue
+        self.url = url
+        self.queue = queue
+        self.health = health
+        self.backoff = backoff
+        self.silence_timeout = silence_timeout
+        self.max_age = max_age
+        self.on_open = on_open  # e.g. send Coinbase subscribe messages
+        # Streams with a fixed cadence: one silent for `stall_timeout` while the socket still
+        # delivers others is a stalled stream (the exchange stopped it), healed by reconnecting.
+        self.watched = watched
+        self.stream_of = stream_of
+        self.stall_timeout = stall_timeout
+        self.carries_trades = carries_trades
+        self._ws: ClientConnection | None = None
+        self._restart_reason: str | None = None
+
+    def request_reconnect(self, reason: str) -> None:
+        """Close the current socket; ``run`` reconnects at once (e.g. to re-subscribe)."""
+        if self._ws is not None and self._restart_reason is None:
+            self._restart_reason = reason
+            asyncio.get_running_loop().create_task(_close_quietly(self._ws))
+
+    async def run(self) -> None:
+        """Connect, read, reconnect; returns only when cancelled."""
+        while True:
+            opened = time.monotonic()
+            reason = await self._session()
+            self.health.connected = False
+            self.health.last_error = reason
+            if self.health.down_since is None:
+                self.health.down_since = time.monotonic()
+            self.queue.put(
+                Control(
+                    self.venue,
+                    _now_ms(),
+                    {"kind": "link_lost", "stream": self.name, "trades": self.carries_trades},
+                )
+            )
+            if time.monotonic() - opened >= STABLE_AFTER_S:
+                self.backoff.reset()
+            planned = reason == "rotate" or reason.startswith("requested")
+            delay = 0.0 if planned else self.backoff.next_delay()
+            log.warning("%s: %s; reconnecting in %.1fs", self.name, reason, delay)
+            self.health.reconnects += 1
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> str:
+        """One socket's life; returns why it ended."""
+        try:
+            async with connect(self.url, max_size=2**23, open_timeout=10, close_timeout=2) as ws:
+                self._ws, self._restart_reason = ws, None
+                self._mark_up()
+                log.info("%s: connected to %s", self.name, self.url)
+                if self.on_open is not None:
+                    await self.on_open(ws)
+                return await self._read(ws)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            return f"connect failed: {exc!r}"
+        except websockets.ConnectionClosed as exc:
+            if self._restart_reason is not None:
+                return f"requested: {self._restart_reason}"
+            return f"closed: {exc}"
+        finally:
+            self._ws = None
+
+    def _mark_up(self) -> None:
+        health = self.health
+        health.connected = True
+        if health.down_since is not None:
+            health.last_outage_s = time.monotonic() - health.down_since
+            health.max_outage_s = max(health.max_outage_s, health.last_outage_s)
+            health.down_since = None
+
+    async def _read(self, ws: ClientConnection) -> str:
+        opened = time.monotonic()
+        deadline = opened + self.max_age
+        health, queue, venue = self.health, self.queue, self.venue
+        last_seen = dict.fromkeys(self.watched, opened)
+        last_frame_mono = opened
+        next_check = opened + self.stall_timeout / 4
+        while True:
+            now_mono = time.monotonic()
+            if last_seen and now_mono >= next_check:
+                stalled = tuple(
+                    s for s, t in last_seen.items() if now_mono - t > self.stall_timeout
+                )
+                if stalled:
+                    health.stalls += 1
+                    health.stalled = stalled
+                    await _close_quietly(ws)
+                    return f"stalled stream(s) {', '.join(stalled)} (socket still open)"
+                next_check = now_mono + self.stall_timeout / 4
+            timeout = min(self.silence_timeout, deadline - now_mono)
+            if last_seen:
+                timeout = min(timeout, max(0.01, next_check - now_mono))
+            if timeout <= 0:
+                await _close_quietly(ws)
+                return "rotate"
+            try:
+                async with asyncio.timeout(timeout):
+                    raw = await ws.recv()
+            except TimeoutError:
+                if last_seen and time.monotonic() < deadline:
+                    silent = time.monotonic() - max(last_frame_mono, opened)
+                    if silent < self.silence_timeout:
+                        continue  # only the stall check was due
+                await _close_quietly(ws)
+                if time.monotonic() >= deadline:
+                    return "rotate"
+                return f"silent for {self.silence_timeout:.0f}s"
+            last_frame_mono = time.monotonic()
+            if last_seen and self.stream_of is not None:
+                stream = self.stream_of(raw)
+                if stream in last_seen:
+                    last_seen[stream] = last_frame_mono
+            now = _now_ms()
+            health.frames += 1
+            health.last_frame_recv_ms = now
+            if not queue.put(Frame(venue, now, raw)):
+                health.dropped += 1
+            head = raw[:64] if isinstance(raw, str) else raw[:64].decode("ascii", "replace")
+            if "serverShutdown" in head:
+                await _close_quietly(ws)
+                return "serverShutdown announced"
+
+
+async def _close_quietly(ws: ClientConnection) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,259 @@
+"""A venue's L2 order book as the simulator draws it: integer ticks and lots, no I/O.
+
+Shape. Each side holds the touch (best bid = floor(mid), best ask one tick above) and behind it
+``BANDS * LEVELS_PER_BAND`` levels: band k has one at every multiple of ``base * growth**k``
+ticks, so the book reaches ~1.2 % or more from the mid (the depth signals look at ±1 %). ``base``
+is about 0.13 bp of the price, close to a typical 100 ms move, and levels sit on absolute price
+multiples: a move of the touch changes a handful of levels near it and at the band edges
+instead of re-pricing the whole side.
+
+Dynamics, once per step (100 ms of event time): the touch follows the venue's mid (spread one
+tick), levels that leave the grid are removed (quantity 0 on the wire), new ones get a drawn
+size, trades deplete the touch they hit, and a few levels, mostly near the touch, are re-sized.
+Quantities are absolute, as on every venue.
+
+Update ids. Binance spot numbers every level change: ``U = previous u + 1`` and ``u = U +
+changes - 1``. Binance USDⓈ-M ids advance by random gaps between and inside events (the
+matching engine numbers other work too), so only ``pu == previous u`` links events.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+BANDS: Final = 4
+LEVELS_PER_BAND: Final = 50
+LEVELS: Final = 1 + BANDS * LEVELS_PER_BAND  # per side, the touch included
+MIN_SPAN: Final = 0.012  # the book reaches at least this far from the touch, as a fraction
+BASE_STEP_FRACTION: Final = 1.3e-5  # first band's spacing, as a fraction of the price
+LEVEL_SIGMA: Final = 0.6  # log-normal shape of resting sizes
+DEPTH_GROWTH_PER_LEVEL: Final = 0.1  # level k rests (1 + 0.1 k) times the touch's median size
+REFRESH_MEAN: Final = 4.0  # re-sized levels per side per step, beyond one that always is
+
+Level = tuple[int, int]  # (price in ticks, quantity in lots); 0 lots removes the level
+
+
+@dataclass(frozen=True, slots=True)
+class BookSpec:
+    """Price and size granularity of one venue's symbol, and its book's shape."""
+
+    tick_exp: int  # tick = 10**-tick_exp
+    lot_exp: int  # lot = 10**-lot_exp
+    base: int  # the first band has a level every ``base`` ticks
+    growth: int  # band k has one every base * growth**k ticks
+    median_touch_lots: int  # median size resting at the touch
+
+    @property
+    def tick(self) -> float:
+        return 10.0**-self.tick_exp
+
+    @property
+    def lot(self) -> float:
+        return 10.0**-self.lot_exp
+
+    def price(self, ticks: int) -> float:
+        return round(ticks / 10**self.tick_exp, self.tick_exp)
+
+    def qty(self, lots: int) -> float:
+        return round(lots / 10**self.lot_exp, self.lot_exp)
+
+
+def book_shape(price: float, tick_exp: int) -> tuple[int, int]:
+    """``(base, growth)`` of a book around ``price``: base on a 1-2-5 series near
+    ``BASE_STEP_FRACTION`` of the price, growth the smallest that spans ``MIN_SPAN``."""
+    ticks = price * 10**tick_exp
+    want = max(1.0, ticks * BASE_STEP_FRACTION)
+    series = [m * 10**e for e in range(12) for m in (1, 2, 5)]
+    base = min(series, key=lambda step: abs(math.log(step / want)))
+    growth = 2
+    while base * LEVELS_PER_BAND * sum(growth**k for k in range(BANDS)) < MIN_SPAN * ticks:
+        growth += 1
+    return base, growth
+
+
+def bid_grid(best_bid: int, base: int, growth: int) -> list[int]:
+    """The bid prices (ticks) of a book whose best bid is ``best_bid``, best first."""
+    prices = [best_bid]
+    edge = best_bid - 1  # the highest price the next band may use
+    for band in range(BANDS):
+        step = base * growth**band
+        top = edge - edge % step
+        prices.extend(range(top, top - LEVELS_PER_BAND * step, -step))
+        edge = top - LEVELS_PER_BAND * step
+    return prices
+
+
+def ask_grid(best_ask: int, base: int, growth: int) -> list[int]:
+    """The ask prices (ticks) of a book whose best ask is ``best_ask``, best first."""
+    prices = [best_ask]
+    edge = best_ask + 1  # the lowest price the next band may use
+    for band in range(BANDS):
+        step = base * growth**band
+        bottom = edge + -edge % step
+        prices.extend(range(bottom, bottom + LEVELS_PER_BAND * step, step))
+        edge = bottom + LEVELS_PER_BAND * step
+    return prices
+
+
+@dataclass(frozen=True, slots=True)
+class BookStep:
+    """One step's changes: what a diff event carries."""
+
+    bids: tuple[Level, ...]  # best first
+    asks: tuple[Level, ...]
+    first_id: int  # U
+    last_id: int  # u
+    prev_last_id: int  # pu (the previous event's u)
+
+
+class _Side:
+    """One side: price -> lots, plus the grid's prices in best-first order."""
+
+    __slots__ = ("grid", "levels", "sign")
+
+    def __init__(self, sign: int) -> None:
+        self.sign = sign  # +1 bids (better = higher), -1 asks
+        self.grid: list[int] = []
+        self.levels: dict[int, int] = {}
+
+    @property
+    def best(self) -> int:
+        return self.grid[0]
+
+    def regrid(self, grid: list[int], changes: dict[int, int]) -> list[tuple[int, int]]:
+        """Move to ``grid``: removed levels go into ``changes``; returns (rank, price) of the
+        new levels, which still need a size."""
+        keep = set(grid)
+        levels = self.levels
+        for price in levels.keys() - keep:
+            del levels[price]
+            changes[price] = 0
+        self.grid = grid
+        # Few levels are new after a step; index() on them beats scanning the whole grid.
+        return sorted((grid.index(price), price) for price in keep.difference(levels))
+
+
+class VenueBook:
+    """One venue's book of one symbol, stepped by ``step`` with its own random stream."""
+
+    def __init__(
+        self,
+        spec: BookSpec,
+        mid_ticks: float,
+        rng: np.random.Generator,
+        first_update_id: int,
+        *,
+        id_gaps: bool,
+    ) -> None:
+        self.spec = spec
+        self.rng = rng
+        self.id_gaps = id_gaps  # USDⓈ-M: ids advance by random gaps, pu links events
+        self.last_update_id = first_update_id
+        self.bids = _Side(1)
+        self.asks = _Side(-1)
+        best_bid = math.floor(mid_ticks)
+        new: list[tuple[_Side, int, int]] = []
+        for side, grid in (
+            (self.bids, bid_grid(best_bid, spec.base, spec.growth)),
+            (self.asks, ask_grid(best_bid + 1, spec.base, spec.growth)),
+        ):
+            new += [(side, rank, price) for rank, price in side.regrid(grid, {})]
+        self._size_new(new, {}, {})
+
+    @property
+    def best_bid(self) -> Level:
+        price = self.bids.best
+        return price, self.bids.levels[price]
+
+    @property
+    def best_ask(self) -> Level:
+        price = self.asks.best
+        return price, self.asks.levels[price]
+
+    def levels(self, bids: bool, limit: int | None = None) -> list[Level]:
+        """The side's levels, best first, at most ``limit`` of them."""
+        side = self.bids if bids else self.asks
+        grid = side.grid if limit is None else side.grid[:limit]
+        return [(price, side.levels[price]) for price in grid]
+
+    def step(self, mid_ticks: float, bought_lots: int, sold_lots: int) -> BookStep:
+        """Follow ``mid_ticks``; ``bought_lots`` were taken from the best ask and ``sold_lots``
+        from the best bid since the last step."""
+        spec = self.spec
+        bid_changes: dict[int, int] = {}
+        ask_changes: dict[int, int] = {}
+        old_bid, old_ask = self.bids.best, self.asks.best
+        best_bid = math.floor(mid_ticks)
+        new: list[tuple[_Side, int, int]] = []
+        if best_bid != old_bid:
+            bid_new = self.bids.regrid(bid_grid(best_bid, spec.base, spec.growth), bid_changes)
+            ask_new = self.asks.regrid(ask_grid(best_bid + 1, spec.base, spec.growth), ask_changes)
+            new = [(self.bids, r, p) for r, p in bid_new] + [(self.asks, r, p) for r, p in ask_new]
+        # Trades ate into the touch they hit, if that level is still on the book.
+        for side, price, lots, changes in (
+            (self.bids, old_bid, sold_lots, bid_changes),
+            (self.asks, old_ask, bought_lots, ask_changes),
+        ):
+            if lots > 0 and price in side.levels:
+                left = max(1, side.levels[price] - lots)
+                side.levels[price] = left
+                changes[price] = left
+        self._size_new(new, bid_changes, ask_changes)
+        self._refresh(bid_changes, ask_changes)
+        return self._event(bid_changes, ask_changes)
+
+    # -- internals --------------------------------------------------------------------------
+    def _level_lots(self, ranks: np.ndarray, noise: np.ndarray) -> list[int]:
+        median = self.spec.median_touch_lots * (1.0 + DEPTH_GROWTH_PER_LEVEL * ranks)
+        return [max(1, int(v)) for v in np.rint(median * noise)]
+
+    def _size_new(
+        self,
+        new: list[tuple[_Side, int, int]],
+        bid_changes: dict[int, int],
+        ask_changes: dict[int, int],
+    ) -> None:
+        if not new:
+            return
+        ranks = np.array([rank for _, rank, _ in new], dtype=float)
+        lots = self._level_lots(ranks, self.rng.lognormal(0.0, LEVEL_SIGMA, size=len(new)))
+        for (side, _, price), size in zip(new, lots, strict=True):
+            side.levels[price] = size
+            (bid_changes if side is self.bids else ask_changes)[price] = size
+
+    def _refresh(self, bid_changes: dict[int, int], ask_changes: dict[int, int]) -> None:
+        rng = self.rng
+        counts = 1 + rng.poisson(REFRESH_MEAN, size=2)
+        total = int(counts.sum())
+        # Squared uniforms put most re-sizing near the touch, where real books churn.
+        ranks = np.floor(LEVELS * rng.random(total) ** 2).astype(int)
+        lots = self._level_lots(ranks.astype(float), rng.lognormal(0.0, LEVEL_SIGMA, size=total))
+        n_bids = int(counts[0])
+        for i in range(total):
+            side, changes = (self.bids, bid_changes) if i < n_bids else (self.asks, ask_changes)
+            price = side.grid[int(ranks[i])]
+            side.levels[price] = lots[i]
+            changes[price] = lots[i]
+
+    def _event(self, bid_changes: dict[int, int], ask_changes: dict[int, int]) -> BookStep:
+        changes = len(bid_changes) + len(ask_changes)
+        previous = self.last_update_id
+        if self.id_gaps:
+            gaps = self.rng.geometric(0.3, size=2)
+            first = previous + 1 + int(gaps[0])  # never previous + 1: only pu links events
+            last = first + changes - 1 + int(gaps[1]) - 1
+        else:
+            first = previous + 1
+            last = previous + changes
+        self.last_update_id = last
+        return BookStep(
+            bids=tuple(sorted(bid_changes.items(), reverse=True)),
+            asks=tuple(sorted(ask_changes.items())),
+            first_id=first,
+            last_id=last,
+            prev_last_id=previous,
+        )

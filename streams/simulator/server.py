@@ -1,0 +1,879 @@
+"""A loopback stand-in for Binance spot, Binance USDⓈ-M and Coinbase Advanced Trade market data,
+all on ONE port, the venue chosen by the path prefix (tapewatch's base URLs are configurable).
+
+Websockets:
+
+- Binance spot: ``/spot/stream?streams=a/b`` (combined: ``{"stream": name, "data": payload}``) and
+  ``/spot/ws/a/b`` (raw) with ``<sym>@aggTrade``, ``<sym>@trade``, ``<sym>@depth@100ms`` and
+  ``<sym>@bookTicker``;
+- Binance USDⓈ-M ``/market/...`` with ``<sym>@aggTrade``, ``<sym>@markPrice@1s``,
+  ``<sym>@markPrice`` (every 3 s) and ``<sym>@forceOrder``; ``/public/...`` with
+  ``<sym>@depth@100ms`` and ``<sym>@bookTicker``. A stream on the wrong one of the two connects and
+  stays silent, and the retired root paths ``/stream`` and ``/ws/...`` carry only the /public
+  streams, which is how Binance has failed since 2026-04-23;
+- JSON control messages on every Binance socket (SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS,
+  SET_PROPERTY / GET_PROPERTY ``combined``) with Binance's replies and error codes;
+- Coinbase ``/coinbase``: the Advanced Trade protocol (``coinbase_feed``); a socket with no valid
+  subscribe within ``subscribe_timeout`` (5 s) is closed.
+
+REST: see ``rest``. Event time runs ``speed`` times faster than the wall clock from the moment
+the first market client (a websocket of any venue, or a market-data REST request) arrives. The
+market comes from the pure ``MarketModel``; faults (``faults``) are injected here, on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import yaml
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
+from streams.simulator import coinbase_wire
+from streams.simulator.binance_wire import (
+    DEPTH_STREAM,
+    MALFORMED_KINDS,
+    MARKET,
+    PUBLIC,
+    SPOT,
+    dumps,
+    envelope,
+    malformed_frame,
+    tick_frames,
+)
+from streams.simulator.coinbase_feed import (
+    HEARTBEATS,
+    CoinbaseFeed,
+    CoinbaseSession,
+    Outgoing,
+    ProtocolError,
+)
+from streams.simulator.faults import (
+    DROP,
+    FAULTS,
+    MALFORMED,
+    ONE_SHOT,
+    REST_418,
+    REST_429,
+    STALL,
+    StreamFaults,
+    count,
+)
+from streams.simulator.market import (
+    DEFAULT_SYMBOLS,
+    SCENARIOS,
+    DepthTick,
+    MarketModel,
+    Premium,
+    QuoteTick,
+    Tick,
+    TradeTick,
+    VenueSpec,
+    assets_from_symbols,
+)
+from streams.simulator.published import PublishedBook, TradeRing
+from streams.simulator.rest import MarketState, RestApi, json_response
+
+__all__ = ["FAULTS", "MALFORMED_KINDS", "MINIMAL_BASE_CONFIG", "Simulator", "serve_forever"]
+
+log = logging.getLogger("tapewatch.simulator")
+
+GENERATE_EVERY_S: Final = 0.05  # wall time between two advances of the market
+HEARTBEAT_S: Final = 20.0  # server pings; aiohttp closes a socket whose pong is late
+CLIENT_QUEUE_FRAMES: Final = 10_000  # a client this far behind is cut off, as Binance does
+SHUTDOWN_GRACE_S: Final = 2.0
+SUBSCRIBE_TIMEOUT_S: Final = 5.0  # Coinbase closes a socket that has not subscribed by then
+STALL_SECONDS: Final = 30.0
+RETRY_AFTER_S: Final = 2
+TRADE_RING: Final = 200_000  # recent trades kept per Binance symbol for REST aggTrades
+CONTROL_METHODS: Final = (
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "LIST_SUBSCRIPTIONS",
+    "SET_PROPERTY",
+    "GET_PROPERTY",
+)
+MAX_ID_TEXT: Final = 36  # Binance accepts alphanumeric string ids up to 36 characters
+# Socket families whose clients count as market clients (the scenario clock starts with one).
+_FAMILIES: Final = (SPOT, MARKET, PUBLIC, "legacy")
+
+Json = dict[str, Any]
+
+
+# -- Binance control messages (pure apart from the client's subscription state) --------------------
+class _ControlError(Exception):
+    def __init__(self, code: int, msg: str, request_id: object = None) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.request_id = request_id
+
+
+def _error_reply(err: _ControlError) -> Json:
+    return {"error": {"code": err.code, "msg": err.msg}, "id": err.request_id}
+
+
+def _request_id(msg: Json) -> int | str | None:
+    if "id" not in msg:
+        raise _ControlError(2, "Invalid request: request ID must be an unsigned integer")
+    rid = msg["id"]
+    if rid is None or (isinstance(rid, int) and not isinstance(rid, bool) and rid >= 0):
+        return rid
+    if isinstance(rid, str) and rid.isalnum() and len(rid) <= MAX_ID_TEXT:
+        return rid
+    raise _ControlError(2, "Invalid request: request ID must be an unsigned integer")
+
+
+def _stream_params(msg: Json, rid: object) -> list[str]:
+    params = msg.get("params")
+    if params is None:
+        raise _ControlError(2, "Invalid request: missing field `params`", rid)
+    if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+        raise _ControlError(2, "Invalid request: params must be a list of stream names", rid)
+    return params
+
+
+@dataclass(eq=False)
+class _Socket:
+    """One websocket and its outgoing queue; one writer task per socket keeps frames in order."""
+
+    ws: web.WebSocketResponse
+    request: web.Request
+    queue: asyncio.Queue[tuple[str, str | None] | None] = field(
+        default_factory=lambda: asyncio.Queue(CLIENT_QUEUE_FRAMES)
+    )
+    cut: bool = False  # aborted or being closed: queue nothing more
+    closing: bool = False  # a close is queued behind the last frames
+    stalled: bool = False  # the stall fault silences one stream (Coinbase: heartbeats) here
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(eq=False)
+class _BinanceClient(_Socket):
+    family: str = MARKET  # SPOT, MARKET, PUBLIC or "legacy" (the retired root paths)
+    combined: bool = False
+    streams: dict[str, None] = field(default_factory=dict)  # ordered set, subscribe order
+
+    @property
+    def delivers(self) -> str:
+        """The family of streams this socket carries: legacy paths only get /public data."""
+        return PUBLIC if self.family == "legacy" else self.family
+
+    def control(self, text: str) -> Json:
+        """Apply one JSON control message and return Binance's reply; never raises."""
+        try:
+            return self._control(text)
+        except _ControlError as err:
+            return _error_reply(err)
+        except Exception:  # a client message must never take the server down
+            log.exception("control message crashed the handler: %.200s", text)
+            return _error_reply(_ControlError(2, "Invalid request"))
+
+    def _control(self, text: str) -> Json:
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError as err:
+            raise _ControlError(3, f"Invalid JSON: {err}") from None
+        if not isinstance(msg, dict):
+            raise _ControlError(2, "Invalid request: expected a JSON object")
+        rid = _request_id(msg)
+        method = msg.get("method")
+        if method is None:
+            raise _ControlError(2, "Invalid request: missing field `method`", rid)
+        if method not in CONTROL_METHODS:
+            expected = ", ".join(CONTROL_METHODS)
+            raise _ControlError(
+                2, f"Invalid request: unknown variant `{method}`, expected one of {expected}", rid
+            )
+        return {"result": self._apply(method, msg, rid), "id": rid}
+
+    def _apply(self, method: str, msg: Json, rid: object) -> object:
+        if method == "SUBSCRIBE":
+            self.streams.update(dict.fromkeys(_stream_params(msg, rid)))
+            return None
+        if method == "UNSUBSCRIBE":
+            for name in _stream_params(msg, rid):
+                self.streams.pop(name, None)
+            return None
+        if method == "LIST_SUBSCRIPTIONS":
+            return list(self.streams)
+        return self._property(method, msg.get("params"), rid)
+
+    def _property(self, method: str, params: object, rid: object) -> object:
+        if not isinstance(params, list) or not params or not isinstance(params[0], str):
+            raise _ControlError(2, "Invalid request: property name must be a string", rid)
+        if params[0] != "combined":
+            raise _ControlError(0, "Unknown property", rid)
+        if method == "GET_PROPERTY":
+            return self.combined
+        if len(params) != 2 or not isinstance(params[1], bool):
+            raise _ControlError(1, "Invalid value type: expected Boolean", rid)
+        self.combined = params[1]
+        return None
+
+
+@dataclass(eq=False)
+class _CoinbaseClient(_Socket):
+    session: CoinbaseSession | None = None
+
+
+def _route_of(path: str) -> tuple[str, bool, list[str]] | None:
+    """``(family, combined, streams in the path)`` for a Binance websocket path, else None."""
+    parts = path.strip("/").split("/")
+    family = "legacy"
+    if parts[0] in (SPOT, MARKET, PUBLIC):
+        family, parts = parts[0], parts[1:]
+    if parts == ["stream"]:
+        return family, True, []
+    if parts and parts[0] == "ws":
+        return family, False, [p for p in parts[1:] if p]
+    return None
+
+
+def _deep_merge(base: Json, over: Json) -> Json:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class Simulator:
+    """Binance spot, Binance USDⓈ-M and Coinbase market data on loopback, from one
+    deterministic market, with injected faults."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        scenario: str = "sell_wave",
+        speed: float = 1.0,
+        seed: int = 1,
+        faults: frozenset[str] = frozenset(),
+        fault_every: float = 5.0,
+        *,
+        heartbeat: float = HEARTBEAT_S,
+        fault_symbol: str = "BTCUSDT",
+        stall_seconds: float = STALL_SECONDS,
+        stall_stream: str | None = None,
+        retry_after: int = RETRY_AFTER_S,
+        subscribe_timeout: float = SUBSCRIBE_TIMEOUT_S,
+        premiums: Mapping[str, Premium] | None = None,
+        symbols: Mapping[str, float] | None = None,
+    ) -> None:
+        """``fault_symbol`` is the Binance symbol (BTCUSDT) or Coinbase product (BTC-USD) of
+        the asset whose streams the wire faults hit; ``premiums`` overrides the Coinbase
+        premium per phase name; ``stall_stream`` defaults to ``<symbol>@depth@100ms``."""
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+        if not speed > 0:
+            raise ValueError(f"speed must be positive, got {speed!r}")
+        unknown = set(faults) - FAULTS
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {sorted(FAULTS)}")
+        if faults and not fault_every > 0:
+            raise ValueError(f"fault_every must be positive, got {fault_every!r}")
+        self.symbols = dict(DEFAULT_SYMBOLS if symbols is None else symbols)
+        self.assets = assets_from_symbols(self.symbols)
+        target = [a for a in self.assets if fault_symbol in (a.binance, a.coinbase)]
+        if not target:
+            raise ValueError(f"fault_symbol {fault_symbol!r} is not a simulated symbol")
+        self.host = host
+        self.scenario = scenario
+        self.speed = speed
+        self.seed = seed
+        self.faults = frozenset(faults)
+        self.fault_every = fault_every
+        self.heartbeat = heartbeat
+        self.fault_symbol = target[0].binance
+        self.fault_product = target[0].coinbase
+        self.stall_seconds = stall_seconds
+        self.stall_stream = stall_stream or f"{self.fault_symbol.lower()}@{DEPTH_STREAM}"
+        self.subscribe_timeout = subscribe_timeout
+        self.premiums = dict(premiums or {})
+        self.fault_counts: Counter[str] = Counter()
+        self.rest = RestApi(self._market_state, self.now_ms, self.fault_counts, retry_after)
+        self._requested_port = port
+        self._port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._model: MarketModel | None = None
+        self._state: MarketState | None = None
+        self._binance: dict[str, set[_BinanceClient]] = {f: set() for f in (SPOT, MARKET, PUBLIC)}
+        self._coinbase: set[_CoinbaseClient] = set()
+        self._sockets: set[_Socket] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._start_wall_ms = 0
+        self._start_mono = 0.0
+        self._malformed_round = 0
+        self._last_price: dict[str, str] = {}
+        self._next_heartbeat_ms = 0
+        self._stream_faults = {
+            venue: StreamFaults(
+                venue,
+                self.fault_symbol,
+                f"{self.fault_symbol.lower()}@{DEPTH_STREAM}",
+                f"{self.fault_symbol.lower()}@aggTrade",
+                self.fault_counts,
+            )
+            for venue in (BINANCE_SPOT, BINANCE_USDM)
+        }
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("simulator already started")
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self._requested_port)
+        await site.start()
+        self._runner = runner
+        self._port = runner.addresses[0][1]
+        for i, fault in enumerate(sorted(self.faults)):
+            # Spread the kinds over the interval so a drop never swallows a malformed frame.
+            offset = self.fault_every * i / len(self.faults)
+            self._tasks.append(self._spawn(self._fault_loop(fault, offset), f"fault {fault}"))
+        log.info("simulator listening on %s (scenario %s)", self.base_ws, self.scenario)
+
+    async def stop(self) -> None:
+        """Stop generating, flush and close every socket, then release the port."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        sockets = list(self._sockets)
+        for sock in sockets:
+            self._close_after_flush(sock)
+        if sockets:
+            waits = [asyncio.create_task(s.done.wait()) for s in sockets]
+            _, pending = await asyncio.wait(waits, timeout=SHUTDOWN_GRACE_S)
+            for task in pending:
+                task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("simulator not started")
+        return self._port
+
+    @property
+    def base_http(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_ws(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def model(self) -> MarketModel | None:
+        """The market, once the scenario has started."""
+        return self._model
+
+    def now_ms(self) -> int:
+        """Event time: the wall clock until the scenario starts, then ``speed`` ms per wall ms."""
+        if self._model is None:
+            return int(time.time() * 1000)
+        elapsed_ms = (time.monotonic() - self._start_mono) * 1000.0
+        return self._start_wall_ms + int(elapsed_ms * self.speed)
+
+    def _market_state(self) -> MarketState:
+        self._start_scenario()
+        assert self._state is not None
+        return self._state
+
+    def _start_scenario(self) -> None:
+        """The scenario's clock starts with the first market client of any venue, so whoever
+        connects first (a demo, a test, a daemon that started late) sees the calm baseline."""
+        if self._model is not None:
+            return
+        self._start_wall_ms = int(time.time() * 1000)
+        self._start_mono = time.monotonic()
+        model = MarketModel(
+            self.symbols,
+            self.scenario,
+            self.seed,
+            start_ms=self._start_wall_ms,
+            premiums=self.premiums,
+        )
+        books = {key: PublishedBook(model.book(*key), self._start_wall_ms) for key in model.specs}
+        rings = {key: TradeRing(TRADE_RING) for key in model.specs if key[0] != COINBASE}
+        coinbase_specs = {
+            sym: spec for (venue, sym), spec in model.specs.items() if venue == COINBASE
+        }
+        feed = CoinbaseFeed(coinbase_specs, {s: books[(COINBASE, s)] for s in coinbase_specs})
+        self._model = model
+        self._state = MarketState(model, books, rings, feed)
+        self._next_heartbeat_ms = (self._start_wall_ms // 1000 + 1) * 1000
+        self._tasks.append(self._spawn(self._generate(), "generator"))
+
+    # -- config for tapewatch ----------------------------------------------------------------
+    def config_overrides(self) -> Json:
+        """Config keys that point tapewatch here, with windows short enough for a demo."""
+        ws, http = self.base_ws, self.base_http
+        return {
+            "assets": {
+                a.name: {
+                    "binance_spot": a.binance,
+                    "binance_usdm": a.binance,
+                    "coinbase": a.coinbase,
+                }
+                for a in self.assets
+            },
+            "venues": {
+                "binance_spot": {"ws": f"{ws}/spot", "rest": f"{http}/spot"},
+                "binance_usdm": {
+                    "market_ws": f"{ws}/market",
+                    "public_ws": f"{ws}/public",
+                    "rest": http,
+                },
+                "coinbase": {"ws": f"{ws}/coinbase", "rest": f"{http}/coinbase"},
+            },
+            "signals": {"flow_window": "30s", "flow_min_coverage": 0.5},
+            "regimes": [
+                {
+                    "name": "seller_dominance",
+                    "description": "Perp takers sell much more than they buy "
+                    "(taker buy/sell ratio well below 1).",
+                    "all": [{"signal": "taker_buy_sell_ratio", "below": 0.8, "exit_below": 0.9}],
+                    "min_dwell": "5s",
+                    "cooldown": "0s",
+                }
+            ],
+        }
+
+    def write_config(self, path: str | Path, base_config_path: str | Path = "config.yaml") -> None:
+        """Write ``base_config_path`` merged with ``config_overrides()`` to ``path``.
+
+        Without a base file (run outside a checkout) a minimal valid base stands in.
+        """
+        base_path = Path(base_config_path)
+        if base_path.exists():
+            base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+        else:
+            base, base_config_path = dict(MINIMAL_BASE_CONFIG), "(built-in minimal config)"
+        if not isinstance(base, dict):
+            raise ValueError(f"{base_config_path}: top level is not a mapping")
+        merged = _deep_merge(base, self.config_overrides())
+        header = (
+            f"# Written by `tapewatch simulate` for the simulator on {self.base_ws} "
+            f"(port {self.port}, scenario {self.scenario}, speed {self.speed:g}).\n"
+            f"# Base config: {base_config_path}. The port changes between runs: "
+            "regenerate rather than edit.\n"
+        )
+        body = yaml.safe_dump(merged, sort_keys=False, allow_unicode=True)
+        Path(path).write_text(header + body, encoding="utf-8")
+
+    # -- market generation and fan-out -------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        task.add_done_callback(lambda t: _log_crash(t, name))
+        return task
+
+    async def _generate(self) -> None:
+        assert self._model is not None
+        while True:
+            now = self.now_ms()
+            self._publish(self._model.advance(now), now)
+            await asyncio.sleep(GENERATE_EVERY_S)
+
+    def _publish(self, ticks: Iterable[Tick], now_ms: int) -> None:
+        state = self._state
+        assert state is not None
+        feed = state.coinbase
+        for tick in ticks:
+            self._coinbase_due(tick.event_ms)
+            venue = tick.venue if isinstance(tick, TradeTick | DepthTick | QuoteTick) else None
+            if isinstance(tick, DepthTick):
+                state.books[(tick.venue, tick.symbol)].apply(tick)
+            if venue == COINBASE:
+                self._publish_coinbase(tick, feed)
+                continue
+            if isinstance(tick, TradeTick):
+                state.rings[(tick.venue, tick.symbol)].append(tick)
+            # Marks and liquidations have no venue field: they are USDⓈ-M's.
+            spec = state.model.specs.get((venue or BINANCE_USDM, tick.symbol))
+            self._publish_binance(tick, spec)
+        self._coinbase_due(now_ms + 1)
+
+    def _publish_binance(self, tick: Tick, spec: VenueSpec | None) -> None:
+        families = self._binance
+        if isinstance(tick, TradeTick) and tick.venue == BINANCE_USDM and spec is not None:
+            self._last_price[tick.symbol] = f"{tick.price:.{spec.price_decimals}f}"
+        for family, stream, raw in _lazy_frames(tick, spec, families):
+            clients = [c for c in families[family] if stream in c.streams and not c.cut]
+            faults = self._stream_faults[BINANCE_SPOT if family == SPOT else BINANCE_USDM]
+            payloads = (
+                faults.frames(stream, raw, bool(clients)) if faults.watches(stream) else [raw]
+            )
+            stall = stream == self.stall_stream
+            for client in clients:
+                if stall and client.stalled:
+                    continue
+                for payload in payloads:
+                    self._enqueue(client, envelope(stream, payload) if client.combined else payload)
+
+    def _publish_coinbase(self, tick: Tick, feed: CoinbaseFeed) -> None:
+        if isinstance(tick, TradeTick):
+            feed.on_trade(tick)
+            return
+        sessions = [c for c in self._coinbase if c.session is not None and not c.cut]
+        if isinstance(tick, DepthTick):
+            wanted = [c for c in sessions if c.session and c.session.wants("level2", tick.symbol)]
+            if wanted:
+                events = feed.on_depth(tick)
+                stamp = _stamp(tick.event_ms)
+                for client in wanted:
+                    assert client.session is not None
+                    self._send(client, client.session.l2_update(tick.symbol, stamp, events))
+        elif isinstance(tick, QuoteTick):
+            wanted = [c for c in sessions if c.session and c.session.wants("ticker", tick.symbol)]
+            if wanted:
+                events = feed.on_quote(tick)
+                stamp = _stamp(tick.event_ms)
+                for client in wanted:
+                    assert client.session is not None
+                    self._send(client, [Outgoing(client.session.frame("ticker", stamp, events))])
+
+    def _coinbase_due(self, now_ms: int) -> None:
+        """Send the trade batches and heartbeats whose event time has come."""
+        state = self._state
+        assert state is not None
+        feed = state.coinbase
+        end = feed.next_batch_end()
+        if end is not None and end <= now_ms:
+            sessions = [c for c in self._coinbase if c.session is not None and not c.cut]
+            for product, batch_end, events in feed.due_batches(now_ms):
+                stamp = _stamp(batch_end)
+                for client in sessions:
+                    session = client.session
+                    assert session is not None
+                    if session.wants("market_trades", product):
+                        self._send(client, session.trades(product, stamp, events))
+        while self._next_heartbeat_ms <= now_ms:
+            at = self._next_heartbeat_ms
+            self._next_heartbeat_ms += 1000
+            stamp = _stamp(at)
+            uptime_ns = (at - self._start_wall_ms) * 1_000_000
+            for client in list(self._coinbase):
+                session = client.session
+                if session is None or client.cut or HEARTBEATS not in session.subscriptions:
+                    continue
+                frames = session.heartbeat(stamp, at * 1_000_000, uptime_ns, client.stalled)
+                self._send(client, frames)
+
+    def _send(self, client: _Socket, frames: list[Outgoing]) -> None:
+        for frame in frames:
+            self._enqueue(client, frame.text, frame.fault)
+
+    def _enqueue(self, client: _Socket, text: str, fault: str | None = None) -> None:
+        if client.cut:
+            return
+        try:
+            client.queue.put_nowait((text, fault))
+        except asyncio.QueueFull:
+            log.warning(
+                "client %s fell %d frames behind: disconnecting",
+                _peer(client),
+                client.queue.qsize(),
+            )
+            self._abort(client)
+
+    async def _write_loop(self, client: _Socket) -> None:
+        """The only task that writes to the socket, so frames keep their order."""
+        while True:
+            item = await client.queue.get()
+            if item is None:
+                await client.ws.close(code=WSCloseCode.GOING_AWAY, message=b"simulator stopping")
+                return
+            text, fault = item
+            try:
+                await client.ws.send_str(text)
+            except ConnectionError:
+                return  # the reader side notices the loss and cleans up
+            if fault is not None:
+                # Counted once on the wire, so tests can compare with what clients received.
+                self.fault_counts[MALFORMED] += 1
+                self.fault_counts[f"{MALFORMED}:{fault}"] += 1
+
+    # -- faults --------------------------------------------------------------------------------
+    async def _fault_loop(self, fault: str, offset: float) -> None:
+        await asyncio.sleep(offset)
+        inject: Callable[[], None] = {
+            DROP: self._drop_all,
+            MALFORMED: self._send_malformed,
+            STALL: self._start_stall,
+            REST_429: self.rest.arm_429,
+            REST_418: self.rest.start_ban,
+        }.get(fault, lambda: self._arm(fault))
+        while True:
+            await asyncio.sleep(self.fault_every)
+            inject()
+
+    def _arm(self, fault: str) -> None:
+        """Arm a one-shot wire fault on both Binance venues and on every Coinbase socket."""
+        assert fault in ONE_SHOT
+        if self._model is None:
+            return  # no market client yet: nothing to hit
+        for faults in self._stream_faults.values():
+            faults.armed.add(fault)
+        for client in self._coinbase:
+            if client.session is not None:
+                client.session.armed.add(fault)
+
+    def _start_stall(self) -> None:
+        """Silence ``stall_stream`` on every Binance socket that carries it, and heartbeats on
+        every Coinbase socket, for ``stall_seconds``; sockets opened meanwhile are not
+        affected, so a client that reconnects heals the stall."""
+        if self._model is None:
+            return
+        victims: list[_Socket] = []
+        for family, clients in self._binance.items():
+            venue = BINANCE_SPOT if family == SPOT else BINANCE_USDM
+            for client in clients:
+                if self.stall_stream in client.streams and not client.stalled and not client.cut:
+                    victims.append(client)
+                    count(self.fault_counts, STALL, venue, self.stall_stream)
+        for cb in self._coinbase:
+            subscribed = cb.session is not None and HEARTBEATS in cb.session.subscriptions
+            if subscribed and not cb.stalled and not cb.cut:
+                victims.append(cb)
+                count(self.fault_counts, STALL, COINBASE, HEARTBEATS)
+        for victim in victims:
+            victim.stalled = True
+        if victims:
+            log.info("fault: %d socket(s) stall for %gs", len(victims), self.stall_seconds)
+            self._tasks.append(self._spawn(self._end_stall(victims), "stall"))
+
+    async def _end_stall(self, victims: list[_Socket]) -> None:
+        await asyncio.sleep(self.stall_seconds)
+        for victim in victims:
+            victim.stalled = False
+
+    def _drop_all(self) -> None:
+        victims = [s for s in self._sockets if not s.cut]
+        for sock in victims:
+            self.fault_counts[DROP] += 1
+            self._abort(sock)
+        if victims:
+            log.info("fault: dropped %d socket(s)", len(victims))
+
+    def _abort(self, client: _Socket) -> None:
+        """Cut the TCP connection without a close frame, like a network failure."""
+        client.cut = True
+        transport = client.request.transport
+        if transport is not None:
+            transport.abort()
+
+    def _send_malformed(self) -> None:
+        if self._model is None:
+            return  # no market client has connected yet: nobody to send to
+        kind = MALFORMED_KINDS[self._malformed_round % len(MALFORMED_KINDS)]
+        self._malformed_round += 1
+        now = self.now_ms()
+        for family in (MARKET, SPOT):
+            for client in list(self._binance[family]):
+                symbol = self._symbol_of(client)
+                price = self._last_price.get(symbol, "1.00")
+                frame = malformed_frame(kind, symbol, price, now, client.combined)
+                self._enqueue(client, frame, fault=kind)
+
+    def _symbol_of(self, client: _BinanceClient) -> str:
+        """The symbol a malformed frame pretends to be about: one the client watches."""
+        for stream in client.streams:
+            symbol = stream.split("@", 1)[0].upper()
+            if symbol in self.symbols:
+                return symbol
+        return next(iter(self.symbols))
+
+    def _close_after_flush(self, client: _Socket) -> None:
+        if client.cut:
+            return
+        client.cut = True
+        client.closing = True
+        try:
+            client.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            self._abort(client)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        response = await self.rest.handle(request)
+        if response is not None:
+            return response
+        if request.method == "GET" and request.path.rstrip("/") == "/coinbase":
+            return await self._serve_coinbase(request)
+        route = _route_of(request.path) if request.method == "GET" else None
+        if route is None:
+            msg = f"Unknown path {request.method} {request.path}"
+            return json_response(404, {"code": -1, "msg": msg})
+        family, combined, path_streams = route
+        streams = path_streams
+        if combined:
+            streams = [s for s in request.query.get("streams", "").split("/") if s]
+        return await self._serve_binance(request, family, combined, streams)
+
+    async def _open(self, request: web.Request) -> web.WebSocketResponse | None:
+        ws = web.WebSocketResponse(heartbeat=self.heartbeat)
+        if not ws.can_prepare(request).ok:
+            return None
+        await ws.prepare(request)
+        return ws
+
+    async def _serve_binance(
+        self, request: web.Request, family: str, combined: bool, streams: list[str]
+    ) -> web.StreamResponse:
+        ws = await self._open(request)
+        if ws is None:
+            return json_response(400, {"code": -1, "msg": "websocket upgrade expected"})
+        client = _BinanceClient(ws, request, family=family, combined=combined)
+        client.streams.update(dict.fromkeys(streams))
+        self._start_scenario()
+        self._binance[client.delivers].add(client)
+        self._sockets.add(client)
+        writer = asyncio.create_task(self._write_loop(client))
+        try:
+            async for msg in client.ws:
+                if msg.type is WSMsgType.TEXT:
+                    reply = client.control(msg.data)
+                    if "error" in reply:
+                        log.info("bad control message from %s: %.200s", _peer(client), msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    reply = _error_reply(_ControlError(3, "Invalid JSON: binary frame"))
+                else:
+                    continue
+                self._enqueue(client, dumps(reply))
+        finally:
+            self._binance[client.delivers].discard(client)
+            await self._finish(client, writer)
+        return ws
+
+    async def _serve_coinbase(self, request: web.Request) -> web.StreamResponse:
+        ws = await self._open(request)
+        if ws is None:
+            return json_response(400, {"error": "websocket upgrade expected"})
+        self._start_scenario()
+        client = _CoinbaseClient(ws, request)
+        client.session = CoinbaseSession(
+            frozenset(self._market_state().coinbase.products),
+            self.fault_counts,
+            fault_product=self.fault_product,
+        )
+        self._coinbase.add(client)
+        self._sockets.add(client)
+        writer = asyncio.create_task(self._write_loop(client))
+        deadline = asyncio.get_running_loop().call_later(
+            self.subscribe_timeout, self._subscribe_deadline, client
+        )
+        try:
+            async for msg in client.ws:
+                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                    self._coinbase_message(client, msg.data)
+        finally:
+            deadline.cancel()
+            self._coinbase.discard(client)
+            await self._finish(client, writer)
+        return ws
+
+    def _subscribe_deadline(self, client: _CoinbaseClient) -> None:
+        if client.session is not None and not client.session.subscribed and not client.cut:
+            log.info("coinbase client %s sent no subscribe in time: closing", _peer(client))
+            self._close_after_flush(client)
+
+    def _coinbase_message(self, client: _CoinbaseClient, data: str | bytes) -> None:
+        session = client.session
+        assert session is not None
+        try:
+            kind, channel, added = session.handle(data)
+        except ProtocolError as err:
+            self._enqueue(client, coinbase_wire.error_frame(str(err)))
+            return
+        feed = self._market_state().coinbase
+        stamp = _stamp(self.now_ms())
+        frames: list[Outgoing] = []
+        if kind == "subscribe":
+            for product in added:
+                wire_channel, events = feed.snapshot(channel, product)
+                frames.append(Outgoing(session.frame(wire_channel, stamp, events)))
+        frames.append(
+            Outgoing(session.frame("subscriptions", stamp, session.subscriptions_events()))
+        )
+        self._send(client, frames)
+
+    async def _finish(self, client: _Socket, writer: asyncio.Task[None]) -> None:
+        """Stop the writer, or on ``stop()`` let it finish the close handshake it started."""
+        self._sockets.discard(client)
+        if not client.closing:
+            writer.cancel()
+        await asyncio.wait({writer}, timeout=SHUTDOWN_GRACE_S)
+        if not writer.done():
+            writer.cancel()
+        elif not writer.cancelled() and writer.exception() is not None:
+            log.warning("writer to %s failed", _peer(client), exc_info=writer.exception())
+        client.done.set()
+
+
+def _lazy_frames(
+    tick: Tick, spec: VenueSpec | None, families: dict[str, set[_BinanceClient]]
+) -> list[tuple[str, str, str]]:
+    """Binance frames of ``tick``, skipping the encoding when its family has no socket."""
+    if all(not clients for clients in families.values()):
+        return []
+    return [f for f in tick_frames(tick, spec) if families[f[0]]]
+
+
+def _stamp(event_ms: int) -> str:
+    """An envelope timestamp: event time with the wall clock's sub-millisecond digits."""
+    return coinbase_wire.rfc3339_ns(event_ms * 1_000_000 + time.time_ns() % 1_000_000)
+
+
+def _peer(client: _Socket) -> str:
+    return str(client.request.remote)
+
+
+def _log_crash(task: asyncio.Task[None], name: str) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("simulator %s task crashed", name, exc_info=task.exception())
+
+
+# What `write_config` starts from when there is no config.yaml to extend.
+MINIMAL_BASE_CONFIG: dict[str, Any] = {
+    "instance": "tapewatch",
+    "assets": {
+        "BTC": {"binance_spot": "BTCUSDT", "binance_usdm": "BTCUSDT", "coinbase": "BTC-USD"},
+        "ETH": {"binance_spot": "ETHUSDT", "binance_usdm": "ETHUSDT", "coinbase": "ETH-USD"},
+    },
+    "mqtt": {"url": "mqtt://127.0.0.1:1883", "prefix": "tapewatch/v1"},
+}
+
+
+async def serve_forever(sim: Simulator, write_config: str | None) -> None:
+    """Start ``sim``, optionally write a config pointing at it, and run until cancelled."""
+    await sim.start()
+    try:
+        if write_config:
+            sim.write_config(write_config)
+            log.info("wrote %s", write_config)
+        print(
+            f"simulator listening on {sim.base_ws} (scenario {sim.scenario}, speed {sim.speed:g})",
+            flush=True,
+        )
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()

@@ -1,0 +1,285 @@
+"""The Binance parser on real recorded frames and on every kind of malformed frame."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import orjson
+import pytest
+
+from streams.binance import combined_stream_url, parse_frame, parse_rest, stream_name
+from streams.events import (
+    BINANCE_SPOT,
+    BINANCE_USDM,
+    BUY,
+    SELL,
+    BookTicker,
+    DepthDiff,
+    DepthSnapshot,
+    Liquidation,
+    LongShortRatio,
+    MarkPrice,
+    OpenInterest,
+    TakerVolumeRatio,
+    Trade,
+)
+from streams.frames import IgnoredFrame, MalformedFrame
+from streams.tape import read_tape
+from tests.conftest import DATA
+
+TAPES = {
+    "binance-usdm-2024-07-18-btc-eth-90s.tape.jsonl.zst": BINANCE_USDM,
+    "binance-usdm-2021-07-22-alts.tape.jsonl.zst": BINANCE_USDM,
+    "binance-spot-2024-08-08-btc-eth-60s.tape.jsonl.zst": BINANCE_SPOT,
+    "binance-spot-2021-10-11-alts.tape.jsonl.zst": BINANCE_SPOT,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TAPES))
+def test_every_recorded_frame_parses_or_is_ignored_with_a_reason(name: str) -> None:
+    outcomes: Counter[str] = Counter()
+    for rec in read_tape(DATA / name):
+        if rec.url is not None:
+            continue
+        try:
+            events = parse_frame(TAPES[name], rec.msg, 0)
+            outcomes.update(type(e).__name__ for e in events)
+        except IgnoredFrame as skip:
+            outcomes[f"ignored:{skip.detail or skip.kind}"] += 1
+        except MalformedFrame as bad:  # pragma: no cover - the assertion below reports it
+            pytest.fail(f"real frame rejected as malformed ({bad}): {rec.msg[:200]}")
+    assert outcomes["Trade"] > 0 and outcomes["DepthDiff"] > 0 and outcomes["BookTicker"] > 0
+    # Everything not turned into events is a known stream we do not collect.
+    assert {k for k in outcomes if k.startswith("ignored:")} <= {"ignored:kline"}
+
+
+@pytest.mark.parametrize("name", sorted(TAPES))
+def test_every_recorded_rest_body_parses_or_is_ignored_with_a_reason(name: str) -> None:
+    snapshots = 0
+    for rec in read_tape(DATA / name):
+        if rec.url is None:
+            continue
+        try:
+            events = parse_rest(TAPES[name], rec.url, rec.msg, 0)
+        except IgnoredFrame as skip:
+            assert skip.kind == "rest_not_collected", rec.url  # exchangeInfo
+            continue
+        [snap] = events
+        assert isinstance(snap, DepthSnapshot)
+        raw = orjson.loads(rec.msg)
+        assert snap.symbol in rec.url and snap.last_id == raw["lastUpdateId"]
+        assert len(snap.bids) == len(raw["bids"]) and len(snap.asks) == len(raw["asks"])
+        assert snap.bids[0] == (float(raw["bids"][0][0]), float(raw["bids"][0][1]))
+        snapshots += 1
+    assert snapshots >= 2
+
+
+def test_real_usdm_depth_diff_and_book_tickers() -> None:
+    diff = ticker = None
+    for rec in read_tape(DATA / "binance-usdm-2024-07-18-btc-eth-90s.tape.jsonl.zst"):
+        if rec.url is None and diff is None and '"btcusdt@depth@0ms"' in rec.msg:
+            diff = rec.msg
+        if rec.url is None and ticker is None and '"btcusdt@bookTicker"' in rec.msg:
+            ticker = rec.msg
+    assert diff is not None and ticker is not None
+    raw = orjson.loads(diff)["data"]
+    [d] = parse_frame(BINANCE_USDM, diff, 9)
+    assert isinstance(d, DepthDiff)
+    assert (d.first_id, d.last_id, d.prev_last_id) == (raw["U"], raw["u"], raw["pu"])
+    assert d.ts_event == raw["E"] and len(d.bids) == len(raw["b"]) and len(d.asks) == len(raw["a"])
+    assert d.bids[0] == (float(raw["b"][0][0]), float(raw["b"][0][1]))
+    raw_t = orjson.loads(ticker)["data"]
+    [t] = parse_frame(BINANCE_USDM, ticker, 9)
+    assert isinstance(t, BookTicker) and t.ts_event == raw_t["E"]
+    assert (t.bid, t.ask) == (float(raw_t["b"]), float(raw_t["a"]))
+
+
+def test_spot_book_ticker_has_no_time_so_receive_time_stands_in() -> None:
+    frame = (
+        '{"stream":"bnbusdt@bookTicker","data":{"u":400900217,"s":"BNBUSDT","b":"25.35190000",'
+        '"B":"31.21000000","a":"25.36520000","A":"40.66000000"}}'
+    )
+    [t] = parse_frame(BINANCE_SPOT, frame, 777)
+    assert t == BookTicker(BINANCE_SPOT, "BNBUSDT", 777, 777, 25.3519, 31.21, 25.3652, 40.66)
+
+
+def test_force_order_documented_shape() -> None:
+    frame = (
+        '{"stream":"btcusdt@forceOrder","data":{"e":"forceOrder","E":1568014460893,"o":{'
+        '"s":"BTCUSDT","S":"SELL","o":"LIMIT","f":"IOC","q":"0.014","p":"9910","ap":"9910",'
+        '"X":"FILLED","l":"0.014","z":"0.014","T":1568014460893}}}'
+    )
+    [liq] = parse_frame(BINANCE_USDM, frame, 1)
+    # SELL liquidation order: the exchange sells to close a long.
+    assert liq == Liquidation(BINANCE_USDM, "BTCUSDT", 1568014460893, 1, SELL, 9910.0, 0.014)
+
+
+def test_polled_rest_bodies_documented_shapes() -> None:
+    [oi] = parse_rest(
+        BINANCE_USDM,
+        "/fapi/v1/openInterest?symbol=BTCUSDT",
+        '{"openInterest":"10659.509","symbol":"BTCUSDT","time":1589437530011}',
+        5,
+    )
+    assert oi == OpenInterest(BINANCE_USDM, "BTCUSDT", 1589437530011, 5, 10659.509)
+    [ls] = parse_rest(
+        BINANCE_USDM,
+        "/futures/data/globalLongShortAccountRatio?symbol=BTCUSDT&period=5m&limit=1",
+        '[{"symbol":"BTCUSDT","longShortRatio":"0.1960","longAccount":"0.6622",'
+        '"shortAccount":"0.3378","timestamp":"1583139600000"}]',
+        5,
+    )
+    assert ls == LongShortRatio(BINANCE_USDM, "BTCUSDT", 1583139600000, 5, 0.196, 0.6622, 0.3378)
+    [tk] = parse_rest(
+        BINANCE_USDM,
+        "/futures/data/takerlongshortRatio?symbol=BTCUSDT&period=5m&limit=1",
+        '[{"buySellRatio":"1.5586","buyVol":"387.3300","sellVol":"248.5030",'
+        '"timestamp":1585614900000}]',
+        5,
+    )
+    assert tk == TakerVolumeRatio(
+        BINANCE_USDM, "BTCUSDT", 1585614900000, 5, 1.5586, 387.33, 248.503
+    )
+    trades = parse_rest(
+        BINANCE_SPOT,
+        "/api/v3/aggTrades?symbol=BTCUSDT&fromId=26129&limit=2",
+        '[{"a":26129,"p":"0.01633102","q":"4.70443515","f":27781,"l":27781,'
+        '"T":1498793709153,"m":true,"M":true},{"a":26130,"p":"0.01633103","q":"1","f":27782,'
+        '"l":27782,"T":1498793709160,"m":false,"M":true}]',
+        5,
+    )
+    assert [(t.trade_id, t.taker_side, t.symbol) for t in trades] == [
+        (26129, SELL, "BTCUSDT"),
+        (26130, BUY, "BTCUSDT"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "outcome"),
+    [
+        ("/fapi/v1/depth?symbol=BTCUSDT", "<html>", "not_json"),
+        ("/fapi/v1/depth?symbol=BTCUSDT", '{"code":-1121,"msg":"Invalid symbol."}', "rest_error"),
+        ("/fapi/v1/depth", '{"lastUpdateId":1,"bids":[],"asks":[]}', "missing_field"),
+        (
+            "/fapi/v1/depth?symbol=X",
+            '{"lastUpdateId":1,"bids":[["1","NaN"]],"asks":[]}',
+            "bad_value",
+        ),
+        ("/fapi/v1/openInterest?symbol=X", '{"openInterest":"-1","time":1}', "bad_value"),
+        ("/fapi/v1/exchangeInfo", "{}", "rest_not_collected"),
+    ],
+)
+def test_bad_rest_bodies_are_classified(url: str, body: str, outcome: str) -> None:
+    with pytest.raises((MalformedFrame, IgnoredFrame)) as info:
+        parse_rest(BINANCE_USDM, url, body, 0)
+    assert info.value.kind == outcome
+
+
+def test_stream_name_read_from_the_frame_prefix() -> None:
+    assert stream_name('{"stream":"btcusdt@depth@100ms","data":{}}') == "btcusdt@depth@100ms"
+    assert stream_name(b'{"stream":"ethusdt@markPrice@1s","data":{}}') == "ethusdt@markPrice@1s"
+    assert stream_name('{"e":"aggTrade"}') is None
+
+
+def test_trade_fields_and_taker_side_from_real_frame() -> None:
+    # The first BTC @trade frame of the USDⓈ-M recording, field by field.
+    for rec in read_tape(DATA / "binance-usdm-2024-07-18-btc-eth-90s.tape.jsonl.zst"):
+        if rec.url is None and '"btcusdt@trade"' in rec.msg:
+            raw = orjson.loads(rec.msg)["data"]
+            break
+    [trade] = parse_frame(BINANCE_USDM, rec.msg, 123)
+    assert isinstance(trade, Trade)
+    assert trade.symbol == "BTCUSDT"
+    assert trade.price == float(raw["p"]) and trade.qty == float(raw["q"])
+    assert trade.ts_event == raw["T"] and trade.ts_recv == 123 and trade.trade_id == raw["t"]
+    # m == true: the buyer was the maker, so the taker sold.
+    assert trade.taker_side == (SELL if raw["m"] else BUY)
+
+
+def test_aggtrade_and_mark_price_documented_shapes() -> None:
+    agg = (
+        '{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1771000000100,"s":"BTCUSDT",'
+        '"a":5933014,"p":"78000.10","q":"0.250","nq":"0.250","f":100,"l":105,'
+        '"T":1771000000095,"m":false}}'
+    )
+    [t] = parse_frame(BINANCE_USDM, agg, 1)
+    assert t == Trade(BINANCE_USDM, "BTCUSDT", 1771000000095, 1, 78000.10, 0.25, BUY, 5933014)
+    assert math.isclose(t.notional, 19500.025)
+
+    mark = (
+        '{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1562305380000,'
+        '"s":"BTCUSDT","p":"11794.15000000","i":"11784.62659091","P":"11784.25641265",'
+        '"r":"-0.00038167","T":1562306400000}}'
+    )
+    [m] = parse_frame(BINANCE_USDM, mark, 2)
+    assert m == MarkPrice(
+        BINANCE_USDM,
+        "BTCUSDT",
+        1562305380000,
+        2,
+        11794.15,
+        11784.62659091,
+        -0.00038167,
+        1562306400000,
+    )
+
+
+def test_raw_mode_payload_without_envelope() -> None:
+    raw = '{"e":"trade","E":1,"s":"ETHUSDT","t":7,"p":"3000","q":"1","T":1,"m":true}'
+    [t] = parse_frame(BINANCE_USDM, raw, 0)
+    assert (t.symbol, t.taker_side, t.trade_id) == ("ETHUSDT", SELL, 7)
+
+
+GOOD = {"e": "aggTrade", "E": 1, "s": "BTCUSDT", "a": 1, "p": "1", "q": "1", "T": 1, "m": True}
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        ("{not json", "not_json"),
+        ("[1,2]", "not_object"),
+        ("", "not_json"),
+        (orjson.dumps({k: v for k, v in GOOD.items() if k != "p"}).decode(), "missing_field"),
+        (orjson.dumps({**GOOD, "p": [1]}).decode(), "bad_type"),
+        (orjson.dumps({**GOOD, "m": "yes"}).decode(), "bad_type"),
+        (orjson.dumps({**GOOD, "T": "1"}).decode(), "bad_type"),
+        (orjson.dumps({**GOOD, "p": "NaN"}).decode(), "bad_value"),
+        (orjson.dumps({**GOOD, "p": "-5"}).decode(), "bad_value"),
+        (orjson.dumps({**GOOD, "q": "0"}).decode(), "bad_value"),
+        (orjson.dumps({**GOOD, "p": "abc"}).decode(), "bad_type"),
+        (orjson.dumps({**GOOD, "e": "bogus"}).decode(), "unknown_event"),
+        (
+            '{"stream":"x","data":{"e":"markPriceUpdate","E":1,"s":"BTCUSDT","p":"inf"}}',
+            "bad_value",
+        ),
+    ],
+)
+def test_malformed_frames_are_classified(frame: str, kind: str) -> None:
+    with pytest.raises(MalformedFrame) as info:
+        parse_frame(BINANCE_USDM, frame, 0)
+    assert info.value.kind == kind
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        ('{"result":null,"id":1}', "control_reply"),
+        ('{"error":{"code":2,"msg":"Invalid request"},"id":3}', "error_reply"),
+        ('{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1}}', "server_shutdown"),
+    ],
+)
+def test_control_frames_are_ignored_with_a_reason(frame: str, kind: str) -> None:
+    with pytest.raises(IgnoredFrame) as info:
+        parse_frame(BINANCE_USDM, frame, 0)
+    assert info.value.kind == kind
+
+
+def test_combined_stream_url_lowercases_symbols() -> None:
+    url = combined_stream_url(
+        "ws://h:1/market/", ["BTCUSDT", "ETHUSDT"], ("aggTrade", "markPrice@1s")
+    )
+    assert url == (
+        "ws://h:1/market/stream?streams=btcusdt@aggTrade/btcusdt@markPrice@1s/"
+        "ethusdt@aggTrade/ethusdt@markPrice@1s"
+    )

@@ -1,0 +1,187 @@
+"""The resilient connection against a real websocket server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from streams.binance import stream_name
+from streams.connection import Backoff, Connection, Control, Frame, FrameQueue, LinkStats
+
+Handler = Callable[[ServerConnection, int], Awaitable[None]]
+
+
+class Server:
+    """A websocket server whose behaviour per accepted connection is a test-supplied handler."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.accepted = asyncio.Condition()
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        async with self.accepted:
+            self.connections += 1
+            n = self.connections
+            self.accepted.notify_all()
+        await self.handler(ws, n)
+
+    async def wait_connections(self, n: int, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout), self.accepted:
+            await self.accepted.wait_for(lambda: self.connections >= n)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[Server, str]]]]:
+    servers: list[Any] = []
+
+    async def start(handler: Handler) -> tuple[Server, str]:
+        srv = Server(handler)
+        ws_server = await serve(srv._serve, "127.0.0.1", 0)
+        servers.append(ws_server)
+        port = ws_server.sockets[0].getsockname()[1]
+        return srv, f"ws://127.0.0.1:{port}/stream"
+
+    yield start
+    for s in servers:
+        s.close()
+        await s.wait_closed()
+
+
+def frame(stream: str, i: int) -> str:
+    return f'{{"stream":"{stream}","data":{{"i":{i}}}}}'
+
+
+def connection(url: str, queue: FrameQueue, **kw: Any) -> tuple[Connection, LinkStats]:
+    stats = LinkStats("test")
+    conn = Connection(
+        "test",
+        "binance-usdm",
+        url,
+        queue,
+        stats,
+        Backoff(0.01, 0.05, random.Random(1)),
+        silence_timeout=kw.pop("silence_timeout", 5.0),
+        **kw,
+    )
+    return conn, stats
+
+
+async def run_until(conn: Connection, condition: Callable[[], bool], timeout: float = 10) -> None:
+    task = asyncio.create_task(conn.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.01)  # polling a counter, not waiting for time to pass
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def controls(queue: FrameQueue) -> list[dict[str, Any]]:
+    return [item.ctl for item in queue._items if isinstance(item, Control)]
+
+
+async def test_a_stalled_stream_is_detected_while_others_flow_and_reconnect_heals_it(
+    server: Any,
+) -> None:
+    async def handler(ws: ServerConnection, n: int) -> None:
+        # First connection: depth stops after 5 frames while trades keep flowing.
+        for i in range(10_000):
+            if n > 1 or i < 5:
+                await ws.send(frame("btcusdt@depth@100ms", i))
+            await ws.send(frame("btcusdt@aggTrade", i))
+            await asyncio.sleep(0.02)
+
+    srv, url = await server(handler)
+    queue = FrameQueue(100_000)
+    conn, stats = connection(
+        url, queue, watched=("btcusdt@depth@100ms",), stream_of=stream_name, stall_timeout=0.4
+    )
+    await run_until(conn, lambda: srv.connections >= 2 and stats.frames > 60)
+    assert stats.stalls == 1 and stats.stalled == ("btcusdt@depth@100ms",)
+    assert "stalled" in (stats.last_error or "")
+    assert controls(queue)[0] == {"kind": "link_lost", "stream": "test", "trades": True}
+    # After the reconnect depth frames flow again.
+    depth_after = [
+        f for f in list(queue._items)[-20:] if isinstance(f, Frame) and "depth" in str(f.raw)
+    ]
+    assert depth_after
+
+
+async def test_a_silent_socket_is_reconnected(server: Any) -> None:
+    async def handler(ws: ServerConnection, n: int) -> None:
+        await ws.wait_closed()  # accept and say nothing, like a retired Binance path
+
+    srv, url = await server(handler)
+    conn, stats = connection(url, FrameQueue(10), silence_timeout=0.2)
+    await run_until(conn, lambda: srv.connections >= 3)
+    assert stats.reconnects >= 2 and "silent" in (stats.last_error or "")
+
+
+async def test_server_shutdown_reconnects_at_once(server: Any) -> None:
+    async def handler(ws: ServerConnection, n: int) -> None:
+        if n == 1:
+            await ws.send('{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1}}')
+        await ws.wait_closed()
+
+    srv, url = await server(handler)
+    conn, stats = connection(url, FrameQueue(10))
+    await run_until(conn, lambda: srv.connections >= 2)
+    assert stats.last_error == "serverShutdown announced"
+    # The announcing frame itself still reaches the pipeline (it counts and ignores it).
+    assert stats.frames == 1
+
+
+async def test_requested_reconnect_skips_the_backoff(server: Any) -> None:
+    async def handler(ws: ServerConnection, n: int) -> None:
+        for i in range(10_000):
+            await ws.send(frame("btcusdt@aggTrade", i))
+            await asyncio.sleep(0.01)
+
+    srv, url = await server(handler)
+    conn, stats = connection(url, FrameQueue(100_000))
+    conn.backoff = Backoff(60.0, 60.0)  # a normal failure would wait up to a minute
+    requested = False
+
+    def condition() -> bool:
+        nonlocal requested
+        if stats.frames > 5 and not requested:
+            conn.request_reconnect("resubscribe")
+            requested = True
+        return srv.connections >= 2
+
+    await run_until(conn, condition, timeout=5)
+    assert stats.last_error == "requested: resubscribe"
+
+
+async def test_refused_connections_back_off_and_keep_trying() -> None:
+    queue = FrameQueue(10)
+    conn, stats = connection("ws://127.0.0.1:9/stream", queue)  # nothing listens on port 9
+    await run_until(conn, lambda: stats.reconnects >= 3)
+    assert "connect failed" in (stats.last_error or "")
+    assert [c["kind"] for c in controls(queue)][:3] == ["link_lost"] * 3
+
+
+def test_backoff_is_capped_full_jitter() -> None:
+    b = Backoff(0.5, 4.0, random.Random(7))
+    delays = [b.next_delay() for _ in range(12)]
+    caps = [min(4.0, 0.5 * 2**n) for n in range(12)]
+    assert all(0 <= d <= c for d, c in zip(delays, caps, strict=True))
+    assert max(delays[5:]) > 2.0  # jitter spreads up to the cap, not stuck near zero
+    b.reset()
+    assert b.next_delay() <= 0.5
+
+
+def test_queue_drops_the_oldest_when_full() -> None:
+    q = FrameQueue(3)
+    for i in range(5):
+        q.put(Frame("v", i, str(i)))
+    assert q.dropped == 2
+    assert [f.raw for f in q._items if isinstance(f, Frame)] == ["2", "3", "4"]

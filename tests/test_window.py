@@ -1,0 +1,135 @@
+"""BucketWindow against direct numpy sums over the same events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from signals.window import BucketWindow
+
+
+def reference_sum(
+    events: list[tuple[int, float]],
+    end_ms: int,
+    span_ms: int,
+    bucket_ms: int,
+    missing: set[int] = frozenset(),
+) -> float:
+    """Sum of values whose bucket lies in the window ending with the bucket of ``end_ms``."""
+    head = end_ms // bucket_ms
+    lo = head - span_ms // bucket_ms + 1
+    vals = np.array(
+        [v for t, v in events if lo <= t // bucket_ms <= head and t // bucket_ms not in missing]
+    )
+    return float(vals.sum()) if vals.size else 0.0
+
+
+def test_hand_worked_window() -> None:
+    w = BucketWindow(span_ms=3000, bucket_ms=1000, channels=2)
+    w.add(500, (1.0, 10.0))  # bucket 0
+    w.add(1500, (2.0, 20.0))  # bucket 1
+    w.add(2999, (4.0, 40.0))  # bucket 2
+    assert w.totals().tolist() == [7.0, 70.0]
+    w.add(3000, (8.0, 80.0))  # bucket 3 evicts bucket 0
+    assert w.totals().tolist() == [14.0, 140.0]
+    w.advance(5999)  # buckets 4, 5: window = 3, 4, 5
+    assert w.totals().tolist() == [8.0, 80.0]
+    w.advance(10_000)  # jump past the whole window
+    assert w.totals().tolist() == [0.0, 0.0]
+
+
+def test_late_events_land_in_their_bucket_or_are_counted_when_too_old() -> None:
+    w = BucketWindow(3000, 1000, 1)
+    w.add(5500, (1.0,))
+    w.add(3200, (2.0,))  # bucket 3: still in the window 3..5
+    assert w.totals().tolist() == [3.0]
+    w.add(2999, (4.0,))  # bucket 2: already out of the window
+    assert w.totals().tolist() == [3.0]
+    assert w.late_dropped == 1
+
+
+def test_missing_buckets_are_excluded_and_reduce_coverage() -> None:
+    w = BucketWindow(10_000, 1000, 1)
+    for t in range(0, 10_000, 1000):
+        w.add(t, (1.0,))
+    assert w.coverage() == 1.0
+    w.mark_missing(3000, 5000)  # buckets 3 and 4
+    assert w.totals().tolist() == [8.0]
+    assert w.coverage() == pytest.approx(0.8)
+    w.advance(14_999)  # buckets 0..4 leave the window, the missing flags with them
+    assert w.coverage() == 1.0
+    assert w.totals().tolist() == [5.0]
+
+
+def test_coverage_counts_only_since_first_data() -> None:
+    w = BucketWindow(3_600_000, 1000, 1)
+    w.add(0, (1.0,))
+    w.advance(9_999)
+    assert w.coverage() == 1.0  # 10 buckets seen, none missing: a young window is not "missing"
+
+
+def test_totals_stay_exact_after_a_volatile_stretch() -> None:
+    """Huge values then tiny ones: subtract-only totals would keep the huge rounding residue."""
+    rng = np.random.default_rng(7)
+    w = BucketWindow(60_000, 1000, 1)
+    events = []
+    t = 0
+    for _ in range(200):  # volatile: values around 1e16
+        v = float(rng.uniform(0, 1e16))
+        events.append((t, v))
+        w.add(t, (v,))
+        t += 300
+    for _ in range(2000):  # calm: values around 1
+        v = float(rng.uniform(0, 1))
+        events.append((t, v))
+        w.add(t, (v,))
+        t += 300
+    expected = reference_sum(events, t - 300, 60_000, 1000)
+    assert w.totals()[0] == pytest.approx(expected, rel=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 50_000), st.floats(0, 1e6)), min_size=1, max_size=200),
+    st.sampled_from([(5000, 1000), (10_000, 500), (1000, 1000)]),
+)
+def test_matches_numpy_for_any_in_order_stream(
+    raw: list[tuple[int, float]], shape: tuple[int, int]
+) -> None:
+    span, bucket = shape
+    events = sorted(raw)
+    w = BucketWindow(span, bucket, 1)
+    for t, v in events:
+        w.add(t, (v,))
+    expected = reference_sum(events, events[-1][0], span, bucket)
+    assert w.totals()[0] == pytest.approx(expected, rel=1e-9, abs=1e-6)
+
+
+def test_rejects_span_not_multiple_of_bucket() -> None:
+    with pytest.raises(ValueError):
+        BucketWindow(1500, 1000, 1)
+
+
+def test_a_gap_reaching_past_the_window_head_stays_missing_when_the_window_moves() -> None:
+    w = BucketWindow(10_000, 1000, 1)
+    w.add(0, (1.0,))
+    w.mark_missing(1000, 4000)  # head is bucket 0; the gap covers buckets 1..3
+    w.add(5500, (2.0,))
+    assert w.coverage() == pytest.approx(3 / 6)  # buckets 0..5 seen, 1..3 missing
+    assert w.totals().tolist() == [3.0]
+
+
+def test_reading_one_past_bucket() -> None:
+    w = BucketWindow(5000, 1000, 2)
+    w.add(1200, (3.0, 1.0))
+    w.add(1800, (4.0, 1.0))
+    w.add(3500, (9.0, 1.0))
+    assert w.bucket(1000).tolist() == [7.0, 2.0]
+    assert w.bucket(2500) is None  # no data in bucket 2
+    w.mark_missing(3000, 4000)
+    assert w.bucket(3999) is None  # missing
+    w.advance(6500)  # window now buckets 2..6: bucket 1 has left it
+    assert w.bucket(1000) is None
+    assert w.bucket(9000) is None  # not reached yet
