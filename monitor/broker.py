@@ -8,6 +8,7 @@ on this machine, does it start amqtt in-process there. ``embedded`` always start
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 
@@ -16,6 +17,8 @@ import aiomqtt
 from monitor.config import MqttConfig
 
 log = logging.getLogger("tapewatch.broker")
+
+STOP_TIMEOUT_S = 5.0
 
 
 class BrokerError(Exception):
@@ -69,8 +72,12 @@ class EmbeddedBroker:
 
     async def stop(self) -> None:
         if self._broker is not None:
-            await self._broker.shutdown()
-            self._broker = None
+            broker, self._broker = self._broker, None
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await broker.shutdown()
+            except TimeoutError:
+                log.warning("embedded MQTT broker did not shut down within %ss", STOP_TIMEOUT_S)
 
 
 async def ensure_broker(config: MqttConfig) -> EmbeddedBroker | None:

@@ -26,6 +26,7 @@ from monitor.config import (
     load_config,
 )
 from streams.tape import TapeError
+from streams.tasks import stop_tasks
 
 log = logging.getLogger("tapewatch")
 
@@ -242,8 +243,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         tail_task = asyncio.create_task(tail("127.0.0.1", port, config.mqtt.prefix, counts=counts))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.duration)
-        tail_task.cancel()
         stop.set()
+        await stop_tasks([tail_task])
         await daemon_task
         await sim.stop()
         print(

@@ -40,6 +40,7 @@ from streams.connection import (
 from streams.continuity import TradeGap
 from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
 from streams.rest import RestClient, RestError
+from streams.tasks import stop_tasks
 
 log = logging.getLogger("tapewatch.daemon")
 
@@ -227,23 +228,30 @@ class Daemon:
             if self.publisher
             else ", not publishing",
         )
+        named = [(c.run(), c.name) for c in self.connections]
+        if self.publisher is not None:
+            named += [(self.publisher.run(), "publisher"), (self._report_health(), "health")]
+        named += [(self._consume(), "consumer"), (self._checkpoints(), "checkpoints")]
+        named += [(poller, "poller") for poller in self._pollers()]
+        # Supervised by hand rather than by a TaskGroup, so that shutdown is bounded even when
+        # a task swallows its cancellation (see streams/tasks.py).
+        tasks = [asyncio.create_task(coro, name=name) for coro, name in named]
+        stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(c.run(), name=c.name) for c in self.connections]
-                if self.publisher is not None:
-                    tasks.append(tg.create_task(self.publisher.run(), name="publisher"))
-                    tasks.append(tg.create_task(self._report_health(), name="health"))
-                tasks.append(tg.create_task(self._consume(), name="consumer"))
-                tasks += [tg.create_task(t, name="poller") for t in self._pollers()]
-                tasks.append(tg.create_task(self._checkpoints(), name="checkpoints"))
-                await stop.wait()
-                log.info("stopping")
-                self.save_checkpoint()
-                if self.publisher is not None:
-                    await self.publisher.close()
-                for task in [*tasks, *self._tasks]:
-                    task.cancel()
+            done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+            ended = [t for t in done if t is not stopping]  # tasks meant to run until stopped
+            log.info("stopping")
+            self.save_checkpoint()
+            if ended:
+                task = ended[0]
+                error = None if task.cancelled() else task.exception()
+                raise RuntimeError(f"task {task.get_name()} ended unexpectedly") from error
+            if self.publisher is not None:
+                await self.publisher.close()
         finally:
+            stuck = await stop_tasks([*tasks, stopping, *self._tasks])
+            if stuck:
+                log.error("tasks still running after shutdown grace: %s", ", ".join(stuck))
             for client in self.rest.values():
                 await client.close()
             if self.recorder is not None:

@@ -21,6 +21,7 @@ import aiomqtt
 from monitor.config import MqttConfig
 from monitor.messages import OutMessage
 from streams.connection import Backoff
+from streams.tasks import stop_tasks
 
 log = logging.getLogger("tapewatch.mqtt")
 
@@ -86,15 +87,29 @@ class Publisher:
                     await client.subscribe(self.rebirth_topic, qos=1)
                     await self._send(client, self.birth)
                     self.connected.set()
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._drain(client))
-                        tg.create_task(self._listen(client))
-            except* aiomqtt.MqttError as group:
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
                 self.connected.clear()
                 self._client = None
                 delay = backoff.next_delay()
-                log.warning("mqtt: %s; reconnecting in %.1fs", group.exceptions[0], delay)
+                log.warning("mqtt: %s; reconnecting in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Drain the queues and listen for commands until one of them fails (MqttError)."""
+        # Not a TaskGroup: aborting one waits forever for a child that swallowed its
+        # cancellation (see streams/tasks.py), and aiomqtt's publish can do exactly that.
+        tasks = [
+            asyncio.create_task(self._drain(client), name="mqtt-drain"),
+            asyncio.create_task(self._listen(client), name="mqtt-listen"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raises the MqttError that ended the session
+            raise aiomqtt.MqttError("the message stream ended")
+        finally:
+            await stop_tasks(tasks)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush what is queued, then replace the retained status with ``offline``."""

@@ -1,0 +1,48 @@
+"""Shutdown is bounded even when a task swallows its cancellation (Python 3.11 wait_for race)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streams.tasks import stop_tasks
+
+
+async def _swallows_first_cancel(stopped: list[str]) -> None:
+    # What a task does when asyncio.wait_for dropped the cancellation: it carries on waiting.
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        pass
+    try:
+        await asyncio.Event().wait()
+    finally:
+        stopped.append("second cancel")
+
+
+async def _ignores_cancellation(release: asyncio.Event) -> None:
+    while not release.is_set():
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            continue
+
+
+async def test_a_task_that_swallows_a_cancellation_is_cancelled_again() -> None:
+    stopped: list[str] = []
+    task = asyncio.create_task(_swallows_first_cancel(stopped), name="stubborn")
+    await asyncio.sleep(0)  # let it reach its first await
+    assert await stop_tasks([task], grace_s=5.0) == []
+    assert task.cancelled()
+    assert stopped == ["second cancel"]
+
+
+async def test_a_task_that_never_stops_is_reported_after_the_grace_period() -> None:
+    release = asyncio.Event()
+    task = asyncio.create_task(_ignores_cancellation(release), name="runaway")
+    plain = asyncio.create_task(asyncio.Event().wait(), name="plain")
+    await asyncio.sleep(0)
+    assert await stop_tasks([task, plain], grace_s=0.6) == ["runaway"]
+    assert plain.cancelled()
+    assert not task.done()
+    release.set()
+    await task
