@@ -135,6 +135,8 @@ class SignalsConfig:
     baseline_bucket: float = 60.0
     baseline_min_history: float = 86400.0
     robust_z: bool = False
+    # Fill the baselines from REST history at start-up (signals/backfill.py).
+    backfill: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -664,7 +666,7 @@ def _signals(data: object, errors: _Errors) -> SignalsConfig:
         data,
         "signals",
         errors,
-        (*keys, "flow_min_coverage", *baseline_keys, "robust_z"),
+        (*keys, "flow_min_coverage", *baseline_keys, "robust_z", "backfill"),
         optional=True,
     )
     d = SignalsConfig()
@@ -716,6 +718,7 @@ def _signals(data: object, errors: _Errors) -> SignalsConfig:
     d = SignalsConfig()
     baseline = {k: sec.get(k, _positive_duration, getattr(d, k)) for k in baseline_keys}
     robust = sec.get("robust_z", _boolean, d.robust_z)
+    backfill = sec.get("backfill", _boolean, d.backfill)
     if sec.ok(*baseline_keys):
         window_ms = round(baseline["baseline_window"] * 1000)
         bucket_ms = round(baseline["baseline_bucket"] * 1000)
@@ -725,7 +728,9 @@ def _signals(data: object, errors: _Errors) -> SignalsConfig:
             sec.fail("baseline_bucket", f"more than {MAX_BUCKETS_PER_WINDOW} samples per window")
         if baseline["baseline_min_history"] > baseline["baseline_window"]:
             sec.fail("baseline_min_history", "must not exceed baseline_window")
-    return SignalsConfig(**values, flow_min_coverage=coverage, **baseline, robust_z=robust)
+    return SignalsConfig(
+        **values, flow_min_coverage=coverage, **baseline, robust_z=robust, backfill=backfill
+    )
 
 
 _CONDITION_KEYS = ("signal", "above", "below", "exit_above", "exit_below")

@@ -13,13 +13,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from monitor import __version__
+from monitor.backfill import Backfill
 from monitor.broker import EmbeddedBroker, ensure_broker
 from monitor.config import Config
 from monitor.health import Health
@@ -236,6 +237,8 @@ class Daemon:
         # Supervised by hand rather than by a TaskGroup, so that shutdown is bounded even when
         # a task swallows its cancellation (see streams/tasks.py).
         tasks = [asyncio.create_task(coro, name=name) for coro, name in named]
+        if self.config.signals.backfill:
+            self._spawn(self._backfill_history(), "backfill")
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
             done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -295,9 +298,21 @@ class Daemon:
                     conn.request_reconnect(request.reason)
             return
         self._inflight.add(request)
-        task = asyncio.get_running_loop().create_task(self._fetch(request))
+        self._spawn(self._fetch(request), "rest")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A task that ends by itself (a REST request, the backfill); cancelled at shutdown."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _backfill_history(self) -> None:
+        try:
+            await Backfill(self.config, self.pipeline.engine, self.rest, wall_ms()).run()
+        except Exception:  # the live signals go on without it
+            log.exception("backfill failed; z-scores build from live data only")
+            return
+        self.save_checkpoint()
 
     async def _fetch(self, request: Request) -> None:
         try:

@@ -27,6 +27,12 @@ class OutMessage:
     def payload_bytes(self) -> bytes:
         return orjson.dumps(self.payload)
 
+    @classmethod
+    def from_payload_bytes(cls, topic: str, payload: bytes, qos: int, retain: bool) -> OutMessage:
+        """The inverse of ``payload_bytes`` (the durable outbox stores the bytes): the rebuilt
+        message's ``payload_bytes()`` are the bytes given. Raises ``ValueError`` on bad JSON."""
+        return cls(topic, orjson.loads(payload), qos, retain)
+
     def as_record(self) -> dict[str, Any]:
         return {
             "topic": self.topic,

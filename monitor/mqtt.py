@@ -5,6 +5,16 @@
 - Signals are state, not history: while the broker is away only the newest message per signals
   topic is kept. Regime and event messages are queued in order (bounded) and a message leaves the
   queue only after the broker acknowledged it, so a dropped connection loses nothing queued.
+- With an ``outbox_path``, the messages that are history rather than state (QoS >= 1 and not
+  retained: the ``events`` topics) are also written to a durable SQLite outbox
+  (``monitor/outbox.py``) when published, and deleted from it after the broker's PUBACK. A
+  new Publisher on the same file (the restarted daemon) sends what an earlier process left there
+  first, in order, before anything of its own. Retained regime state stays in memory only: the
+  new session republishes it. Delivery is at-least-once: a crash between PUBACK and the delete
+  sends that event again after the restart, with the same payload and unique ``id``, so
+  consumers can recognise the duplicate.
+- One QoS >= 1 message is in flight at a time, so the broker receives them in publish order
+  (events from the outbox and in-memory regime messages stay interleaved as published).
 - A message on ``<prefix>/cmd/rebirth`` republishes the status and every retained message.
 """
 
@@ -13,17 +23,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import ssl
 from collections import OrderedDict, deque
+from pathlib import Path
 
 import aiomqtt
 
 from monitor.config import MqttConfig
 from monitor.messages import OutMessage
+from monitor.outbox import Outbox
 from streams.connection import Backoff
 from streams.tasks import stop_tasks
 
 log = logging.getLogger("tapewatch.mqtt")
+
+# A queued QoS >= 1 message and its row in the outbox (None: held in memory only).
+Queued = tuple[int | None, OutMessage]
 
 
 class Publisher:
@@ -35,13 +51,14 @@ class Publisher:
         will: OutMessage,
         rebirth_topic: str,
         max_queued: int = 100_000,
+        outbox_path: Path | None = None,
     ) -> None:
         self.config = config
         self.client_id = client_id
         self.birth = birth
         self.will = will
         self.rebirth_topic = rebirth_topic
-        self._ordered: deque[OutMessage] = deque()  # regime/events: order and delivery matter
+        self._ordered: deque[Queued] = deque()  # regime/events: order and delivery matter
         self._latest: OrderedDict[str, OutMessage] = OrderedDict()  # signals/health: newest only
         self._retained: dict[str, OutMessage] = {}  # everything retained, for rebirth
         self._max_queued = max_queued
@@ -53,6 +70,11 @@ class Publisher:
         self.published = 0
         self.connects = 0
         self._client: aiomqtt.Client | None = None
+        self.outbox: Outbox | None = None
+        if outbox_path is not None:
+            # What an earlier process could not deliver goes before anything of this one.
+            self.outbox, left = _open_outbox(outbox_path)
+            self._ordered.extend(left)
 
     # -- producer side (never blocks) -----------------------------------------------------
     def publish(self, msg: OutMessage) -> None:
@@ -62,20 +84,65 @@ class Publisher:
             self._latest[msg.topic] = msg
             self._latest.move_to_end(msg.topic)
         else:
-            if len(self._ordered) >= self._max_queued:
-                self._ordered.popleft()
-                self.dropped += 1
-                log.error("publish queue full (%d): dropped the oldest message", self._max_queued)
-            self._ordered.append(msg)
+            outbox_id = self._store(msg) if not msg.retain else None
+            if outbox_id is None and len(self._ordered) >= self._max_queued:
+                self._drop_oldest_in_memory()
+            self._ordered.append((outbox_id, msg))
         self._idle.clear()
         self._wake.set()
+
+    def _store(self, msg: OutMessage) -> int | None:
+        """The message's outbox id, or None when there is no outbox or it failed."""
+        if self.outbox is None:
+            return None
+        try:
+            return self.outbox.append(msg)
+        except sqlite3.Error as exc:
+            log.error(
+                "outbox: could not store a message on %s (%s): kept in memory only", msg.topic, exc
+            )
+            return None
+
+    def _drop_oldest_in_memory(self) -> None:
+        """Make room by dropping the oldest message not in the outbox (those are never dropped)."""
+        for i, (outbox_id, _msg) in enumerate(self._ordered):
+            if outbox_id is None:
+                del self._ordered[i]
+                self.dropped += 1
+                log.error("publish queue full (%d): dropped the oldest message", self._max_queued)
+                return
+
+    def _ack(self, outbox_id: int) -> None:
+        assert self.outbox is not None
+        try:
+            self.outbox.ack(outbox_id)
+        except sqlite3.Error as exc:
+            log.error(
+                "outbox: could not delete delivered message %d (%s): it will be sent again "
+                "after a restart",
+                outbox_id,
+                exc,
+            )
 
     @property
     def pending(self) -> int:
         return len(self._ordered) + len(self._latest)
 
+    async def drained(self) -> None:
+        """Return once nothing waits to be sent (every QoS >= 1 message acknowledged)."""
+        await self._idle.wait()
+
     # -- connection side --------------------------------------------------------------------
     async def run(self) -> None:
+        """Publish until cancelled. Call it once: it closes the outbox when it ends (what is
+        still in there is delivered by the next Publisher on the same file)."""
+        try:
+            await self._run()
+        finally:
+            if self.outbox is not None:
+                self.outbox.close()
+
+    async def _run(self) -> None:
         backoff = Backoff(0.5, 30.0)
         while True:
             try:
@@ -112,7 +179,8 @@ class Publisher:
             await stop_tasks(tasks)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Flush what is queued, then replace the retained status with ``offline``."""
+        """Flush what is queued, then replace the retained status with ``offline``. Messages
+        not flushed in time stay in the outbox, if there is one, for the next start."""
         client = self._client
         if client is None:
             return
@@ -151,11 +219,14 @@ class Publisher:
                 for msg in list(self._retained.values()):
                     await self._send(client, msg)
             if self._ordered:
-                msg = self._ordered[0]
+                entry = self._ordered[0]
+                outbox_id, msg = entry
                 await self._send(client, msg)
                 # Leave the queue only once acknowledged: a drop mid-send retries it.
-                if self._ordered and self._ordered[0] is msg:
+                if self._ordered and self._ordered[0] is entry:
                     self._ordered.popleft()
+                if outbox_id is not None:
+                    self._ack(outbox_id)
                 continue
             if self._latest:
                 _topic, msg = self._latest.popitem(last=False)
@@ -171,3 +242,27 @@ class Publisher:
                 log.info("mqtt: rebirth requested")
                 self._rebirth.set()
                 self._wake.set()
+
+
+def _open_outbox(path: Path) -> tuple[Outbox | None, list[Queued]]:
+    """The outbox at ``path`` and what an earlier process left in it, oldest first; or no
+    outbox (logged) when it cannot be used at all. A corrupt file is already handled by
+    ``Outbox`` (moved aside, fresh start); this is for the rest, e.g. a directory without
+    write permission: the daemon keeps publishing, from memory."""
+    outbox = None
+    try:
+        outbox = Outbox(path)
+        left: list[Queued] = list(outbox.peek(len(outbox)))
+    except (sqlite3.Error, OSError) as exc:
+        log.error(
+            "outbox: cannot use %s (%s): events are kept in memory only and are lost if the "
+            "daemon stops before the broker has them",
+            path,
+            exc,
+        )
+        if outbox is not None:
+            outbox.close()
+        return None, []
+    if left:
+        log.info("outbox: %d undelivered message(s) from an earlier run go first", len(left))
+    return outbox, left

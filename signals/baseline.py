@@ -58,6 +58,24 @@ class Baseline:
         valid = value is not None and np.isfinite(value)
         self._open = (bucket, float(value)) if valid else None
 
+    def fill(self, ts_ms: np.ndarray, values: np.ndarray) -> int:
+        """Add history (the start-up backfill): ``values[i]`` is the metric at the close of the
+        bucket holding ``ts_ms[i]``. Buckets that already hold a sample keep it, and the bucket
+        still open for live observation is never touched. Returns the samples added."""
+        ok = np.isfinite(values)
+        buckets = np.asarray(ts_ms)[ok] // self.bucket_ms
+        values = np.asarray(values, dtype=float)[ok]
+        if self._bucket is not None:
+            keep = buckets < self._bucket
+            buckets, values = buckets[keep], values[keep]
+        # One sample per bucket: the last value in it, as live observation would keep.
+        _, last = np.unique(buckets[::-1], return_index=True)
+        pick = len(buckets) - 1 - last
+        added = self.window.fill(buckets[pick], values[pick].reshape(-1, 1))
+        if added:
+            self._refresh()
+        return added
+
     def mark_missing(self, start_ms: int, end_ms: int) -> None:
         """A feed outage: its buckets carry no sample."""
         if self._open is not None and start_ms // self.bucket_ms <= self._open[0]:

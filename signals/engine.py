@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from signals.backfill import AssetHistory, baseline_samples, history_rows, volume_rows
 from signals.baseline import Baseline, ZScore
 from signals.catalogue import Z_ALIASES, Z_SCORED
 from signals.window import BucketWindow
@@ -51,6 +52,7 @@ DAY_MS = 86_400_000
 # History for the 24 h / 7 d changes: 5-minute buckets over 8 days (a week back, plus a day).
 HISTORY_BUCKET_MS = 5 * 60_000
 HISTORY_SPAN_MS = 8 * DAY_MS
+HISTORY_KEY = "_history"  # its name in checkpoints (signal names never start with "_")
 
 # Long/short rows describe 5-minute periods, timestamped at the period's end and polled every
 # `ratios_poll` [5 m]: three periods without a new row means the poller has stopped.
@@ -198,6 +200,33 @@ class AssetSignals:
         for baseline in self.baselines.values():
             baseline.mark_missing(gap.ts_event, gap.ts_end)
 
+    def backfill(self, history: AssetHistory) -> dict[str, int]:
+        """Fill the baselines, the volume window and the OI/price history with what REST
+        history says about buckets that hold no live data yet (see signals/backfill.py).
+        Idempotent: filling the same history twice adds nothing. Returns samples added per
+        baseline."""
+        samples = baseline_samples(
+            history, self.perp_flow.span_ms, self.volume.span_ms, self.flow_min_coverage
+        )
+        added = {
+            name: baseline.fill(*samples[name])
+            for name, baseline in self.baselines.items()
+            if name in samples
+        }
+        # Never refill the minute live trades are being added to, nor anything after it.
+        live_end = self.volume.end_ms
+        buckets, rows = volume_rows(history, self.volume.bucket_ms)
+        if live_end is not None:
+            keep = buckets < live_end // self.volume.bucket_ms - 1
+            buckets, rows = buckets[keep], rows[keep]
+        self.volume.fill(buckets, rows)
+        buckets, rows = history_rows(history, self.history.bucket_ms)
+        if self.history.end_ms is not None:
+            keep = buckets < self.history.end_ms // self.history.bucket_ms - 1
+            buckets, rows = buckets[keep], rows[keep]
+        self.history.fill(buckets, rows)
+        return added
+
     def _flow(self, venue: str) -> tuple[float, float] | None:
         """(buy, sell) notional of one venue's flow window, None if it covers too little."""
         window = self.flow.get(venue)
@@ -326,6 +355,10 @@ class AssetSignals:
         return SignalSnapshot(self.asset, boundary_ms, values, z)
 
 
+def _part(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 def _change_pct(now: float | None, past: float | None) -> float | None:
     if now is None or past is None or past <= 0:
         return None
@@ -404,29 +437,42 @@ class SignalEngine:
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, np.ndarray]:
-        """The long-lived state (the z-score baselines) as named arrays. Short windows are not
-        saved: after a restart they honestly start empty and report missing until covered."""
-        return {
-            f"{asset}/{name}/{key}": array
-            for asset, state in self.assets.items()
-            for name, baseline in state.baselines.items()
-            for key, array in baseline.state().items()
-        }
+        """The long-lived state as named arrays: the z-score baselines and the 8-day OI/price
+        history behind the 24 h / 7 d changes. Short windows are not saved: after a restart
+        they honestly start empty and report missing until covered."""
+        arrays: dict[str, np.ndarray] = {}
+        for asset, state in self.assets.items():
+            for name, baseline in state.baselines.items():
+                arrays.update({f"{asset}/{name}/{k}": v for k, v in baseline.state().items()})
+            arrays.update(
+                {f"{asset}/{HISTORY_KEY}/{k}": v for k, v in state.history.state().items()}
+            )
+        return arrays
 
     def restore(self, arrays: dict[str, np.ndarray]) -> list[str]:
-        """Load baselines from ``checkpoint()`` output; returns the ones that could not be
-        restored (unknown asset, changed window), which start afresh."""
+        """Load ``checkpoint()`` output; returns the parts that could not be restored (changed
+        window, damaged arrays), which start afresh."""
         skipped: list[str] = []
         for asset, state in self.assets.items():
             for name, baseline in state.baselines.items():
-                prefix = f"{asset}/{name}/"
-                part = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-                if not part:
-                    continue
+                part = _part(arrays, f"{asset}/{name}/")
+                if part:
+                    try:
+                        baseline.restore(part)
+                    except (KeyError, ValueError):
+                        skipped.append(f"{asset}/{name}")
+            part = _part(arrays, f"{asset}/{HISTORY_KEY}/")
+            if part:
                 try:
-                    baseline.restore(part)
+                    history = BucketWindow.from_state(part)
+                    if (history.span_ms, history.bucket_ms) != (
+                        state.history.span_ms,
+                        state.history.bucket_ms,
+                    ):
+                        raise ValueError("history window changed")
+                    state.history = history
                 except (KeyError, ValueError):
-                    skipped.append(prefix.rstrip("/"))
+                    skipped.append(f"{asset}/{HISTORY_KEY}")
         return skipped
 
     def _tick(self, ts_ms: int) -> list[SignalSnapshot]:

@@ -73,6 +73,32 @@ class BucketWindow:
         for bucket in range(lo, hi + 1):
             self._missing[bucket % self.slots] = True
 
+    def fill(self, buckets: np.ndarray, values: np.ndarray) -> int:
+        """Fill empty buckets with history (``values`` shape ``(n, channels)``, one row per
+        absolute bucket index): buckets that already hold data or are flagged missing are left
+        alone, so live data always wins and filling twice changes nothing. A bucket newer than
+        the head moves the window forward. Returns the number of buckets filled."""
+        if len(buckets) == 0:
+            return 0
+        last = int(buckets.max())
+        if self._head is None:
+            self._head = self._first = last
+        elif last > self._head:
+            self._advance_to(last)
+        head = self._head
+        in_window = (buckets > head - self.slots) & (buckets <= head)
+        buckets, values = buckets[in_window], values[in_window]
+        slots = buckets % self.slots
+        empty = ~self._filled[slots] & ~self._missing[slots]
+        slots, buckets = slots[empty], buckets[empty]
+        if len(slots) == 0:
+            return 0
+        self._sums[slots] = values[empty]
+        self._filled[slots] = True
+        self._first = min(int(buckets.min()), self._first if self._first is not None else head)
+        self.recompute()
+        return len(slots)
+
     def _advance_to(self, bucket: int) -> None:
         assert self._head is not None
         steps = bucket - self._head

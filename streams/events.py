@@ -6,12 +6,17 @@ replay compute the same numbers; ``ts_recv`` is when tapewatch received the fram
 latency and staleness checks only.
 
 Venue names are the tape ``src`` names, so one string identifies a venue everywhere.
+
+REST history for the start-up backfill crosses the same boundary as ``Bars`` and ``Points``:
+numpy columns of many rows, since 90 days of minutes as single events would be needlessly slow.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Final
+
+import numpy as np
 
 BINANCE_SPOT: Final = "binance-spot"
 BINANCE_USDM: Final = "binance-usdm"
@@ -180,3 +185,68 @@ Event = (
     | TakerVolumeRatio
     | FeedGap
 )
+
+
+# -- history (the start-up backfill): columns of many rows, not single events ------------
+@dataclass(frozen=True, slots=True)
+class Bars:
+    """One-minute bars of one venue symbol, sorted by open time, one per minute at most."""
+
+    open_ms: np.ndarray  # int64, start of the minute
+    close: np.ndarray  # last trade price of the minute
+    quote_volume: np.ndarray  # traded notional (quote currency)
+    taker_buy_quote: np.ndarray  # taker-buy notional; NaN where the venue does not say
+
+    @classmethod
+    def empty(cls) -> Bars:
+        return cls(*(np.zeros(0, dtype=t) for t in (np.int64, float, float, float)))
+
+    def __len__(self) -> int:
+        return len(self.open_ms)
+
+    def merged(self, other: Bars) -> Bars:
+        """Union of two sets of bars; where both hold a minute, ``other`` wins."""
+        return Bars(*_merge((self.open_ms, other.open_ms), _columns(self), _columns(other)))
+
+    def between(self, start_ms: int, end_ms: int) -> Bars:
+        keep = (self.open_ms >= start_ms) & (self.open_ms < end_ms)
+        return Bars(self.open_ms[keep], *(c[keep] for c in _columns(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class Points:
+    """A time series of single values (funding settlements, open-interest rows)."""
+
+    ts_ms: np.ndarray  # int64, sorted, unique
+    value: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Points:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+    def merged(self, other: Points) -> Points:
+        return Points(*_merge((self.ts_ms, other.ts_ms), (self.value,), (other.value,)))
+
+    def between(self, start_ms: int, end_ms: int) -> Points:
+        keep = (self.ts_ms >= start_ms) & (self.ts_ms < end_ms)
+        return Points(self.ts_ms[keep], self.value[keep])
+
+
+def _columns(bars: Bars) -> tuple[np.ndarray, ...]:
+    return bars.close, bars.quote_volume, bars.taker_buy_quote
+
+
+def _merge(
+    times: tuple[np.ndarray, np.ndarray],
+    old: tuple[np.ndarray, ...],
+    new: tuple[np.ndarray, ...],
+) -> tuple[np.ndarray, ...]:
+    ts = np.concatenate(times)
+    # Later entries win: unique keeps the first of each time, so search from the end.
+    _, last = np.unique(ts[::-1], return_index=True)
+    order = len(ts) - 1 - last  # ascending times, index of each time's newest row
+    columns = [np.concatenate(pair) for pair in zip(old, new, strict=True)]
+    return (ts[order], *(c[order] for c in columns))

@@ -48,6 +48,11 @@ def _finite(raw: object, key: str) -> float:
     return value
 
 
+def number(payload: dict, key: str) -> float:
+    """A decimal that may take any finite value (a funding rate can be negative)."""
+    return _finite(_required(payload, key), key)
+
+
 def positive_number(payload: dict, key: str) -> float:
     """A price or trade size: finite and > 0."""
     value = _finite(_required(payload, key), key)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from streams.tasks import stop_tasks
 
 
 async def _swallows_first_cancel(stopped: list[str]) -> None:
     # What a task does when asyncio.wait_for dropped the cancellation: it carries on waiting.
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await asyncio.Event().wait()
-    except asyncio.CancelledError:
-        pass
     try:
         await asyncio.Event().wait()
     finally:

@@ -61,6 +61,9 @@ SELL_OFF_MINUTES: Final = (20, 120)
 SELL_OFF_DRIFT: Final = -8e-4  # per minute: -1.6 % to -9.6 % over a sell-off
 SELL_OFF_VOLUME: Final = 3.0
 FUNDING_NOISE: Final = 3e-5
+# Coinbase premium around its calm level (percent): a per-day offset and per-minute noise.
+PREMIUM_DAY_PCT: Final = 0.02
+PREMIUM_MINUTE_PCT: Final = 0.01
 CACHE_DAYS: Final = 16  # per asset: paging touches each day once or twice
 _LOGNORMAL_MEAN: Final = math.exp(SIZE_SIGMA**2 / 2)
 
@@ -98,6 +101,7 @@ class _Day:
     spot_buy: np.ndarray  # taker-buy share of volume
     perp_buy: np.ndarray
     basis: np.ndarray  # 1441 values of perp / spot - 1 at the minute boundaries
+    premium_noise: np.ndarray  # 1441 values (percent) added to the calm Coinbase premium
     funding: np.ndarray  # 3 rates: interval j's is settled at (j + 1) x 8 h after midnight
 
 
@@ -222,6 +226,11 @@ class AssetHistory:
         position = np.arange(n + 1) % (n // 3) / (n // 3)
         slot = np.minimum(np.arange(n + 1) // (n // 3), 2)
         basis = (funding[slot] - CALM_FUNDING) * np.sin(np.pi * position)
+        # The premium wanders around its calm level (a day's offset plus minute noise), as two
+        # venues' last prices do; a constant premium would make any live change an absurd z.
+        premium_noise = PREMIUM_DAY_PCT * rng.standard_normal() + PREMIUM_MINUTE_PCT * (
+            rng.standard_normal(n + 1)
+        )
         return _Day(
             log_path,
             wick_up,
@@ -233,6 +242,7 @@ class AssetHistory:
             spot_buy,
             perp_buy,
             basis,
+            premium_noise,
             funding,
         )
 
@@ -278,7 +288,7 @@ class AssetHistory:
         elif venue == BINANCE_SPOT:
             quote, buy = cat("spot_quote"), cat("spot_buy")
         elif venue == COINBASE:
-            path = self.coinbase_price(path)
+            path = self.coinbase_price(path, boundaries("premium_noise"))
             quote, buy = cat("coinbase_quote"), np.full(count, 0.5)
         else:
             raise KeyError(venue)
@@ -293,11 +303,11 @@ class AssetHistory:
         buy_volume, buy_quote = volume * buy, quote * buy
         return Bars(open_ms, opens, high, low, closes, volume, quote, trades, buy_volume, buy_quote)
 
-    def coinbase_price(self, spot: np.ndarray) -> np.ndarray:
-        """Binance spot plus the calm premium (a percentage scales; USD adds)."""
+    def coinbase_price(self, spot: np.ndarray, noise_pct: np.ndarray | float = 0.0) -> np.ndarray:
+        """Binance spot plus the calm premium (a percentage scales; USD adds) plus noise."""
         if self.premium.unit == "usd":
-            return spot + self.premium.amount
-        return spot * (1.0 + self.premium.amount / 100.0)
+            return (spot + self.premium.amount) * (1.0 + noise_pct / 100.0)
+        return spot * (1.0 + (self.premium.amount + noise_pct) / 100.0)
 
     def funding(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fundingTime ms, rate, mark price) of ``count`` settlements from settlement index

@@ -1,0 +1,399 @@
+"""The start-up backfill: REST history into the engine's baselines, newest day first.
+
+Why newest first: a z-score needs ``baseline_min_history`` (one day) of samples before it is
+published, so the most recent day is fetched first and z-scores work within seconds; older days
+then deepen the baselines while the daemon already runs live. The work goes in rounds of one day
+across every series of every asset, and after each round the engine is filled (idempotently:
+buckets that hold data are never touched; see ``signals.backfill``).
+
+What is fetched per asset (reference §3): Binance spot and USDⓈ-M 1-minute klines, Coinbase
+1-minute candles, funding history, and open-interest history (Binance keeps 30 days only, so
+``oi_change_pct_24h`` has at most 30 days of backfilled samples: its ``n_obs`` and ``warmup`` say
+so). Everything fetched is cached in ``<state.dir>/history/<instance>-<ASSET>.npz``; a restart
+fetches only what the cache lacks: the time since the last run, then any older days still
+missing. Requests go through the venues' ``RestClient``s, which keep Binance's weight budget and
+Coinbase's request rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitor.config import AssetConfig, Config
+from monitor.state import StateError, load_checkpoint, save_checkpoint
+from signals.backfill import AssetHistory
+from signals.engine import SignalEngine
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE, Bars, Points
+from streams.frames import MalformedFrame
+from streams.history import (
+    MINUTE_MS,
+    parse_candles,
+    parse_funding_history,
+    parse_klines,
+    parse_open_interest_history,
+)
+from streams.rest import RestClient, RestError
+
+log = logging.getLogger("tapewatch.backfill")
+
+DAY_MS = 86_400_000
+FUNDING_STEP_MS = 8 * 3600_000
+OI_STEP_MS = 5 * MINUTE_MS
+OI_KEPT_MS = 30 * DAY_MS  # Binance serves open-interest history for the last 30 days only
+CANDLES_PATH = "/api/v3/brokerage/market/products/{product}/candles"
+KLINE_KINDS = ("perp", "spot")  # the rolling metrics' inputs
+SAVE_EVERY_S = 10.0  # cache writes: often enough to resume, rare enough to cost nothing
+
+Data = Bars | Points
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One history to fetch: where, how it pages, how to read it."""
+
+    kind: str  # perp | spot | coinbase | funding | open_interest
+    venue: str
+    symbol: str
+    path: str
+    step_ms: int  # spacing of rows
+    page_rows: int  # rows per request
+    weight: int
+    parse: Callable[[str], Data]
+    kept_ms: int | None = None  # the venue serves only this much history
+    whole: bool = False  # small enough to fetch in one go in the first round
+
+    @property
+    def page_ms(self) -> int:
+        return self.step_ms * self.page_rows
+
+    def params(self, start_ms: int, end_ms: int) -> dict[str, Any]:
+        """Query for rows in [start_ms, end_ms)."""
+        if self.kind == "coinbase":
+            return {
+                "start": str(start_ms // 1000),
+                "end": str((end_ms - 1) // 1000),
+                "granularity": "ONE_MINUTE",
+                "limit": self.page_rows,
+            }
+        params: dict[str, Any] = {
+            "symbol": self.symbol,
+            "startTime": start_ms,
+            "endTime": end_ms - 1,
+            "limit": self.page_rows,
+        }
+        if self.kind in ("perp", "spot"):
+            params["interval"] = "1m"
+        elif self.kind == "open_interest":
+            params["period"] = "5m"
+        return params
+
+
+def plan(asset: AssetConfig) -> list[Series]:
+    """The series an asset's configured venues allow."""
+    out = []
+    if asset.binance_usdm:
+        sym = asset.binance_usdm
+        # limit 1000 weighs 5 (1500 would weigh 10): 3 assets' 90 days stay within 2400/min.
+        out.append(
+            Series("perp", BINANCE_USDM, sym, "/fapi/v1/klines", MINUTE_MS, 1000, 5, parse_klines)
+        )
+        out.append(
+            Series(
+                "funding",
+                BINANCE_USDM,
+                sym,
+                "/fapi/v1/fundingRate",
+                FUNDING_STEP_MS,
+                1000,
+                1,
+                parse_funding_history,
+                whole=True,
+            )
+        )
+        out.append(
+            Series(
+                "open_interest",
+                BINANCE_USDM,
+                sym,
+                "/futures/data/openInterestHist",
+                OI_STEP_MS,
+                500,
+                0,
+                parse_open_interest_history,
+                kept_ms=OI_KEPT_MS - OI_STEP_MS,
+            )
+        )
+    if asset.binance_spot:
+        out.append(
+            Series(
+                "spot",
+                BINANCE_SPOT,
+                asset.binance_spot,
+                "/api/v3/klines",
+                MINUTE_MS,
+                1000,
+                2,
+                parse_klines,
+            )
+        )
+    if asset.coinbase:
+        out.append(
+            Series(
+                "coinbase",
+                COINBASE,
+                asset.coinbase,
+                CANDLES_PATH.format(product=asset.coinbase),
+                MINUTE_MS,
+                350,
+                1,
+                parse_candles,
+            )
+        )
+    return out
+
+
+@dataclass(slots=True)
+class Stored:
+    """A series' cached rows and the time range they cover, [lo, hi)."""
+
+    data: Data
+    lo: int
+    hi: int
+
+    def missing(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Parts of [start, end) not covered, newest first."""
+        if self.hi <= self.lo:
+            return [(start, end)] if start < end else []
+        parts = [(max(start, self.hi), end), (start, min(end, self.lo))]
+        return [(a, b) for a, b in parts if a < b]
+
+    def extend(self, start: int, end: int) -> None:
+        if self.hi <= self.lo:
+            self.lo, self.hi = start, end
+        else:
+            self.lo, self.hi = min(self.lo, start), max(self.hi, end)
+
+
+@dataclass
+class Progress:
+    requests: int = 0
+    rows: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Backfill:
+    """Fetches history for every asset of ``config`` and fills ``engine`` as it goes."""
+
+    def __init__(
+        self, config: Config, engine: SignalEngine, rest: dict[str, RestClient], now_ms: int
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.rest = rest
+        self.span_ms = round(config.signals.baseline_window * 1000)
+        # Only closed minutes: the bar under way is still changing.
+        self.end_ms = now_ms // MINUTE_MS * MINUTE_MS
+        self.dir = Path(config.state.dir) / "history"
+        self.plans = {name: plan(asset) for name, asset in config.assets.items()}
+        self.stored = {name: self._load(name, series) for name, series in self.plans.items()}
+        self.progress = Progress()
+        self.added: dict[str, dict[str, int]] = {name: {} for name in self.plans}
+        self._saved_at = time.monotonic()
+        self._done: set[str] = set()  # venue groups whose rounds are all done
+
+    # -- cache ----------------------------------------------------------------------------------
+    def _path(self, asset: str) -> Path:
+        return self.dir / f"{self.config.instance}-{asset}.npz"
+
+    def _load(self, asset: str, plans: list[Series]) -> dict[str, Stored]:
+        fresh = {s.kind: Stored(_empty(s), 0, 0) for s in plans}
+        path = self._path(asset)
+        try:
+            arrays, meta = load_checkpoint(path)
+        except StateError as exc:
+            if path.exists():
+                log.warning("%s; fetching its history again", exc)
+            return fresh
+        for s in plans:
+            entry = meta.get("series", {}).get(s.kind)
+            if not entry or entry.get("symbol") != s.symbol:
+                continue  # a new venue or a changed symbol: fetch it
+            try:
+                columns = [
+                    arrays[f"{s.kind}/{i}"] for i in range(len(_columns(fresh[s.kind].data)))
+                ]
+                data = type(fresh[s.kind].data)(*columns)
+            except (KeyError, TypeError):
+                continue
+            fresh[s.kind] = Stored(data, int(entry["lo"]), int(entry["hi"]))
+        return fresh
+
+    def save(self) -> None:
+        for asset, stored in self.stored.items():
+            arrays = {
+                f"{kind}/{i}": column
+                for kind, entry in stored.items()
+                for i, column in enumerate(_columns(entry.data))
+            }
+            series = {
+                s.kind: {"symbol": s.symbol, "lo": stored[s.kind].lo, "hi": stored[s.kind].hi}
+                for s in self.plans[asset]
+            }
+            try:
+                save_checkpoint(self._path(asset), arrays, {"series": series})
+            except OSError as exc:
+                log.error("could not write the history cache %s: %s", self._path(asset), exc)
+        self._saved_at = time.monotonic()
+
+    # -- running --------------------------------------------------------------------------------
+    def rounds(self) -> list[tuple[int, int]]:
+        """Day-long time ranges to make sure of, in order: forward from the cache's end to now
+        (the time the daemon was away), then backward from there to the start of the baseline
+        window. Ranges the cache covers cost nothing (see ``Stored.missing``)."""
+        start = self.end_ms - self.span_ms
+        ends = [e.hi for entries in self.stored.values() for e in entries.values() if e.hi > e.lo]
+        back = min([*ends, self.end_ms])
+        out: list[tuple[int, int]] = []
+        t = max(back, start)
+        while t < self.end_ms:
+            out.append((t, min(t + DAY_MS, self.end_ms)))
+            t += DAY_MS
+        t = back
+        while t > start:
+            out.append((max(start, t - DAY_MS), t))
+            t -= DAY_MS
+        return out
+
+    async def run(self) -> None:
+        rounds = self.rounds()
+        log.info(
+            "backfill: up to %d day(s) of history for %s (baseline window %.0f days)",
+            len(rounds),
+            ", ".join(self.plans),
+            self.span_ms / DAY_MS,
+        )
+        # Binance and Coinbase go at their own pace: Coinbase allows 10 requests/s and its
+        # candles come 350 to a page, so its part takes longer and must not hold Binance back.
+        await asyncio.gather(
+            self._run_rounds("binance", rounds, lambda s: s.venue != COINBASE),
+            self._run_rounds("coinbase", rounds, lambda s: s.venue == COINBASE),
+        )
+        self.save()
+        summary = "; ".join(
+            f"{asset}: " + ", ".join(f"{n} {c}" for n, c in sorted(added.items()))
+            for asset, added in self.added.items()
+        )
+        log.info("backfill: done in %.0fs; samples added: %s", self.elapsed, summary or "none")
+
+    async def _run_rounds(
+        self, group: str, rounds: list[tuple[int, int]], member: Callable[[Series], bool]
+    ) -> None:
+        series = [(a, s) for a, plans in self.plans.items() for s in plans if member(s)]
+        if not series:
+            self._done.add(group)
+            return
+        for i, (start, end) in enumerate(rounds, 1):
+            before = self.progress.requests
+            jobs = [self._fetch(a, s, start, end, first=i == 1) for a, s in series]
+            await asyncio.gather(*jobs)
+            if i == len(rounds):
+                self._done.add(group)
+            if self.progress.requests > before or i == len(rounds):
+                self.fill()
+                self._report(group, i, len(rounds))
+            if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+                self.save()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.progress.started
+
+    async def _fetch(self, asset: str, s: Series, start: int, end: int, first: bool) -> None:
+        entry = self.stored[asset][s.kind]
+        if s.whole:
+            if not first:
+                return
+            start = self.end_ms - self.span_ms
+        if s.kept_ms is not None:
+            start = max(start, self.end_ms - s.kept_ms)
+        client = self.rest[s.venue]
+        for lo, hi in entry.missing(start, end):
+            # Pages grow the covered range from its edge, so an interruption leaves no hole.
+            forward = entry.hi > entry.lo and lo >= entry.hi
+            for page_lo, page_hi in _pages(lo, hi, s.page_ms, forward):
+                try:
+                    resp = await client.get_retrying(
+                        s.path, s.params(page_lo, page_hi), weight=s.weight
+                    )
+                    rows = s.parse(resp.text)
+                except (RestError, MalformedFrame) as exc:
+                    # Leave the range uncovered: the next start fetches it again.
+                    self.progress.failed += 1
+                    log.warning("backfill %s %s %s: %s", asset, s.kind, s.symbol, exc)
+                    return
+                self.progress.requests += 1
+                self.progress.rows += len(rows)
+                entry.data = entry.data.merged(rows.between(page_lo, page_hi))  # type: ignore[arg-type]
+                entry.extend(page_lo, page_hi)
+
+    def history(self, asset: str) -> AssetHistory:
+        """The asset's fetched history within the baseline window. Until the last round, the
+        oldest fetched minutes lack the bars before them, so rolling metrics are computed only
+        where their whole window was fetched (``complete_from_ms``)."""
+        start = self.end_ms - self.span_ms
+        stored = self.stored[asset]
+        data = {kind: entry.data.between(start, self.end_ms) for kind, entry in stored.items()}
+        bars = [e.lo for kind, e in stored.items() if kind in KLINE_KINDS and e.hi > e.lo]
+        complete_from = None if "binance" in self._done or not bars else max(bars)
+        return AssetHistory(**data, complete_from_ms=complete_from)  # type: ignore[arg-type]
+
+    def fill(self) -> None:
+        for asset in self.plans:
+            added = self.engine.assets[asset].backfill(self.history(asset))
+            for name, count in added.items():
+                self.added[asset][name] = self.added[asset].get(name, 0) + count
+
+    def _report(self, group: str, done: int, total: int) -> None:
+        p = self.progress
+        weights = ", ".join(
+            f"{venue} weight {c.used_weight}/{c.weight_limit}"
+            for venue, c in self.rest.items()
+            if c.weight_limit is not None and c.used_weight is not None
+        )
+        log.info(
+            "backfill %s: %d/%d day(s) done; in all %d requests, %d rows, %.0fs%s%s",
+            group,
+            done,
+            total,
+            p.requests,
+            p.rows,
+            time.monotonic() - p.started,
+            f", {weights}" if weights else "",
+            f", {p.failed} failed request(s)" if p.failed else "",
+        )
+
+
+def _pages(lo: int, hi: int, size: int, forward: bool) -> list[tuple[int, int]]:
+    """[lo, hi) cut into pages of ``size``, oldest first if ``forward`` else newest first."""
+    if forward:
+        return [(a, min(a + size, hi)) for a in range(lo, hi, size)]
+    return [(max(lo, b - size), b) for b in range(hi, lo, -size)]
+
+
+def _empty(s: Series) -> Data:
+    return Points.empty() if s.kind in ("funding", "open_interest") else Bars.empty()
+
+
+def _columns(data: Data) -> tuple[np.ndarray, ...]:
+    if isinstance(data, Bars):
+        return data.open_ms, data.close, data.quote_volume, data.taker_buy_quote
+    return data.ts_ms, data.value

@@ -1,0 +1,299 @@
+"""The durable outbox: SQLite on its own, then a Publisher whose broker is down, restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from monitor.config import MqttConfig
+from monitor.messages import MessageBuilder, OutMessage, Topics
+from monitor.mqtt import Publisher
+from monitor.outbox import Outbox
+from signals.regimes import Reason, RegimeChange
+from streams.tasks import stop_tasks
+from tests.conftest import REPO, Mosquitto, free_port
+
+T0 = 1_795_460_400_000
+INSTANCE = "tapewatch"
+
+
+def builder(prefix: str, session: str) -> MessageBuilder:
+    return MessageBuilder(Topics(prefix, INSTANCE), session, "0.0.0-test", T0)
+
+
+def regime_flips(build: MessageBuilder, n: int) -> list[OutMessage]:
+    """What the pipeline publishes for ``n`` BTC regime changes: per change the retained
+    ``regime`` state, then its ``events`` message (QoS 1, not retained, unique ``id``)."""
+    names = ["neutral", "seller_dominance"]
+    out: list[OutMessage] = []
+    for i in range(n):
+        reason = Reason("taker_buy_sell_ratio", 0.7 + i / 100, "<", 0.8)
+        since = T0 + 1000 * i
+        change = RegimeChange("BTC", names[(i + 1) % 2], names[i % 2], since, (reason,), "test")
+        out += build.regime(change, ts_pub=since + 3)
+    return out
+
+
+def events(msgs: list[OutMessage]) -> list[OutMessage]:
+    return [m for m in msgs if m.topic.endswith("/events")]
+
+
+def stored(path: Path) -> list[tuple[str, str]]:
+    """(topic, id) of each row in the outbox file, read with plain sqlite3, oldest first."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT topic, payload FROM outbox ORDER BY id").fetchall()
+    return [(topic, orjson.loads(payload)["id"]) for topic, payload in rows]
+
+
+def make_publisher(port: int, prefix: str, session: str, outbox_path: Path) -> Publisher:
+    build = builder(prefix, session)
+    return Publisher(
+        MqttConfig(url=f"mqtt://127.0.0.1:{port}", prefix=prefix, broker="external"),
+        client_id=f"tw-test-{session}",
+        birth=build.status("online"),
+        will=build.status("offline"),
+        rebirth_topic=build.topics.rebirth(),
+        outbox_path=outbox_path,
+    )
+
+
+class LogSeen(logging.Handler):
+    """Sets ``seen`` once a record containing ``text`` is logged: a condition to wait on."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.WARNING)
+        self.text = text
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+# -- the outbox on its own ----------------------------------------------------------------------
+def test_append_peek_and_ack_keep_insertion_order(tmp_path: Path) -> None:
+    msgs = events(regime_flips(builder("p/v1", "s1"), 5))
+    outbox = Outbox(tmp_path / "o.sqlite")
+    ids = [outbox.append(m) for m in msgs]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert len(outbox) == 5
+
+    head = outbox.peek(3)
+    assert [i for i, _ in head] == ids[:3]
+    # Byte for byte what was appended, with topic, QoS and retain flag.
+    assert [(m.topic, m.payload_bytes(), m.qos, m.retain) for _, m in head] == [
+        (m.topic, m.payload_bytes(), 1, False) for m in msgs[:3]
+    ]
+    assert [m for _, m in outbox.peek(10)] == msgs
+
+    outbox.ack(ids[1])  # out of order: the rest keep their order
+    outbox.ack(ids[0])
+    assert [i for i, _ in outbox.peek(10)] == ids[2:]
+    assert len(outbox) == 3
+    outbox.close()
+
+
+def test_outbox_persists_across_instances(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "tapewatch.outbox.sqlite"  # the directory is created
+    msgs = events(regime_flips(builder("p/v1", "s1"), 4))
+    first = Outbox(path)
+    ids = [first.append(m) for m in msgs]
+    first.close()
+
+    second = Outbox(path)
+    assert second.peek(10) == list(zip(ids, msgs, strict=True))
+    second.ack(ids[0])
+    second.close()
+
+    third = Outbox(path)
+    assert [i for i, _ in third.peek(10)] == ids[1:]
+    for i in ids[1:]:
+        third.ack(i)
+    assert len(third) == 0
+    # Ids never go back, even once the table is empty: the order stays the insertion order.
+    assert third.append(msgs[0]) > ids[-1]
+    third.close()
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"this is not an sqlite file\n" * 200)
+    Path(f"{path}-wal").write_bytes(b"nor is this a wal\n" * 200)
+
+
+def _damaged_page(path: Path) -> None:
+    outbox = Outbox(path)
+    for m in events(regime_flips(builder("p/v1", "s1"), 3)):
+        outbox.append(m)
+    outbox.close()
+    data = bytearray(path.read_bytes())
+    page = 4096  # page 2 holds the outbox table; the header (page 1) stays valid
+    data[page : 2 * page] = b"\xff" * page
+    path.write_bytes(bytes(data))
+
+
+def _foreign_table(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE outbox (key TEXT, value TEXT)")
+        db.commit()
+
+
+def _other_database(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+        db.commit()
+
+
+@pytest.mark.parametrize("damage", [_garbage, _damaged_page, _foreign_table, _other_database])
+def test_an_unreadable_file_is_moved_aside_and_a_fresh_outbox_works(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Any
+) -> None:
+    path = tmp_path / "tapewatch.outbox.sqlite"
+    damage(path)
+    before = path.read_bytes()
+    caplog.set_level(logging.ERROR, logger="tapewatch.outbox")
+
+    outbox = Outbox(path)
+
+    aside = outbox.moved_aside
+    assert aside is not None and aside.name.startswith("tapewatch.outbox.sqlite.corrupt-")
+    assert aside.read_bytes() == before  # kept for inspection, untouched
+    [record] = caplog.records
+    assert "unreadable" in record.getMessage() and str(aside) in record.getMessage()
+    msg = events(regime_flips(builder("p/v1", "s1"), 1))[0]
+    assert len(outbox) == 0
+    msg_id = outbox.append(msg)
+    assert outbox.peek(5) == [(msg_id, msg)]
+    outbox.close()
+    again = Outbox(path)
+    assert again.moved_aside is None  # the fresh file is fine next time
+    again.close()
+
+
+def test_publisher_without_a_usable_outbox_keeps_publishing_from_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    caplog.set_level(logging.ERROR, logger="tapewatch.mqtt")
+    pub = make_publisher(free_port(), "p/v1", "s1", blocker / "o.sqlite")
+    assert pub.outbox is None
+    assert any("kept in memory only" in r.getMessage() for r in caplog.records)
+    for msg in regime_flips(builder("p/v1", "s1"), 2):
+        pub.publish(msg)
+    assert pub.pending == 4
+
+
+# -- a Publisher whose broker is down, then the restarted daemon --------------------------------
+async def test_events_kept_while_the_broker_is_down_are_delivered_in_order_after_a_restart(
+    mosquitto: Mosquitto, prefix: str, subscribe: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "state" / f"{INSTANCE}.outbox.sqlite"
+
+    # The first daemon: its broker never answers.
+    first = make_publisher(free_port(), prefix, "first", path)
+    refused = LogSeen("reconnecting in")
+    logging.getLogger("tapewatch.mqtt").addHandler(refused)
+    try:
+        running = asyncio.create_task(first.run(), name="first-publisher")
+        async with asyncio.timeout(10):
+            await refused.seen.wait()  # it tried, and failed, to reach its broker
+    finally:
+        logging.getLogger("tapewatch.mqtt").removeHandler(refused)
+    old = regime_flips(builder(prefix, "first"), 5)
+    for msg in old:
+        first.publish(msg)
+    old_ids = [(m.topic, m.payload["id"]) for m in events(old)]
+    assert stored(path) == old_ids  # in the file as soon as published: only the events
+    assert await stop_tasks([running]) == []  # the daemon goes away
+    assert first.connects == 0 and not first.connected.is_set()
+    assert stored(path) == old_ids
+
+    # The restarted daemon, with a broker this time, and a change of its own.
+    sub = await subscribe(f"{prefix}/#")
+    second = make_publisher(mosquitto.port, prefix, "second", path)
+    assert second.pending == 5
+    new = regime_flips(builder(prefix, "second"), 1)
+    for msg in new:
+        second.publish(msg)
+    running = asyncio.create_task(second.run(), name="second-publisher")
+    try:
+        events_topic = f"{prefix}/BTC/events"
+        await sub.wait_for(lambda s: len(s.on(events_topic)) == 6, timeout=20)
+        async with asyncio.timeout(10):
+            await second.drained()
+        # The earlier run's events first, in order; then this run's messages as published.
+        arrived = [(t, p.get("id", p["seq"])) for t, p, _ in sub.messages if "/status/" not in t]
+        assert arrived == [
+            *old_ids,
+            (f"{prefix}/BTC/regime", 1),
+            (events_topic, "second:BTC:1"),
+        ]
+        assert [p["seq"] for p in sub.on(events_topic)] == [1, 2, 3, 4, 5, 1]
+        assert stored(path) == []
+    finally:
+        assert await stop_tasks([running]) == []
+
+
+CHILD = """
+import asyncio, sys
+from pathlib import Path
+from tests.test_outbox import builder, make_publisher, regime_flips
+
+async def main() -> None:
+    port, prefix, path = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    pub = make_publisher(port, prefix, "killed", path)
+    running = asyncio.create_task(pub.run())
+    for msg in regime_flips(builder(prefix, "killed"), 5):
+        pub.publish(msg)
+    print("published", flush=True)
+    await running
+
+asyncio.run(main())
+"""
+
+
+async def test_events_survive_a_sigkill_of_the_publishing_process(
+    mosquitto: Mosquitto, prefix: str, subscribe: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / f"{INSTANCE}.outbox.sqlite"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(free_port()), prefix, str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 30)
+        assert line.strip() == "published"
+        child.send_signal(signal.SIGKILL)  # no clean-up of any kind
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    ids = [f"killed:BTC:{seq}" for seq in range(1, 6)]
+    events_topic = f"{prefix}/BTC/events"
+    assert stored(path) == [(events_topic, i) for i in ids]
+
+    sub = await subscribe(events_topic)
+    restarted = make_publisher(mosquitto.port, prefix, "restarted", path)
+    running = asyncio.create_task(restarted.run(), name="restarted-publisher")
+    try:
+        await sub.wait_for(lambda s: len(s.on(events_topic)) == 5, timeout=20)
+        async with asyncio.timeout(10):
+            await restarted.drained()
+        assert [p["id"] for p in sub.on(events_topic)] == ids
+        assert stored(path) == []
+    finally:
+        assert await stop_tasks([running]) == []
