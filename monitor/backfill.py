@@ -49,7 +49,7 @@ FUNDING_STEP_MS = 8 * 3600_000
 OI_STEP_MS = 5 * MINUTE_MS
 OI_KEPT_MS = 30 * DAY_MS  # Binance serves open-interest history for the last 30 days only
 CANDLES_PATH = "/api/v3/brokerage/market/products/{product}/candles"
-KLINE_KINDS = ("perp", "spot")  # the rolling metrics' inputs
+LEAD_KINDS = ("perp", "spot")  # the rolling metrics' inputs
 SAVE_EVERY_S = 10.0  # cache writes: often enough to resume, rare enough to cost nothing
 
 Data = Bars | Points
@@ -69,6 +69,9 @@ class Series:
     parse: Callable[[str], Data]
     kept_ms: int | None = None  # the venue serves only this much history
     whole: bool = False  # small enough to fetch in one go in the first round
+    # Rows before the baseline window are needed too: the first samples' rolling windows (flow,
+    # volume, the 24 h open-interest change) reach back that far.
+    lead: bool = False
 
     @property
     def page_ms(self) -> int:
@@ -103,7 +106,17 @@ def plan(asset: AssetConfig) -> list[Series]:
         sym = asset.binance_usdm
         # limit 1000 weighs 5 (1500 would weigh 10): 3 assets' 90 days stay within 2400/min.
         out.append(
-            Series("perp", BINANCE_USDM, sym, "/fapi/v1/klines", MINUTE_MS, 1000, 5, parse_klines)
+            Series(
+                "perp",
+                BINANCE_USDM,
+                sym,
+                "/fapi/v1/klines",
+                MINUTE_MS,
+                1000,
+                5,
+                parse_klines,
+                lead=True,
+            )
         )
         out.append(
             Series(
@@ -116,6 +129,7 @@ def plan(asset: AssetConfig) -> list[Series]:
                 1,
                 parse_funding_history,
                 whole=True,
+                lead=True,
             )
         )
         out.append(
@@ -129,6 +143,7 @@ def plan(asset: AssetConfig) -> list[Series]:
                 0,
                 parse_open_interest_history,
                 kept_ms=OI_KEPT_MS - OI_STEP_MS,
+                lead=True,
             )
         )
     if asset.binance_spot:
@@ -142,6 +157,7 @@ def plan(asset: AssetConfig) -> list[Series]:
                 1000,
                 2,
                 parse_klines,
+                lead=True,
             )
         )
     if asset.coinbase:
@@ -202,6 +218,11 @@ class Backfill:
         self.span_ms = round(config.signals.baseline_window * 1000)
         # Only closed minutes: the bar under way is still changing.
         self.end_ms = now_ms // MINUTE_MS * MINUTE_MS
+        sig = config.signals
+        lead = max(sig.flow_window, sig.volume_window) * 1000
+        lead_ms = -(-max(round(lead), DAY_MS) // MINUTE_MS) * MINUTE_MS
+        self.window_start_ms = self.end_ms - self.span_ms
+        self.start_ms = self.window_start_ms - lead_ms  # for the series that need a lead
         self.dir = Path(config.state.dir) / "history"
         self.plans = {name: plan(asset) for name, asset in config.assets.items()}
         self.stored = {name: self._load(name, series) for name, series in self.plans.items()}
@@ -259,7 +280,7 @@ class Backfill:
         """Day-long time ranges to make sure of, in order: forward from the cache's end to now
         (the time the daemon was away), then backward from there to the start of the baseline
         window. Ranges the cache covers cost nothing (see ``Stored.missing``)."""
-        start = self.end_ms - self.span_ms
+        start = self.start_ms
         ends = [e.hi for entries in self.stored.values() for e in entries.values() if e.hi > e.lo]
         back = min([*ends, self.end_ms])
         out: list[tuple[int, int]] = []
@@ -322,7 +343,8 @@ class Backfill:
         if s.whole:
             if not first:
                 return
-            start = self.end_ms - self.span_ms
+            start = self.start_ms
+        start = max(start, self.start_ms if s.lead else self.window_start_ms)
         if s.kept_ms is not None:
             start = max(start, self.end_ms - s.kept_ms)
         client = self.rest[s.venue]
@@ -349,10 +371,11 @@ class Backfill:
         """The asset's fetched history within the baseline window. Until the last round, the
         oldest fetched minutes lack the bars before them, so rolling metrics are computed only
         where their whole window was fetched (``complete_from_ms``)."""
-        start = self.end_ms - self.span_ms
         stored = self.stored[asset]
-        data = {kind: entry.data.between(start, self.end_ms) for kind, entry in stored.items()}
-        bars = [e.lo for kind, e in stored.items() if kind in KLINE_KINDS and e.hi > e.lo]
+        data = {
+            kind: entry.data.between(self.start_ms, self.end_ms) for kind, entry in stored.items()
+        }
+        bars = [e.lo for kind, e in stored.items() if kind in LEAD_KINDS and e.hi > e.lo]
         complete_from = None if "binance" in self._done or not bars else max(bars)
         return AssetHistory(**data, complete_from_ms=complete_from)  # type: ignore[arg-type]
 

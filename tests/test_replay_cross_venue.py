@@ -120,7 +120,7 @@ def tape_events(tape: Path) -> Iterator[Event]:
                 for event in msg["events"]:
                     for t in event["tickers"]:
                         if any(t.get(key) not in (None, "") for key in QUOTE_KEYS):
-                            yield from other(iso_ms(msg["timestamp"]))  # send time: no own time
+                            yield from other(iso_ms(msg["timestamp"]))  # the frame's time
             else:
                 assert channel in ("heartbeats", "subscriptions"), channel
         elif "stream" in msg:
@@ -206,8 +206,12 @@ def compare(signals: list[dict[str, Any]], ref: Reference) -> tuple[list[int], l
 # -- the tests -----------------------------------------------------------------------------------
 # 3 minutes at 2/3: missing during the first minute, present from the second (coverage equal
 # to flow_min_coverage is enough).
-@pytest.mark.parametrize(("volume_window", "coverage"), [("2m", 0.0), ("3m", 2 / 3)])
+@pytest.mark.parametrize(
+    ("volume_window", "coverage"), [("2m", 0.0), ("3m", 2 / 3)], ids=["2m-0", "3m-2of3"]
+)
 def test_cross_venue_signals_equal_numpy(volume_window: str, coverage: float) -> None:
+    """Every published BTC snapshot: the three values equal numpy, and are null exactly where
+    numpy says they must be missing."""
     config = make_config(volume_window=volume_window, flow_min_coverage=coverage)
     signals = btc_signals(config, TAPE)
     ref = reference(TAPE, int(volume_window[:-1]) * MINUTE_MS, coverage)

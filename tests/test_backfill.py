@@ -1,0 +1,136 @@
+"""The start-up backfill against the simulator's REST history (real HTTP, real rate limits)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from monitor.backfill import Backfill
+from monitor.config import Config, config_from_dict, deep_merge
+from monitor.health import Health
+from monitor.pipeline import Pipeline
+from signals.engine import SignalEngine
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
+from streams.rest import RestClient
+from tests.conftest import REPO
+
+MINUTE = 60_000
+DAY = 86_400_000
+
+
+def config_for(sim: Any, state: Path, window: str, coinbase: bool = True) -> Config:
+    """The shipped config on the simulator's assets only, with a short baseline window."""
+    data = deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), sim.config_overrides())
+    data["assets"] = {
+        name: {k: v for k, v in venues.items() if coinbase or k != "coinbase"}
+        for name, venues in sim.config_overrides()["assets"].items()
+    }
+    signals = {"flow_window": "1h", "baseline_window": window, "baseline_min_history": "1h"}
+    over = {"signals": signals, "state": {"dir": str(state)}}
+    return config_from_dict(deep_merge(data, over), env={})
+
+
+def engine_for(config: Config) -> SignalEngine:
+    return Pipeline.for_session(config, "test", "0", 0, Health()).engine
+
+
+def clients(config: Config) -> dict[str, RestClient]:
+    v = config.venues
+    return {
+        BINANCE_SPOT: RestClient(BINANCE_SPOT, v.binance_spot.rest, weight_limit=6000),
+        BINANCE_USDM: RestClient(BINANCE_USDM, v.binance_usdm.rest, weight_limit=2400),
+        COINBASE: RestClient(COINBASE, v.coinbase.rest, requests_per_second=10),
+    }
+
+
+async def run_backfill(config: Config, engine: SignalEngine) -> Backfill:
+    rest = clients(config)
+    try:
+        backfill = Backfill(config, engine, rest, time.time_ns() // 1_000_000)
+        await backfill.run()
+    finally:
+        for client in rest.values():
+            await client.close()
+    return backfill
+
+
+def n_obs(engine: SignalEngine) -> dict[str, int]:
+    return {name: b.n_obs for name, b in engine.assets["BTC"].baselines.items()}
+
+
+async def test_backfill_fills_the_baselines_honestly_and_resumes_from_its_cache(
+    start_simulator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = await start_simulator(symbols={"BTCUSDT": 78_000.0})  # one asset keeps it quick
+    config = config_for(sim, tmp_path / "state", "2d")
+    engine = engine_for(config)
+    caplog.set_level(logging.INFO, "tapewatch.backfill")
+    first = await run_backfill(config, engine)
+    window = 2 * DAY // MINUTE  # 2,880 one-minute samples make a full baseline
+
+    got = n_obs(engine)
+    # Prices from both venues exist for every minute of the window: a full baseline.
+    assert got["coinbase_premium_pct"] == window
+    # Rolling metrics: the bars before the window are fetched too, so every minute has a
+    # whole flow (1 h) and volume (24 h) window.
+    assert got["taker_imbalance"] == got["net_taker_usd"] == window
+    assert got["perp_spot_volume_ratio"] == window
+    # Funding: every minute up to the last settlement (the interval under way is live's).
+    assert window - 8 * 60 <= got["funding_rate"] <= window
+    assert got["oi_change_pct_24h"] == window
+    # No history exists for liquidations or book depth: they start from live data.
+    assert got["liquidations_usd"] == got["depth_usd_1pct"] == 0
+
+    state = engine.assets["BTC"]
+    premium = state.baselines["coinbase_premium_pct"]
+    z = premium.score(0.0)
+    assert z.z is not None and not z.warmup and z.n_obs == window
+    # 2 days of window and 1 of lead (the 24 h volume window of the first minutes).
+    assert any("backfill binance: 3/3 day(s) done" in r.getMessage() for r in caplog.records)
+    assert first.progress.failed == 0
+
+    # The volume window and the 24 h price history are seeded too: the perp/spot ratio and the
+    # 24 h change exist as soon as live data arrives.
+    assert state.volume.filled() == pytest.approx(1.0, abs=2 / 1440)
+    assert state.history.samples().shape[0] >= 8 * 288 // 4  # 2 of 8 days of 5-minute buckets
+
+    # The same samples as an independent computation from the klines the simulator serves.
+    samples = premium.window.samples()[:, 0]
+    spot = first.stored["BTC"]["spot"].data
+    cb = first.stored["BTC"]["coinbase"].data
+    common, si, ci = np.intersect1d(spot.open_ms, cb.open_ms, return_indices=True)
+    keep = common >= first.end_ms - 2 * DAY
+    expected = (cb.close[ci] - spot.close[si]) / spot.close[si] * 100
+    np.testing.assert_allclose(samples, expected[keep], rtol=1e-12)
+
+    # A restart with the cache fetches only the minutes since the first run, and fills a
+    # fresh engine to the same counts.
+    again = engine_for(config)
+    second = await run_backfill(config, again)
+    assert second.progress.requests <= 2 * 5  # at most a page per series for the new minutes
+    assert n_obs(again) == pytest.approx(got, abs=2)
+
+
+async def test_open_interest_history_is_30_days_and_its_baseline_says_so(
+    start_simulator: Any, tmp_path: Path
+) -> None:
+    sim = await start_simulator(symbols={"BTCUSDT": 78_000.0})
+    config = config_for(sim, tmp_path / "state", "32d", coinbase=False)
+    engine = engine_for(config)
+    await run_backfill(config, engine)
+    baselines = engine.assets["BTC"].baselines
+    full = 32 * DAY // MINUTE
+    assert baselines["perp_spot_volume_ratio"].n_obs == full
+    # Binance serves 30 days of open interest (less one row here) and the 24 h change needs a
+    # row a day older: 29 days of samples, and the score says the baseline is not full.
+    oi = baselines["oi_change_pct_24h"]
+    assert 29 * DAY // MINUTE - 10 <= oi.n_obs <= 29 * DAY // MINUTE
+    score = oi.score(0.0)
+    assert score.z is not None and score.warmup and score.n_obs == oi.n_obs
+    assert not baselines["perp_spot_volume_ratio"].score(1.0).warmup
