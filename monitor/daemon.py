@@ -86,6 +86,8 @@ class Daemon:
                 birth=builder.status("online"),
                 will=builder.status("offline"),
                 rebirth_topic=builder.topics.rebirth(),
+                # Regime events survive a broker outage and a restart of the daemon.
+                outbox_path=Path(config.state.dir) / f"{config.instance}.outbox.sqlite",
             )
         self.queue = FrameQueue(config.collector.queue_size)
         self.connections = self._connections()
@@ -429,7 +431,8 @@ class Daemon:
     async def _report_health(self) -> None:
         assert self.publisher is not None
         while True:
-            self.health.outbox_depth = self.publisher.pending
+            outbox = self.publisher.outbox
+            self.health.outbox_depth = len(outbox) if outbox is not None else self.publisher.pending
             now = wall_ms()
             report = self.pipeline.health_report(now)
             report["rest"] = {venue: client.stats() for venue, client in self.rest.items()}
