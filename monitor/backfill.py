@@ -230,6 +230,7 @@ class Backfill:
         self.added: dict[str, dict[str, int]] = {name: {} for name in self.plans}
         self._saved_at = time.monotonic()
         self._done: set[str] = set()  # venue groups whose rounds are all done
+        self.finished: dict[str, float] = {}  # venue group -> seconds it took
 
     # -- cache ----------------------------------------------------------------------------------
     def _path(self, asset: str) -> Path:
@@ -321,6 +322,7 @@ class Backfill:
         series = [(a, s) for a, plans in self.plans.items() for s in plans if member(s)]
         if not series:
             self._done.add(group)
+            self.finished[group] = 0.0
             return
         for i, (start, end) in enumerate(rounds, 1):
             before = self.progress.requests
@@ -328,6 +330,7 @@ class Backfill:
             await asyncio.gather(*jobs)
             if i == len(rounds):
                 self._done.add(group)
+                self.finished[group] = self.elapsed
             if self.progress.requests > before or i == len(rounds):
                 self.fill()
                 self._report(group, i, len(rounds))

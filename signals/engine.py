@@ -42,6 +42,15 @@ FUNDINGS_PER_YEAR = 365 * 3
 # "the price now" and the difference would measure time, not venues.
 PREMIUM_STALE_MS = 10_000
 
+# The USDT-adjusted premium converts Binance's USDT price to USD at the latest USDT-USD trade.
+# That rate is a slow conversion factor, not one of the two prices being compared, so it may be
+# older than PREMIUM_STALE_MS: USDT/USD moves well under a basis point in a minute, so a rate up
+# to a minute old shifts the adjusted premium by less than 0.01 % (premiums worth quoting are
+# 0.05 % and more). A liquid USDT-USD book trades several times a minute; a minute without a
+# trade means its feed has stopped, and the adjusted signals go missing rather than silently
+# reverting to 1 USDT = 1 USD.
+USDT_STALE_MS = 60_000
+
 # Open interest is polled every few seconds; older than this the poller has stopped.
 OI_STALE_MS = 5 * 60_000
 
@@ -264,7 +273,9 @@ class AssetSignals:
             return None
         return trade.price
 
-    def snapshot(self, boundary_ms: int) -> SignalSnapshot:
+    def snapshot(self, boundary_ms: int, usdt_usd: float | None = None) -> SignalSnapshot:
+        """The signals at ``boundary_ms``; ``usdt_usd`` is the USD price of one USDT for the
+        adjusted premium (None: unknown or stale, and the adjusted premium is missing)."""
         end = boundary_ms - 1
         for window in (*self.flow.values(), self.volume, self.liquidations):
             window.advance(end)
@@ -303,6 +314,14 @@ class AssetSignals:
         values["coinbase_premium_usd"] = premium
         values["coinbase_premium_pct"] = (
             premium / spot * 100 if premium is not None and spot else None
+        )
+        # USDT-adjusted: the Binance price converted to USD first. Without a rate it is missing,
+        # never computed at 1:1 (that would publish the unadjusted premium under this name).
+        spot_usd = spot * usdt_usd if spot is not None and usdt_usd is not None else None
+        adjusted = cb - spot_usd if cb is not None and spot_usd is not None else None
+        values["coinbase_premium_usd_adj"] = adjusted
+        values["coinbase_premium_pct_adj"] = (
+            adjusted / spot_usd * 100 if adjusted is not None and spot_usd else None
         )
 
         # No liquidation in a covered window is information (0.0), not missing data.
@@ -387,10 +406,13 @@ class SignalEngine:
         volume_window_ms: int = DEFAULT_VOLUME_WINDOW_MS,
         depth: DepthProvider | None = None,
         baseline: BaselineSpec | None = None,
+        usdt_usd: str | None = None,
     ) -> None:
         """``assets`` maps asset -> {venue: symbol}, e.g. {"BTC": {"binance-usdm": "BTCUSDT"}}.
         ``depth`` gives a book's (bid, ask) notional within 1 % of mid, None when not synced.
-        ``baseline``: z-scores for the Z_SCORED signals; None = no z-scores."""
+        ``baseline``: z-scores for the Z_SCORED signals; None = no z-scores.
+        ``usdt_usd``: the Coinbase product whose trades price USDT in USD (USDT-USD) for the
+        USDT-adjusted premium; None = no adjusted premium (its signals stay missing)."""
         self.assets = {
             name: AssetSignals(
                 name,
@@ -412,6 +434,9 @@ class SignalEngine:
         self.publish_interval_ms = publish_interval_ms
         self._next_boundary: int | None = None
         self.unrouted = 0  # events for symbols no asset maps to
+        # The USDT price tracker: the latest USDT-USD trade by event time.
+        self._usdt_key = (COINBASE, usdt_usd) if usdt_usd else None
+        self.usdt_trade: Trade | None = None
 
     def on_event(self, event: Event) -> list[SignalSnapshot]:
         snapshots = self._tick(event.ts_event)
@@ -420,7 +445,13 @@ class SignalEngine:
                 if venue == event.venue and event.symbol in (None, symbol):
                     state.on_gap(event)
             return snapshots
-        state = self._route.get((event.venue, event.symbol))
+        key = (event.venue, event.symbol)
+        state = self._route.get(key)
+        if isinstance(event, Trade) and key == self._usdt_key:
+            # The USDT price, not an asset's (unless an asset maps the product too).
+            self._on_usdt_trade(event)
+            if state is None:
+                return snapshots
         if state is None:
             self.unrouted += 1
         elif isinstance(event, Trade):
@@ -434,6 +465,19 @@ class SignalEngine:
         elif isinstance(event, LongShortRatio):
             state.on_long_short(event)
         return snapshots
+
+    def _on_usdt_trade(self, trade: Trade) -> None:
+        last = self.usdt_trade
+        if last is None or trade.ts_event >= last.ts_event:
+            self.usdt_trade = trade
+
+    def usdt_usd(self, boundary_ms: int) -> float | None:
+        """USD per USDT at ``boundary_ms``: the latest USDT-USD trade price, None when there
+        is none or it is older than USDT_STALE_MS (event time, like every other age)."""
+        trade = self.usdt_trade
+        if trade is None or boundary_ms - trade.ts_event > USDT_STALE_MS:
+            return None
+        return trade.price
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, np.ndarray]:
@@ -486,4 +530,5 @@ class SignalEngine:
         # new to say about the boundaries in between.
         boundary = ts_ms // interval * interval
         self._next_boundary = boundary + interval
-        return [state.snapshot(boundary) for state in self.assets.values()]
+        usdt_usd = self.usdt_usd(boundary)
+        return [state.snapshot(boundary, usdt_usd) for state in self.assets.values()]

@@ -56,12 +56,25 @@ _UNSET = object()
 
 
 def subscribe_messages(
-    product_ids: Sequence[str], channels: Iterable[str] = DEFAULT_CHANNELS
+    product_ids: Sequence[str],
+    channels: Iterable[str] = DEFAULT_CHANNELS,
+    trades_only: Sequence[str] = (),
 ) -> list[str]:
-    """One subscribe message per channel, in order: Advanced Trade takes one channel each."""
+    """One subscribe message per channel, in order: Advanced Trade takes one channel each.
+
+    ``trades_only`` products join the ``market_trades`` message only (a reference price such
+    as USDT-USD needs trades, not a book), so the number of messages stays one per channel.
+    """
     ids = list(product_ids)
+    with_trades = list(dict.fromkeys([*ids, *trades_only]))
     return [
-        orjson.dumps({"type": "subscribe", "product_ids": ids, "channel": channel}).decode()
+        orjson.dumps(
+            {
+                "type": "subscribe",
+                "product_ids": with_trades if channel == "market_trades" else ids,
+                "channel": channel,
+            }
+        ).decode()
         for channel in channels
     ]
 
