@@ -43,14 +43,21 @@ class Mosquitto:
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     proc: subprocess.Popen[str] | None = None
+    # Keep sessions and queued QoS 1 messages across a restart (saved on SIGTERM).
+    persistence: bool = False
 
     def start(self, timeout: float = 10.0) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
         conf = self.workdir / "mosquitto.conf"
+        persistence = (
+            f"persistence true\npersistence_location {self.workdir}/\n"
+            if self.persistence
+            else "persistence false\n"
+        )
         conf.write_text(
-            f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} {self.host}\nallow_anonymous true\n{persistence}"
             "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
             "log_type information\n"
         )
@@ -170,8 +177,10 @@ async def start_simulator() -> AsyncIterator[Any]:
 
 
 def sim_config(sim: Simulator, **over: Any) -> Config:
-    """The shipped config pointed at ``sim``, with ``over`` merged on top."""
+    """The shipped config pointed at ``sim``, with ``over`` merged on top. The start-up backfill
+    is off unless ``over`` turns it on: tests about it say so (tests/test_backfill.py)."""
     data = deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), sim.config_overrides())
+    data = deep_merge(data, {"signals": {"backfill": False}})
     return config_from_dict(deep_merge(data, over), env={})
 
 
