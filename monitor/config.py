@@ -137,6 +137,9 @@ class SignalsConfig:
     robust_z: bool = False
     # Fill the baselines from REST history at start-up (signals/backfill.py).
     backfill: bool = True
+    # Coinbase product whose trades give USDT's price in USD, for the USDT-adjusted Coinbase
+    # premium; None disables it (its signals stay missing).
+    usdt_usd_product: str | None = "USDT-USD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -666,7 +669,7 @@ def _signals(data: object, errors: _Errors) -> SignalsConfig:
         data,
         "signals",
         errors,
-        (*keys, "flow_min_coverage", *baseline_keys, "robust_z", "backfill"),
+        (*keys, "flow_min_coverage", *baseline_keys, "robust_z", "backfill", "usdt_usd_product"),
         optional=True,
     )
     d = SignalsConfig()
@@ -719,6 +722,7 @@ def _signals(data: object, errors: _Errors) -> SignalsConfig:
     baseline = {k: sec.get(k, _positive_duration, getattr(d, k)) for k in baseline_keys}
     robust = sec.get("robust_z", _boolean, d.robust_z)
     backfill = sec.get("backfill", _boolean, d.backfill)
+    usdt_usd = sec.get("usdt_usd_product", _optional_product, d.usdt_usd_product)
     if sec.ok(*baseline_keys):
         window_ms = round(baseline["baseline_window"] * 1000)
         bucket_ms = round(baseline["baseline_bucket"] * 1000)
@@ -729,8 +733,20 @@ def _signals(data: object, errors: _Errors) -> SignalsConfig:
         if baseline["baseline_min_history"] > baseline["baseline_window"]:
             sec.fail("baseline_min_history", "must not exceed baseline_window")
     return SignalsConfig(
-        **values, flow_min_coverage=coverage, **baseline, robust_z=robust, backfill=backfill
+        **values,
+        flow_min_coverage=coverage,
+        **baseline,
+        robust_z=robust,
+        backfill=backfill,
+        usdt_usd_product=usdt_usd,
     )
+
+
+def _optional_product(value: object) -> str | None:
+    """A Coinbase product id; null or an empty string switches the feature off."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _coinbase_product(value)
 
 
 _CONDITION_KEYS = ("signal", "above", "below", "exit_above", "exit_below")

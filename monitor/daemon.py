@@ -166,7 +166,9 @@ class Daemon:
         )
         products = self._symbols("coinbase")
         if products:
-            messages = coinbase.subscribe_messages(products)
+            # The USDT-USD reference of the adjusted premium: its trades only, no book.
+            usdt = self.config.signals.usdt_usd_product
+            messages = coinbase.subscribe_messages(products, trades_only=[usdt] if usdt else [])
 
             async def subscribe(ws: Any) -> None:
                 # One channel per message, all within Coinbase's 5 s; 4 messages stay under

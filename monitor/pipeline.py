@@ -110,6 +110,8 @@ class Pipeline:
                 min_obs=max(1, round(sig.baseline_min_history / sig.baseline_bucket)),
                 robust=sig.robust_z,
             ),
+            # Its trades go to the engine's USDT price, not to an asset; it has no book here.
+            usdt_usd=sig.usdt_usd_product,
         )
         self.regimes = {name: RegimeEngine(name, config.regimes) for name in config.assets}
         self.books = {

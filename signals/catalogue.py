@@ -84,6 +84,20 @@ SIGNALS: dict[str, SignalSpec] = {
             "coinbase_premium_usd / latest Binance spot trade price x 100",
         ),
         SignalSpec(
+            "coinbase_premium_usd_adj",
+            "USD",
+            "USDT-adjusted premium: latest Coinbase trade price - latest Binance spot trade "
+            "price x USDT/USD, where USDT/USD is the latest trade price of "
+            "signals.usdt_usd_product (Coinbase USDT-USD); the two asset prices at most 10 s "
+            "old, the USDT/USD price at most 60 s old; missing when any of the three is "
+            "missing or stale (never taken as 1:1)",
+        ),
+        SignalSpec(
+            "coinbase_premium_pct_adj",
+            "percent",
+            "coinbase_premium_usd_adj / (latest Binance spot trade price x USDT/USD) x 100",
+        ),
+        SignalSpec(
             "liquidations_usd",
             "USD",
             "Binance USDⓈ-M forceOrder notional (average price x filled qty) over the flow "

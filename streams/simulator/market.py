@@ -22,6 +22,10 @@ liquidation, positioning and (on whole seconds) mark update are drawn in one go 
 any part of it is needed, in a fixed order, so the output depends only on the seed and on how far
 time has advanced, not on how the caller chopped time into ``advance`` calls.
 
+Coinbase also lists ``USDT-USD`` (``USDT_USD``), the price of one USDT in US dollars that the
+USDT-adjusted premium converts Binance's prices with: trades and a book around a rate that
+wanders in 1.0001-1.0004, pulled back to its centre, with its own random stream and no phases.
+
 Taker side follows Binance's ``m`` flag: ``buyer_is_maker=True`` means the taker SOLD (on
 Coinbase the wire's ``side`` is the maker's: "BUY" exactly when ``buyer_is_maker``).
 """
@@ -54,6 +58,7 @@ __all__ = [
     "FUNDING_INTERVAL_MS",
     "SCENARIOS",
     "SELL_WAVE_CYCLE_MS",
+    "USDT_USD",
     "VENUES",
     "Asset",
     "DepthTick",
@@ -86,6 +91,17 @@ TOUCH_NOTIONAL_PER_TRADE: Final = 40.0  # resting size at the touch, in median t
 LIQUIDATION_MEDIAN_USD: Final = 25_000.0
 LIQUIDATION_SIGMA: Final = 1.0
 LIQUIDATION_LIMIT_SLIP: Final = 0.005  # a liquidation order's limit is this far through the book
+
+# Coinbase USDT-USD: USD per USDT. Off its peg by a few basis points, as USDT usually trades,
+# and moving by well under a basis point a minute (std ~0.5 bp around the centre).
+USDT_USD: Final = "USDT-USD"
+USDT_USD_CENTRE: Final = 1.00025
+USDT_USD_MID_RANGE: Final = (1.0001, 1.00039)  # the mid's range: trades print in 1.0001-1.0004
+USDT_USD_NOISE_PER_S: Final = 1e-5  # standard deviation of the rate's move per sqrt(second)
+USDT_USD_TAU_S: Final = 60.0  # the rate returns to the centre with this time constant
+USDT_USD_TRADES_PER_S: Final = 3.0
+USDT_USD_MEDIAN_QTY: Final = 500.0  # USDT per trade
+_USDT_STREAM: Final = 1_000_003  # key of its random streams: beyond any asset index
 
 # USDⓈ-M calibration (aggregates per second and median notional per aggregate, in USDT).
 _PERP_RATES: Final[Mapping[str, float]] = {"BTCUSDT": 20.0, "ETHUSDT": 12.0}
@@ -268,6 +284,23 @@ def venue_specs(asset: Asset) -> dict[str, VenueSpec]:
             fill_p=_FILL_P[venue],
         )
     return specs
+
+
+def usdt_usd_spec() -> VenueSpec:
+    """Coinbase USDT-USD as listed: price increment 0.00001, size increment 0.01."""
+    tick_exp, lot_exp = 5, 2
+    touch_notional = TOUCH_NOTIONAL_PER_TRADE * USDT_USD_MEDIAN_QTY
+    touch_lots = max(1, round(touch_notional / USDT_USD_CENTRE * 10**lot_exp))
+    return VenueSpec(
+        venue=COINBASE,
+        symbol=USDT_USD,
+        book=BookSpec(tick_exp, lot_exp, *book_shape(USDT_USD_CENTRE, tick_exp), touch_lots),
+        price_decimals=tick_exp,
+        qty_decimals=lot_exp,
+        trades_per_s=USDT_USD_TRADES_PER_S,
+        median_qty=USDT_USD_MEDIAN_QTY,
+        fill_p=_FILL_P[COINBASE],
+    )
 
 
 def next_funding_ms(event_ms: int) -> int:
@@ -518,13 +551,53 @@ class _AssetState:
     # -- emission -------------------------------------------------------------------------
     def take_until(self, to_ms: int) -> list[Tick]:
         """Remove and return the pending ticks with event time <= ``to_ms``, in event order."""
-        # A stable sort keeps generation order (ids) among equal event times.
-        self.pending.sort(key=_event_ms)
-        cut = 0
-        while cut < len(self.pending) and self.pending[cut].event_ms <= to_ms:
-            cut += 1
-        ready, self.pending = self.pending[:cut], self.pending[cut:]
+        ready, self.pending = _split(self.pending, to_ms)
         return ready
+
+
+class _UsdtState:
+    """Coinbase USDT-USD: trades and a book around a rate that wanders near its centre."""
+
+    def __init__(self, seed: int, start_ms: int) -> None:
+        self.spec = usdt_usd_spec()
+        self.rng = np.random.Generator(np.random.PCG64([seed, _USDT_STREAM]))
+        self.rate = USDT_USD_CENTRE
+        self.flow = _VenueFlow(self.spec, self.rate, seed, _USDT_STREAM, 1)
+        self.slot_start = start_ms
+        self.pending: list[Tick] = []
+
+    def fill_step(self) -> None:
+        """Draw everything of ``(slot_start, slot_end]``, as ``_AssetState.fill_step`` does."""
+        begin = self.slot_start
+        end = (begin // STEP_MS + 1) * STEP_MS
+        rng = self.flow.rng
+        rate = USDT_USD_TRADES_PER_S * (end - begin) / 1000.0
+        count = int(rng.poisson(rate)) if end - begin > 1 else 0
+        times = np.sort(rng.integers(begin + 1, end, size=count))
+        self.pending.extend(self.flow.trades(times, [0.5] * count))
+        dt = (end - begin) / 1000.0
+        keep = math.exp(-dt / USDT_USD_TAU_S)
+        shock = USDT_USD_NOISE_PER_S * math.sqrt(dt) * float(self.rng.standard_normal())
+        low, high = USDT_USD_MID_RANGE
+        self.rate = min(
+            high, max(low, USDT_USD_CENTRE + (self.rate - USDT_USD_CENTRE) * keep + shock)
+        )
+        self.pending.extend(self.flow.book_update(end, self.rate))
+        self.slot_start = end
+
+    def take_until(self, to_ms: int) -> list[Tick]:
+        ready, self.pending = _split(self.pending, to_ms)
+        return ready
+
+
+def _split(pending: list[Tick], to_ms: int) -> tuple[list[Tick], list[Tick]]:
+    """(ticks with event time <= ``to_ms`` in event order, the rest)."""
+    # A stable sort keeps generation order (ids) among equal event times.
+    pending.sort(key=_event_ms)
+    cut = 0
+    while cut < len(pending) and pending[cut].event_ms <= to_ms:
+        cut += 1
+    return pending[:cut], pending[cut:]
 
 
 def _event_ms(tick: Tick) -> int:
@@ -564,12 +637,16 @@ class MarketModel:
         # What the calm phase's Coinbase premium is (the history's Coinbase candles use it).
         self.calm_premium: Premium = (premiums or {}).get(CALM.name, CALM.premium)
         self._cursor = start_ms
+        if any(asset.coinbase == USDT_USD for asset in self.assets):
+            raise ValueError(f"{USDT_USD} is simulated as the USDT reference, not as an asset")
         self._states = [
             _AssetState(asset, i, seed, start_ms) for i, asset in enumerate(self.assets)
         ]
+        self._usdt = _UsdtState(seed, start_ms)
         self.specs: dict[tuple[str, str], VenueSpec] = {
             (spec.venue, spec.symbol): spec for s in self._states for spec in s.specs.values()
         }
+        self.specs[(COINBASE, USDT_USD)] = self._usdt.spec
         self._by_binance = {s.asset.binance: s for s in self._states}
 
     @property
@@ -589,6 +666,8 @@ class MarketModel:
     def book(self, venue: str, symbol: str) -> VenueBook:
         """The live book of ``symbol`` on ``venue``; it may be up to one step ahead of what
         ``advance`` has returned (callers that serve snapshots keep their own copy)."""
+        if (venue, symbol) == (COINBASE, USDT_USD):
+            return self._usdt.flow.book
         for state in self._states:
             flow = state.flows[venue]
             if flow.spec.symbol == symbol:
@@ -617,5 +696,9 @@ class MarketModel:
             while state.slot_start < to_ms:
                 state.fill_step(self.start_ms, self._phase_at)
             out.extend(state.take_until(to_ms))
+        usdt = self._usdt
+        while usdt.slot_start < to_ms:
+            usdt.fill_step()
+        out.extend(usdt.take_until(to_ms))
         out.sort(key=_event_ms)
         return out

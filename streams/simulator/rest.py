@@ -468,7 +468,9 @@ class RestApi:
                 f"start and end argument is invalid - number of candles requested should be "
                 f"less than {limit + 1}"
             )
-        history = self.history().by_product[product]
+        history = self.history().by_product.get(product)
+        if history is None:  # USDT-USD: the simulator keeps candles of the assets only
+            raise RestError(404, {"error": "NOT_FOUND", "message": f"no candles of {product}"})
         hi = min(hi, self._now_ms() // MINUTE_MS - 1)
         lo = max(lo, history.first_minute)
         bars = history.bars(COINBASE, lo, max(0, hi - lo + 1))

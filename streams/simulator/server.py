@@ -13,8 +13,9 @@ Websockets:
   streams, which is how Binance has failed since 2026-04-23;
 - JSON control messages on every Binance socket (SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS,
   SET_PROPERTY / GET_PROPERTY ``combined``) with Binance's replies and error codes;
-- Coinbase ``/coinbase``: the Advanced Trade protocol (``coinbase_feed``); a socket with no valid
-  subscribe within ``subscribe_timeout`` (5 s) is closed.
+- Coinbase ``/coinbase``: the Advanced Trade protocol (``coinbase_feed``) for every asset's
+  ``<BASE>-USD`` and for ``USDT-USD``, the USDT price of the adjusted premium; a socket with no
+  valid subscribe within ``subscribe_timeout`` (5 s) is closed.
 
 REST: see ``rest``. Event time runs ``speed`` times faster than the wall clock from the moment
 the first market client (a websocket of any venue, or a market-data REST request) arrives. The
@@ -71,6 +72,7 @@ from streams.simulator.faults import (
 from streams.simulator.market import (
     DEFAULT_SYMBOLS,
     SCENARIOS,
+    USDT_USD,
     DepthTick,
     MarketModel,
     Premium,
@@ -445,7 +447,11 @@ class Simulator:
                 },
                 "coinbase": {"ws": f"{ws}/coinbase", "rest": f"{http}/coinbase"},
             },
-            "signals": {"flow_window": "30s", "flow_min_coverage": 0.5},
+            "signals": {
+                "flow_window": "30s",
+                "flow_min_coverage": 0.5,
+                "usdt_usd_product": USDT_USD,
+            },
             "regimes": [
                 {
                     "name": "seller_dominance",
