@@ -183,13 +183,24 @@ def cmd_tail(args: argparse.Namespace) -> int:
     mqtt = config.mqtt
 
     async def main() -> int:
-        task = asyncio.create_task(tail(mqtt.host, mqtt.port, mqtt.prefix, args.asset or "+"))
+        task = asyncio.create_task(
+            tail(
+                mqtt.host,
+                mqtt.port,
+                mqtt.prefix,
+                args.asset or "+",
+                live=False if args.plain else None,
+                username=mqtt.username,
+                password=mqtt.password,
+                tls=mqtt.tls,
+            )
+        )
         stop = asyncio.Event()
         _install_stop(stop)
         done, _ = await asyncio.wait(
             [task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
         )
-        task.cancel()
+        await stop_tasks([task])
         if task in done and task.exception():
             raise SystemExit(f"tail: {task.exception()}")
         return 0
@@ -240,7 +251,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         daemon = Daemon(config)
         daemon_task = asyncio.create_task(daemon.run(stop))
         await asyncio.wait_for(daemon.broker_ready.wait(), 10)
-        tail_task = asyncio.create_task(tail("127.0.0.1", port, config.mqtt.prefix, counts=counts))
+        tail_task = asyncio.create_task(
+            tail(
+                "127.0.0.1",
+                port,
+                config.mqtt.prefix,
+                counts=counts,
+                live=False if args.plain else None,  # None: the rich view on a terminal
+            )
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.duration)
         stop.set()
@@ -276,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=60.0, help="seconds [60]")
     demo.add_argument("--speed", type=float, default=1.0, help="event-time speed-up [1]")
     demo.add_argument("--config", default=DEFAULT_CONFIG, help="base config [config.yaml]")
+    demo.add_argument(
+        "--plain", action="store_true", help="print lines instead of the live view on a terminal"
+    )
     demo.set_defaults(func=cmd_demo)
 
     sim = sub.add_parser("simulate", help="run the exchange simulator on loopback")
@@ -319,9 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--config", default=DEFAULT_CONFIG)
     rec.set_defaults(func=cmd_record)
 
-    tl = sub.add_parser("tail", help="show regimes and signals from the broker")
+    tl = sub.add_parser("tail", help="live view of regimes and signals from the broker")
     tl.add_argument("--config", default=DEFAULT_CONFIG)
-    tl.add_argument("--asset")
+    tl.add_argument("--asset", help="one asset (default: all)")
+    tl.add_argument(
+        "--plain",
+        action="store_true",
+        help="print one line per change instead of the live view (automatic when not a terminal)",
+    )
     tl.set_defaults(func=cmd_tail)
 
     chk = sub.add_parser("check-config", help="validate a config file")

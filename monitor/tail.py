@@ -1,62 +1,43 @@
-"""``tapewatch tail``: subscribe to a tapewatch prefix and print regimes and signals as they come.
+"""``tapewatch tail``: a live terminal view of every asset's regime and key signals, from MQTT.
 
-It is an ordinary MQTT subscriber (the same thing any user writes), used by ``tapewatch demo``.
+It is an ordinary MQTT subscriber (the same thing any user writes): it works against any broker
+and any tapewatch instance, and ``tapewatch demo`` uses it. What it shows is built by the pure
+``monitor/dashboard.py``; this module subscribes and feeds it. On a terminal (or with
+``live=True``) it redraws the view in place a few times per second; otherwise (pipes, CI, tests)
+it prints one line per regime change and status change, and a compact signals line at most once
+per ``signals_every_s`` per asset.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
+import time
 from collections import Counter
-from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
 import aiomqtt
 import orjson
+from rich.console import Console
+from rich.live import Live
 
-# Signals shown on the one-line summary, in this order.
-KEY_SIGNALS = ("taker_imbalance_perp", "taker_buy_sell_ratio", "funding_rate", "mark_price")
-
-
-def _clock(ms: int | None) -> str:
-    if ms is None:
-        return "--:--:--"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
+from monitor.dashboard import KINDS, PlainLog, TailState, Update, render
+from streams.tasks import stop_tasks
 
 
-def _num(value: Any) -> str:
-    if value is None:
-        return "missing"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+# -- I/O part -----------------------------------------------------------------------------------
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
-def format_message(topic: str, payload: dict[str, Any], prefix: str) -> str | None:
-    """One terminal line for one tapewatch message (None for topics not shown)."""
+def _kind(topic: str, prefix: str) -> str | None:
     parts = topic[len(prefix) + 1 :].split("/")
-    if parts[0] == "status" and len(parts) == 2:
-        return f"[status]  {parts[1]} {payload.get('state')} (session {payload.get('session')})"
     if len(parts) != 2:
         return None
-    asset, kind = parts
-    if kind == "regime":
-        reasons = "; ".join(
-            f"{r['signal']} {_num(r['value'])} {r['op']} {_num(r['threshold'])}"
-            for r in payload.get("reasons", [])
-        )
-        was = payload.get("previous")
-        return (
-            f"[regime]  {asset} {payload.get('regime')}"
-            + (f" (was {was})" if was else "")
-            + f" since {_clock(payload.get('since'))}"
-            + (f" — {reasons}" if reasons else "")
-        )
-    if kind == "signals":
-        sig = payload.get("signals", {})
-        shown = " ".join(f"{k}={_num(sig[k]['value'])}" for k in KEY_SIGNALS if k in sig)
-        return f"[signals] {asset} {_clock(payload.get('ts_event'))} {shown}"
-    return None
+    if parts[0] in ("status", "health"):
+        return parts[0]
+    return parts[1] if parts[1] in KINDS else None
 
 
 async def tail(
@@ -64,29 +45,101 @@ async def tail(
     port: int,
     prefix: str,
     asset: str = "+",
-    out: TextIO = sys.stdout,
     counts: Counter[str] | None = None,
+    live: bool | None = None,
+    out: TextIO | None = None,
     ready: asyncio.Event | None = None,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: bool = False,
+    signals_every_s: float = 10.0,
+    refresh_per_second: float = 4.0,
 ) -> None:
-    """Print until cancelled. ``counts`` tallies messages per kind (used by ``demo``)."""
+    """Show ``prefix``'s regimes and signals until cancelled.
+
+    ``live``: redraw a rich view in place (True), print plain lines (False), or decide by
+    whether ``out`` (default stdout) is a terminal (None). ``counts`` tallies the messages
+    received per kind (used by ``demo``); ``ready`` is set once subscribed.
+    """
+    out = out if out is not None else sys.stdout
+    if live is None:
+        live = out.isatty()
     counts = counts if counts is not None else Counter()
-    async with aiomqtt.Client(host, port) as client:
+    prefix = prefix.rstrip("/")
+    state = TailState(prefix, asset)
+    async with aiomqtt.Client(
+        host,
+        port,
+        username=username,
+        password=password,
+        tls_context=ssl.create_default_context() if tls else None,
+    ) as client:
         for pattern in (
             f"{prefix}/{asset}/regime",
+            f"{prefix}/{asset}/events",
             f"{prefix}/{asset}/signals",
             f"{prefix}/status/+",
+            f"{prefix}/health/+",
         ):
             await client.subscribe(pattern, qos=1)
         if ready is not None:
             ready.set()
-        async for message in client.messages:
-            topic = str(message.topic)
-            try:
-                payload = orjson.loads(message.payload)  # type: ignore[arg-type]
-            except orjson.JSONDecodeError:
-                continue
-            kind = topic.rsplit("/", 1)[-1] if "/status/" not in topic else "status"
-            counts[kind] += 1
-            line = format_message(topic, payload, prefix)
-            if line:
-                print(line, file=out, flush=True)
+        if live:
+            await _run_live(client, state, counts, out, refresh_per_second)
+        else:
+            await _run_plain(client, state, counts, out, PlainLog(signals_every_s))
+
+
+def _ingest(state: TailState, counts: Counter[str], message: aiomqtt.Message) -> Update | None:
+    topic = str(message.topic)
+    try:
+        payload = orjson.loads(message.payload)  # type: ignore[arg-type]
+    except orjson.JSONDecodeError:
+        return None
+    kind = _kind(topic, state.prefix)
+    if kind is not None:
+        counts[kind] += 1
+    return state.ingest(topic, payload)
+
+
+async def _run_plain(
+    client: aiomqtt.Client, state: TailState, counts: Counter[str], out: TextIO, log: PlainLog
+) -> None:
+    async for message in client.messages:
+        update = _ingest(state, counts, message)
+        for line in log.lines(state, update, _wall_ms()):
+            print(line, file=out, flush=True)
+
+
+async def _run_live(
+    client: aiomqtt.Client,
+    state: TailState,
+    counts: Counter[str],
+    out: TextIO,
+    refresh_per_second: float,
+) -> None:
+    # Redrawn from this task only (no rich refresh thread), so nothing reads the state while a
+    # message changes it. ``print`` from elsewhere in the process lands above the view.
+    console = Console(file=out, force_terminal=True)
+    redirect = out is sys.stdout
+    with Live(
+        render(state, _wall_ms()),
+        console=console,
+        auto_refresh=False,
+        redirect_stdout=redirect,
+        redirect_stderr=redirect,
+    ) as view:
+
+        async def redraw() -> None:
+            while True:
+                view.update(render(state, _wall_ms()), refresh=True)
+                await asyncio.sleep(1 / refresh_per_second)
+
+        ticker = asyncio.create_task(redraw(), name="tail-redraw")
+        try:
+            async for message in client.messages:
+                _ingest(state, counts, message)
+        finally:
+            await stop_tasks([ticker])
+            view.update(render(state, _wall_ms()))

@@ -22,6 +22,9 @@ PURE = [
     "signals/catalogue.py",
     "monitor/messages.py",
     "monitor/pipeline.py",
+    "monitor/dashboard.py",
+    "signals/backfill.py",
+    "streams/history.py",
 ]
 # Optional modules that join PURE once they exist.
 PURE_WHEN_PRESENT = ["streams/book.py", "streams/coinbase.py", "streams/continuity.py"]

@@ -63,14 +63,16 @@ class EventLog:
                 self.connected.clear()
                 await asyncio.sleep(0.2)  # reconnect back-off while the broker is down
 
-    def start(self) -> None:
+    async def __aenter__(self) -> EventLog:
         self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.connected.wait(), 10)
+        return self
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
     async def wait_for(self, predicate: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -148,10 +150,7 @@ async def test_a_30_s_broker_outage_loses_no_regime_event(
     daemon_files: Any, broker: Mosquitto
 ) -> None:
     start, prefix, outbox = daemon_files
-    log = EventLog(broker, prefix)
-    log.start()
-    try:
-        await asyncio.wait_for(log.connected.wait(), 10)
+    async with EventLog(broker, prefix) as log:
         daemon = start()
         await log.wait_for(lambda ev: len(ev) >= 2, timeout=60)
         broker.stop()
@@ -168,18 +167,13 @@ async def test_a_30_s_broker_outage_loses_no_regime_event(
         )
         assert daemon.poll() is None, "the daemon died during the outage"
         assert_nothing_lost(log.events)
-    finally:
-        await log.stop()
 
 
 async def test_events_in_the_outbox_are_delivered_after_a_sigkill_and_restart(
     daemon_files: Any, broker: Mosquitto
 ) -> None:
     start, prefix, outbox = daemon_files
-    log = EventLog(broker, prefix)
-    log.start()
-    try:
-        await asyncio.wait_for(log.connected.wait(), 10)
+    async with EventLog(broker, prefix) as log:
         daemon = start()
         await log.wait_for(lambda ev: len(ev) >= 1, timeout=60)
         broker.stop()
@@ -198,5 +192,3 @@ async def test_events_in_the_outbox_are_delivered_after_a_sigkill_and_restart(
         # The stranded events come first, from the killed daemon's session, in order.
         assert all(e["id"].split(":")[0] in killed for e in later[:stranded]), later
         assert_nothing_lost(log.events)
-    finally:
-        await log.stop()
