@@ -222,6 +222,8 @@ class Daemon:
         """Run until ``stop`` is set, then flush and announce ``offline``."""
         if self.publisher is not None:
             self.broker = await ensure_broker(self.config.mqtt)
+            if self.broker is not None:
+                self.publisher.prefer_v311()  # amqtt speaks MQTT 3.1.1 only
         self.broker_ready.set()
         log.info(
             "tapewatch %s session %s: %d asset(s) on %d socket(s)%s",

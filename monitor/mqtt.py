@@ -16,6 +16,9 @@
 - One QoS >= 1 message is in flight at a time, so the broker receives them in publish order
   (events from the outbox and in-memory regime messages stay interleaved as published).
 - A message on ``<prefix>/cmd/rebirth`` republishes the status and every retained message.
+- MQTT 5 when the broker speaks it: every message says ``content-type: application/json`` and
+  signals carry a message expiry (a dead daemon's retained signals expire). A broker that
+  refuses MQTT 5 is spoken to in 3.1.1, with the same topics and payloads.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from collections import OrderedDict, deque
 from pathlib import Path
 
 import aiomqtt
+from aiomqtt import ProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from monitor.config import MqttConfig
 from monitor.messages import OutMessage
@@ -71,6 +77,9 @@ class Publisher:
         self.connects = 0
         self._client: aiomqtt.Client | None = None
         self.outbox: Outbox | None = None
+        # MQTT 5 first; a broker that refuses it gets 3.1.1 (``protocol``: what is in use).
+        self._protocol = ProtocolVersion.V5
+        self.protocol: ProtocolVersion | None = None
         if outbox_path is not None:
             # What an earlier process could not deliver goes before anything of this one.
             self.outbox, left = _open_outbox(outbox_path)
@@ -145,22 +154,48 @@ class Publisher:
     async def _run(self) -> None:
         backoff = Backoff(0.5, 30.0)
         while True:
+            connected = False
             try:
                 async with self._client_factory() as client:
+                    connected = True
                     self._client = client
+                    self.protocol = self._protocol
                     self.connects += 1
                     backoff.reset()
-                    log.info("mqtt: connected to %s:%d", self.config.host, self.config.port)
+                    log.info(
+                        "mqtt: connected to %s:%d (MQTT %s)",
+                        self.config.host,
+                        self.config.port,
+                        _version(self._protocol),
+                    )
                     await client.subscribe(self.rebirth_topic, qos=1)
                     await self._send(client, self.birth)
                     self.connected.set()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                self._client = None
-                delay = backoff.next_delay()
-                log.warning("mqtt: %s; reconnecting in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                if not connected and self.protocol is None and _protocol_trouble(exc):
+                    # Brokers without MQTT 5 (amqtt, old Mosquittos) refuse the CONNECT or
+                    # never answer it: speak 3.1.1 to them (no content type, no expiry).
+                    other = (
+                        ProtocolVersion.V311
+                        if self._protocol == ProtocolVersion.V5
+                        else ProtocolVersion.V5
+                    )
+                    log.info("mqtt: %s; trying MQTT %s", exc, _version(other))
+                    self._protocol = other
+                    continue
+                await self._lost(exc, backoff)
+
+    def prefer_v311(self) -> None:
+        """Start with MQTT 3.1.1 (for a broker known not to speak 5, like the embedded one)."""
+        self._protocol = ProtocolVersion.V311
+
+    async def _lost(self, exc: aiomqtt.MqttError, backoff: Backoff) -> None:
+        self.connected.clear()
+        self._client = None
+        delay = backoff.next_delay()
+        log.warning("mqtt: %s; reconnecting in %.1fs", exc, delay)
+        await asyncio.sleep(delay)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Drain the queues and listen for commands until one of them fails (MqttError)."""
@@ -203,12 +238,36 @@ class Publisher:
             password=cfg.password,
             keepalive=round(cfg.keepalive),
             tls_context=ssl.create_default_context() if cfg.tls else None,
-            will=aiomqtt.Will(self.will.topic, self.will.payload_bytes(), qos=1, retain=True),
+            protocol=self._protocol,
+            will=aiomqtt.Will(
+                self.will.topic,
+                self.will.payload_bytes(),
+                qos=1,
+                retain=True,
+                properties=self._properties(self.will, PacketTypes.WILLMESSAGE),
+            ),
             timeout=10,
         )
 
+    def _properties(self, msg: OutMessage, packet: int = PacketTypes.PUBLISH) -> Properties | None:
+        """MQTT 5 extras: the payload's content type, and a message expiry for signals, so a
+        retained signals message of a daemon that died does not outlive its meaning."""
+        if self._protocol != ProtocolVersion.V5:
+            return None
+        props = Properties(packet)
+        props.ContentType = "application/json"
+        if msg.expiry is not None:
+            props.MessageExpiryInterval = msg.expiry
+        return props
+
     async def _send(self, client: aiomqtt.Client, msg: OutMessage) -> None:
-        await client.publish(msg.topic, msg.payload_bytes(), qos=msg.qos, retain=msg.retain)
+        await client.publish(
+            msg.topic,
+            msg.payload_bytes(),
+            qos=msg.qos,
+            retain=msg.retain,
+            properties=self._properties(msg),
+        )
         self.published += 1
 
     async def _drain(self, client: aiomqtt.Client) -> None:
@@ -242,6 +301,19 @@ class Publisher:
                 log.info("mqtt: rebirth requested")
                 self._rebirth.set()
                 self._wake.set()
+
+
+def _version(protocol: ProtocolVersion) -> str:
+    return "5" if protocol == ProtocolVersion.V5 else "3.1.1"
+
+
+def _protocol_trouble(exc: aiomqtt.MqttError) -> bool:
+    """Did the broker refuse the CONNECT for its protocol version (MQTT 3.1.1 CONNACK code 1,
+    MQTT 5 reason code 132), or not answer it at all (amqtt with an MQTT 5 will)?"""
+    rc = getattr(exc, "rc", None)
+    value = getattr(rc, "value", rc)
+    text = f"{rc} {exc}".lower()
+    return value in (1, 132) or "protocol version" in text or "timed out" in text
 
 
 def _open_outbox(path: Path) -> tuple[Outbox | None, list[Queued]]:
