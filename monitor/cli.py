@@ -24,6 +24,8 @@ from monitor.config import (
     config_from_dict,
     deep_merge,
     load_config,
+    parse_shard,
+    shard,
 )
 from streams.tape import TapeError
 from streams.tasks import stop_tasks
@@ -74,6 +76,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import Daemon
 
     config = _load(args.config)
+    if args.shard:
+        try:
+            config = shard(config, *parse_shard(args.shard))
+        except (ValueError, ConfigError) as exc:
+            errors = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
+            raise SystemExit("\n".join(errors)) from None
     _setup_logging(config.log_level)
 
     async def main() -> int:
@@ -288,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", default=DEFAULT_CONFIG, help="config file [config.yaml]")
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only shard I of N of the assets (name order, every N-th), as instance "
+        "<instance>-IofN",
+    )
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="simulator + daemon + broker + live view, offline")

@@ -26,7 +26,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import SplitResult, urlsplit
@@ -1064,3 +1064,32 @@ def check_config(path: str | os.PathLike[str]) -> list[str]:
     except ConfigError as exc:
         return exc.errors
     return []
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/3"`` -> (2, 3): shard 2 of 3, numbered from 1. ValueError with a readable reason."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+        raise ValueError(f"--shard expects I/N such as 1/3, got {text!r}")
+    i, n = int(index), int(count)
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard {text}: I must be between 1 and N")
+    return i, n
+
+
+def shard(config: Config, index: int, count: int) -> Config:
+    """The part of ``config`` that shard ``index`` of ``count`` runs: every ``count``-th asset in
+    name order, starting with the ``index``-th, under its own instance id
+    (``<instance>-<index>of<count>``) so status, health, checkpoints and the outbox of the
+    shards never mix. Adding an asset can move others to another shard: restart all shards
+    together after changing the asset list."""
+    names = sorted(config.assets)[index - 1 :: count]
+    if not names:
+        raise ConfigError(
+            [f"--shard {index}/{count}: no asset left for this shard ({len(config.assets)} in all)"]
+        )
+    return replace(
+        config,
+        instance=f"{config.instance}-{index}of{count}",
+        assets={name: config.assets[name] for name in names},
+    )
