@@ -200,7 +200,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 live=False if args.plain else None,
                 username=mqtt.username,
                 password=mqtt.password,
-                tls=mqtt.tls,
+                tls_context=mqtt.ssl_context(),
             )
         )
         stop = asyncio.Event()

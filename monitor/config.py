@@ -25,6 +25,7 @@ import difflib
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,6 +58,7 @@ __all__ = [
 ENV_MQTT_URL = "TAPEWATCH_MQTT_URL"
 ENV_MQTT_USERNAME = "TAPEWATCH_MQTT_USERNAME"
 ENV_MQTT_PASSWORD = "TAPEWATCH_MQTT_PASSWORD"
+ENV_MQTT_CA_FILE = "TAPEWATCH_MQTT_CA_FILE"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 BrokerMode = Literal["auto", "embedded", "external"]
@@ -151,10 +153,15 @@ class MqttConfig:
     username: str | None = None
     # Kept out of repr so that logging a config never prints the secret.
     password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None  # CA bundle to verify the broker (TLS), e.g. a private CA
 
     @property
     def tls(self) -> bool:
         return urlsplit(self.url).scheme == "mqtts"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For ``mqtts://``: verify the broker against ``ca_file``, or the system's trust store."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.tls else None
 
     @property
     def host(self) -> str:
@@ -892,6 +899,9 @@ def _mqtt(data: object, env: Mapping[str, str], errors: _Errors) -> MqttConfig:
     if password is not None and username is None:
         # MQTT 3.1.1 (§3.1.2.9): a password may only be sent with a username.
         errors.add(f"env {ENV_MQTT_PASSWORD}", f"is set but {ENV_MQTT_USERNAME} is not")
+    ca_file = env.get(ENV_MQTT_CA_FILE) or None
+    if ca_file is not None and not Path(ca_file).is_file():
+        errors.add(f"env {ENV_MQTT_CA_FILE}", f"{ca_file!r} is not a readable file")
 
     if url and broker == "embedded" and urlsplit(url).scheme == "mqtts":
         sec.fail(
@@ -899,7 +909,7 @@ def _mqtt(data: object, env: Mapping[str, str], errors: _Errors) -> MqttConfig:
             f"the embedded broker does not serve TLS, but {url_source} is "
             f"mqtts://: use mqtt:// or broker: external",
         )
-    return MqttConfig(url, prefix, cast(BrokerMode, broker), keepalive, username, password)
+    return MqttConfig(url, prefix, cast(BrokerMode, broker), keepalive, username, password, ca_file)
 
 
 _LOG_LEVEL = _choice("debug", "info", "warning", "error")

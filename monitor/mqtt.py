@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-import ssl
 from collections import OrderedDict, deque
 from pathlib import Path
 
@@ -237,7 +236,7 @@ class Publisher:
             username=cfg.username,
             password=cfg.password,
             keepalive=round(cfg.keepalive),
-            tls_context=ssl.create_default_context() if cfg.tls else None,
+            tls_context=cfg.ssl_context(),
             protocol=self._protocol,
             will=aiomqtt.Will(
                 self.will.topic,

@@ -52,7 +52,7 @@ async def tail(
     *,
     username: str | None = None,
     password: str | None = None,
-    tls: bool = False,
+    tls_context: ssl.SSLContext | None = None,
     signals_every_s: float = 10.0,
     refresh_per_second: float = 4.0,
 ) -> None:
@@ -73,7 +73,7 @@ async def tail(
         port,
         username=username,
         password=password,
-        tls_context=ssl.create_default_context() if tls else None,
+        tls_context=tls_context,
     ) as client:
         for pattern in (
             f"{prefix}/{asset}/regime",

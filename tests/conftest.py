@@ -45,6 +45,7 @@ class Mosquitto:
     proc: subprocess.Popen[str] | None = None
     # Keep sessions and queued QoS 1 messages across a restart (saved on SIGTERM).
     persistence: bool = False
+    listener_conf: str = "allow_anonymous true\n"  # e.g. TLS files and a password file
 
     def start(self, timeout: float = 10.0) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -57,7 +58,7 @@ class Mosquitto:
             else "persistence false\n"
         )
         conf.write_text(
-            f"listener {self.port} {self.host}\nallow_anonymous true\n{persistence}"
+            f"listener {self.port} {self.host}\n{self.listener_conf}{persistence}"
             "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
             "log_type information\n"
         )
