@@ -290,3 +290,26 @@ def test_streams_are_split_across_connections_within_the_per_connection_cap() ->
         "binance-usdm/market": 3,
         "binance-usdm/public": 2,
     }
+
+
+async def test_rebirth_command_republishes_status_and_retained_state(
+    start_simulator: Any, mosquitto: Mosquitto, prefix: str, subscribe: Any
+) -> None:
+    # A calm market: no regime changes, so every second message below comes from the rebirth.
+    sim = await start_simulator(scenario="calm", speed=5.0, seed=3)
+    running = RunningDaemon(daemon_config(sim, mosquitto.url, prefix))
+    status = f"{prefix}/status/{running.daemon.config.instance}"
+    sub = await subscribe(status, f"{prefix}/BTC/regime", f"{prefix}/ETH/regime")
+    await sub.wait_for(
+        lambda s: s.on(status) and s.on(f"{prefix}/BTC/regime") and s.on(f"{prefix}/ETH/regime")
+    )
+    before = {t: len(sub.on(t)) for t in (status, f"{prefix}/BTC/regime", f"{prefix}/ETH/regime")}
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
+        await client.publish(f"{prefix}/cmd/rebirth", b"", qos=1)
+    await sub.wait_for(lambda s: all(len(s.on(t)) > n for t, n in before.items()))
+    # The republished state is the current state: same payload, same session.
+    for topic in before:
+        assert sub.on(topic)[-1] == sub.on(topic)[0]
+        assert sub.on(topic)[-1]["session"] == running.daemon.session
+    assert sub.on(status)[-1]["state"] == "online"
+    await running.close()
