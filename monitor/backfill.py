@@ -102,77 +102,29 @@ class Series:
 def plan(asset: AssetConfig) -> list[Series]:
     """The series an asset's configured venues allow."""
     out = []
-    if asset.binance_usdm:
-        sym = asset.binance_usdm
+    if perp := asset.binance_usdm:
         # limit 1000 weighs 5 (1500 would weigh 10): 3 assets' 90 days stay within 2400/min.
+        out += [
+            Series("perp", BINANCE_USDM, perp, "/fapi/v1/klines", step_ms=MINUTE_MS,
+                   page_rows=1000, weight=5, parse=parse_klines, lead=True),
+            Series("funding", BINANCE_USDM, perp, "/fapi/v1/fundingRate",
+                   step_ms=FUNDING_STEP_MS, page_rows=1000, weight=1,
+                   parse=parse_funding_history, whole=True, lead=True),
+            Series("open_interest", BINANCE_USDM, perp, "/futures/data/openInterestHist",
+                   step_ms=OI_STEP_MS, page_rows=500, weight=0,
+                   parse=parse_open_interest_history, kept_ms=OI_KEPT_MS - OI_STEP_MS,
+                   lead=True),
+        ]  # fmt: skip
+    if spot := asset.binance_spot:
         out.append(
-            Series(
-                "perp",
-                BINANCE_USDM,
-                sym,
-                "/fapi/v1/klines",
-                MINUTE_MS,
-                1000,
-                5,
-                parse_klines,
-                lead=True,
-            )
-        )
+            Series("spot", BINANCE_SPOT, spot, "/api/v3/klines", step_ms=MINUTE_MS,
+                   page_rows=1000, weight=2, parse=parse_klines, lead=True)
+        )  # fmt: skip
+    if product := asset.coinbase:
         out.append(
-            Series(
-                "funding",
-                BINANCE_USDM,
-                sym,
-                "/fapi/v1/fundingRate",
-                FUNDING_STEP_MS,
-                1000,
-                1,
-                parse_funding_history,
-                whole=True,
-                lead=True,
-            )
-        )
-        out.append(
-            Series(
-                "open_interest",
-                BINANCE_USDM,
-                sym,
-                "/futures/data/openInterestHist",
-                OI_STEP_MS,
-                500,
-                0,
-                parse_open_interest_history,
-                kept_ms=OI_KEPT_MS - OI_STEP_MS,
-                lead=True,
-            )
-        )
-    if asset.binance_spot:
-        out.append(
-            Series(
-                "spot",
-                BINANCE_SPOT,
-                asset.binance_spot,
-                "/api/v3/klines",
-                MINUTE_MS,
-                1000,
-                2,
-                parse_klines,
-                lead=True,
-            )
-        )
-    if asset.coinbase:
-        out.append(
-            Series(
-                "coinbase",
-                COINBASE,
-                asset.coinbase,
-                CANDLES_PATH.format(product=asset.coinbase),
-                MINUTE_MS,
-                350,
-                1,
-                parse_candles,
-            )
-        )
+            Series("coinbase", COINBASE, product, CANDLES_PATH.format(product=product),
+                   step_ms=MINUTE_MS, page_rows=350, weight=1, parse=parse_candles)
+        )  # fmt: skip
     return out
 
 
