@@ -166,6 +166,12 @@ SIGNALS: dict[str, SignalSpec] = {
             "latest Binance spot trade price; missing when older than 60 s",
         ),
         SignalSpec(
+            "oi_change_pct_1h",
+            "percent",
+            "open_interest_usd now vs its mean in the 5-minute bucket 1 h earlier: "
+            "(now / then - 1) x 100; how fast positions open or unwind",
+        ),
+        SignalSpec(
             "oi_change_pct_24h",
             "percent",
             "open_interest_usd now vs its mean in the 5-minute bucket 24 h earlier: "

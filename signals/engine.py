@@ -57,6 +57,7 @@ OI_STALE_MS = 5 * 60_000
 # `price` is the last Binance spot trade; a minute without a trade means the feed is down.
 PRICE_STALE_MS = 60_000
 
+HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 # History for the 24 h / 7 d changes: 5-minute buckets over 8 days (a week back, plus a day).
 HISTORY_BUCKET_MS = 5 * 60_000
@@ -245,8 +246,8 @@ class AssetSignals:
         return buy, sell
 
     def _changes(self, boundary_ms: int, values: dict[str, float | None]) -> None:
-        """Record this snapshot's OI and price, and compare with 24 h / 7 d before: the mean of
-        the 5-minute bucket that held the moment one day (week) earlier."""
+        """Record this snapshot's OI and price, and compare with 1 h / 24 h / 7 d before: the
+        mean of the 5-minute bucket that held the moment an hour (day, week) earlier."""
         oi, price = values["open_interest_usd"], values["price"]
         end = boundary_ms - 1
         self.history.add(
@@ -263,6 +264,7 @@ class AssetSignals:
             sums = self.history.bucket(end - ago_ms)
             return None if sums is None or sums[count] == 0 else float(sums[total] / sums[count])
 
+        values["oi_change_pct_1h"] = _change_pct(oi, past(HOUR_MS, 0, 1))
         values["oi_change_pct_24h"] = _change_pct(oi, past(DAY_MS, 0, 1))
         values["oi_change_pct_7d"] = _change_pct(oi, past(7 * DAY_MS, 0, 1))
         values["price_change_pct_24h"] = _change_pct(price, past(DAY_MS, 2, 3))

@@ -88,13 +88,25 @@ def test_shipped_config_loads_with_its_values() -> None:
     )
     assert config.signals == SignalsConfig(flow_window=3600.0, bucket=1.0, publish_interval=1.0)
     assert config.signals.flow_window == 3600.0
+    # The seed narratives, most specific first (tests/test_scenario_regimes.py checks them).
+    assert [r.name for r in config.regimes] == [
+        "deleveraging_cascade",
+        "derivatives_led_decline",
+        "distribution",
+        "seller_dominance",
+        "spot_led_recovery",
+    ]
     rule = config.regimes[0]
-    assert rule.name == "seller_dominance"
-    assert rule.description.startswith("Perp takers sell much more than they buy")
-    assert rule.all[0] == Condition("taker_buy_sell_ratio", "below", 0.8, 0.9)
+    assert rule.description.startswith("Forced selling: liquidations spike")
+    assert rule.all[0] == Condition("liquidations_usd_z", "above", 2.0, 1.0)
     assert rule.any == ()
-    assert (rule.min_dwell, rule.cooldown) == (30.0, 0.0)
-    assert len(config.regimes) == 1
+    assert all((r.min_dwell, r.cooldown) == (120.0, 600.0) for r in config.regimes)
+    seller = config.regimes[3]
+    assert seller.all == (
+        Condition("taker_intensity_z", "below", -1.5, -1.0),
+        Condition("taker_sell_ratio", "above", 0.53, 0.515),
+        Condition("coinbase_premium_pct", "below", -0.05, -0.02),
+    )
     assert config.mqtt.url == "mqtt://127.0.0.1:1883"
     assert config.mqtt.prefix == "tapewatch/v1"
     assert config.mqtt.broker == "auto"
@@ -300,7 +312,10 @@ def test_backoff_max_below_initial() -> None:
 
 def test_unknown_signal_in_a_rule() -> None:
     data = shipped()
-    data["regimes"][0]["all"].append({"signal": "foo", "above": 1})
+    data["regimes"][0]["all"] = [
+        {"signal": "funding_rate", "above": 0},
+        {"signal": "foo", "above": 1},
+    ]
     (line,) = errors_of(data)
     assert line.startswith("regimes[0].all[1].signal: unknown signal 'foo' (known: ")
     assert "taker_buy_sell_ratio" in line and "funding_rate" in line
@@ -342,6 +357,7 @@ def test_exit_key_must_match_the_entry_operator() -> None:
 
 def test_exit_threshold_tightening_below() -> None:
     data = shipped()
+    data["regimes"][0]["all"][0] = {"signal": "taker_buy_sell_ratio", "below": 0.8}
     data["regimes"][0]["all"][0]["exit_below"] = 0.7  # entry is below 0.8
     assert errors_of(data) == [
         "regimes[0].all[0].exit_below: must be >= below (0.8) so that it loosens the condition "
@@ -360,7 +376,7 @@ def test_exit_threshold_tightening_above() -> None:
 
 def test_threshold_must_be_a_finite_number() -> None:
     data = shipped()
-    data["regimes"][0]["all"][0]["below"] = True
+    data["regimes"][0]["all"][0] = {"signal": "taker_buy_sell_ratio", "below": True}
     data["regimes"][0]["any"] = [{"signal": "funding_rate", "above": float("inf")}]
     assert errors_of(data) == [
         "regimes[0].all[0].below: expected number, got bool True",
@@ -369,16 +385,19 @@ def test_threshold_must_be_a_finite_number() -> None:
 
 
 def test_yaml_1_1_exponent_gets_a_hint(tmp_path: Path) -> None:
-    text = SHIPPED.read_text(encoding="utf-8").replace("below: 0.8", "below: 8e-1")
+    first = "{signal: liquidations_usd_z, above: 2.0,"
+    text = SHIPPED.read_text(encoding="utf-8")
+    assert text.count(first) == 1
+    text = text.replace(first, "{signal: liquidations_usd_z, above: 2e0,")
     (line,) = check_config(write(tmp_path, text))
-    assert line.startswith("regimes[0].all[0].below: expected number, got str '8e-1' (YAML reads")
+    assert line.startswith("regimes[0].all[0].above: expected number, got str '2e0' (YAML reads")
 
 
 def test_duplicate_regime_name() -> None:
     data = shipped()
     data["regimes"].append(copy.deepcopy(data["regimes"][0]))
     assert errors_of(data) == [
-        "regimes[1].name: duplicate regime name 'seller_dominance' (first at regimes[0])"
+        "regimes[5].name: duplicate regime name 'deleveraging_cascade' (first at regimes[0])"
     ]
 
 

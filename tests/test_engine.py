@@ -402,3 +402,26 @@ def test_open_interest_and_price_changes_against_a_day_earlier() -> None:
     assert v["oi_change_pct_24h"] == approx(10.0)  # 880k / 800k - 1
     assert v["price_change_pct_24h"] == approx(2.0)  # 51k / 50k - 1
     assert v["oi_change_pct_7d"] is None  # no history a week back
+
+
+def test_open_interest_change_against_an_hour_earlier_is_the_bucket_mean() -> None:
+    hour = 3_600_000
+    eng = engine()
+    feed(
+        eng,
+        mark(10_000, 80_000.0),
+        OpenInterest(BINANCE_USDM, "BTCUSDT", 10_000, 10_000, 10.0),  # 800,000 USD
+    )
+    assert snap(eng, 11_000)["oi_change_pct_1h"] is None  # no history an hour back yet
+    eng.on_event(OpenInterest(BINANCE_USDM, "BTCUSDT", 11_500, 11_500, 10.5))  # 840,000 USD
+    snap(eng, 12_000)
+    # Both samples fall in the 5-minute bucket [0, 300 s): its mean is 820,000 USD.
+    for event in (
+        mark(hour + 10_000, 80_000.0),
+        OpenInterest(BINANCE_USDM, "BTCUSDT", hour + 10_000, hour + 10_000, 9.7375),  # 779,000
+    ):
+        eng.on_event(event)
+    v = snap(eng, hour + 11_000)
+    assert v["open_interest_usd"] == approx(779_000.0)
+    assert v["oi_change_pct_1h"] == approx(-5.0)  # 779k / 820k - 1
+    assert v["oi_change_pct_24h"] is None  # and nothing a day back

@@ -12,7 +12,7 @@ import pytest
 
 from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
 from streams.simulator import SCENARIOS, MarketModel, Premium
-from streams.simulator.book_model import LEVELS, ask_grid, bid_grid
+from streams.simulator.book_model import LEVELS, VenueBook, ask_grid, bid_grid
 from streams.simulator.market import (
     FUNDING_INTERVAL_MS,
     DepthTick,
@@ -21,8 +21,19 @@ from streams.simulator.market import (
     QuoteTick,
     Tick,
     TradeTick,
+    assets_from_symbols,
+    venue_specs,
 )
 from streams.simulator.positioning import HISTORY_ROWS, PERIOD_MS
+from streams.simulator.scenarios import (
+    BASELINE_MS,
+    NARRATIVES,
+    RALLY_MS,
+    TOUR,
+    TOUR_GAP_MS,
+    TOUR_HOLD_MS,
+    tour_schedule,
+)
 
 REPO = Path(__file__).parent.parent
 START_MS = 1_780_000_000_123  # deliberately not on a whole second
@@ -219,13 +230,85 @@ def test_calm_scenario_is_balanced(calm_run: list[Tick]) -> None:
 
 
 def test_model_rejects_unknown_scenario_and_phase() -> None:
-    assert set(SCENARIOS) == {"calm", "sell_wave"}
+    assert set(SCENARIOS) == {"calm", "sell_wave", "tour", *NARRATIVES}
     with pytest.raises(ValueError, match="unknown scenario"):
         MarketModel(scenario="moon", start_ms=START_MS)
     with pytest.raises(ValueError, match="unknown phases"):
         MarketModel(start_ms=START_MS, premiums={"boom": Premium(1.0)})
     with pytest.raises(ValueError, match="unit"):
         Premium(1.0, "bp")
+
+
+def test_narratives_start_calm_then_hold_their_last_phase() -> None:
+    assert set(NARRATIVES) == {
+        "deleveraging_cascade",
+        "seller_dominance",
+        "distribution",
+        "derivatives_led_decline",
+        "spot_led_recovery",
+    }
+    for name, steps in NARRATIVES.items():
+        model = MarketModel(scenario=name, start_ms=START_MS)
+        assert model.phase_at(START_MS + BASELINE_MS - 1) == "calm"
+        assert model.phase_at(START_MS + BASELINE_MS) == steps[0][0].name
+        assert model.phase_at(START_MS + 10 * BASELINE_MS) == steps[-1][0].name
+    model = MarketModel(scenario="distribution", start_ms=START_MS)
+    assert model.phase_at(START_MS + BASELINE_MS + RALLY_MS - 1) == "rally"
+    assert model.phase_at(START_MS + BASELINE_MS + RALLY_MS) == "distribution"
+
+
+def test_tour_plays_each_narrative_between_calm_stretches() -> None:
+    model = MarketModel(scenario="tour", start_ms=START_MS)
+    schedule = tour_schedule()
+    assert [name for name, _, _ in schedule] == list(TOUR)
+    assert sorted(TOUR) == sorted(NARRATIVES)
+    previous_end, gap = 0, BASELINE_MS  # calm before the first narrative, then the gaps
+    for name, start, end in schedule:
+        assert start - previous_end == gap
+        gap = TOUR_GAP_MS
+        assert model.phase_at(START_MS + start - 1) == "calm"
+        assert model.phase_at(START_MS + end - 1) == NARRATIVES[name][-1][0].name
+        assert model.phase_at(START_MS + end) == "calm"
+        assert end - start == TOUR_HOLD_MS + sum(d for _, d in NARRATIVES[name][:-1])
+        previous_end = end
+    assert model.phase_at(START_MS + 10 * schedule[-1][2]) == "calm"
+
+
+def test_book_depth_scale_thickens_and_thins_each_side() -> None:
+    spec = venue_specs(assets_from_symbols({"BTCUSDT": 78_000.0})[0])[BINANCE_USDM].book
+    mid = 78_000.0 * 10**spec.tick_exp
+
+    def sides(depth: tuple[float, float]) -> tuple[float, float]:
+        book = VenueBook(spec, mid, np.random.Generator(np.random.PCG64(5)), 1, id_gaps=True)
+        for _ in range(600):  # a minute of steps at a fixed mid: every level re-sized
+            book.step(mid, 0, 0, depth)
+        return (
+            sum(q for _, q in book.levels(bids=True)),
+            sum(q for _, q in book.levels(bids=False)),
+        )
+
+    calm_bid, calm_ask = sides((1.0, 1.0))
+    thin_bid, thick_ask = sides((0.5, 1.5))
+    assert thin_bid / calm_bid == pytest.approx(0.5, rel=0.1)
+    assert thick_ask / calm_ask == pytest.approx(1.5, rel=0.1)
+
+
+def test_activity_scales_every_venue_and_depth_the_perp_book() -> None:
+    start = START_MS + BASELINE_MS
+    calm = MarketModel(scenario="deleveraging_cascade", start_ms=START_MS)
+    ticks = calm.advance(start + 60_000)
+    counts = {
+        venue: [
+            sum(1 for t in trades_of(ticks, SYMBOL[venue], venue) if lo <= t.trade_ms < lo + 60_000)
+            for lo in (start - 60_000, start)
+        ]
+        for venue in (BINANCE_USDM, BINANCE_SPOT)
+    }
+    # The cascade trades twice as often; spot's share shrinks from 1/3 to 1/4.5 of perp's.
+    perp_before, perp_after = counts[BINANCE_USDM]
+    spot_before, spot_after = counts[BINANCE_SPOT]
+    assert perp_after / perp_before == pytest.approx(2.0, rel=0.15)
+    assert spot_after / spot_before == pytest.approx(2.0 * 3.0 / 4.5, rel=0.15)
 
 
 # -- cross-venue consistency ------------------------------------------------------------------

@@ -10,7 +10,9 @@ instead of re-pricing the whole side.
 Dynamics, once per step (100 ms of event time): the touch follows the venue's mid (spread one
 tick), levels that leave the grid are removed (quantity 0 on the wire), new ones get a drawn
 size, trades deplete the touch they hit, and a few levels, mostly near the touch, are re-sized.
-Quantities are absolute, as on every venue.
+Quantities are absolute, as on every venue. A step may scale the sizes drawn on each side
+(``depth``: 1.0 = calm): the book then thickens or thins as its levels are re-sized (most within
+seconds, the far ones within about half a minute), with the same random draws as at 1.0.
 
 Update ids. Binance spot numbers every level change: ``U = previous u + 1`` and ``u = U +
 changes - 1``. Binance USDⓈ-M ids advance by random gaps between and inside events (the
@@ -155,6 +157,7 @@ class VenueBook:
         self.last_update_id = first_update_id
         self.bids = _Side(1)
         self.asks = _Side(-1)
+        self.depth = (1.0, 1.0)  # (bid, ask) scale of the sizes drawn, set by each step
         best_bid = math.floor(mid_ticks)
         new: list[tuple[_Side, int, int]] = []
         for side, grid in (
@@ -180,9 +183,17 @@ class VenueBook:
         grid = side.grid if limit is None else side.grid[:limit]
         return [(price, side.levels[price]) for price in grid]
 
-    def step(self, mid_ticks: float, bought_lots: int, sold_lots: int) -> BookStep:
+    def step(
+        self,
+        mid_ticks: float,
+        bought_lots: int,
+        sold_lots: int,
+        depth: tuple[float, float] = (1.0, 1.0),
+    ) -> BookStep:
         """Follow ``mid_ticks``; ``bought_lots`` were taken from the best ask and ``sold_lots``
-        from the best bid since the last step."""
+        from the best bid since the last step. ``depth`` scales the (bid, ask) sizes drawn from
+        now on (1.0: calm)."""
+        self.depth = depth
         spec = self.spec
         bid_changes: dict[int, int] = {}
         ask_changes: dict[int, int] = {}
@@ -207,8 +218,8 @@ class VenueBook:
         return self._event(bid_changes, ask_changes)
 
     # -- internals --------------------------------------------------------------------------
-    def _level_lots(self, ranks: np.ndarray, noise: np.ndarray) -> list[int]:
-        median = self.spec.median_touch_lots * (1.0 + DEPTH_GROWTH_PER_LEVEL * ranks)
+    def _level_lots(self, ranks: np.ndarray, noise: np.ndarray, scale: np.ndarray) -> list[int]:
+        median = self.spec.median_touch_lots * (1.0 + DEPTH_GROWTH_PER_LEVEL * ranks) * scale
         return [max(1, int(v)) for v in np.rint(median * noise)]
 
     def _size_new(
@@ -220,7 +231,10 @@ class VenueBook:
         if not new:
             return
         ranks = np.array([rank for _, rank, _ in new], dtype=float)
-        lots = self._level_lots(ranks, self.rng.lognormal(0.0, LEVEL_SIGMA, size=len(new)))
+        bid_scale, ask_scale = self.depth
+        scale = np.array([bid_scale if side is self.bids else ask_scale for side, _, _ in new])
+        noise = self.rng.lognormal(0.0, LEVEL_SIGMA, size=len(new))
+        lots = self._level_lots(ranks, noise, scale)
         for (side, _, price), size in zip(new, lots, strict=True):
             side.levels[price] = size
             (bid_changes if side is self.bids else ask_changes)[price] = size
@@ -231,8 +245,10 @@ class VenueBook:
         total = int(counts.sum())
         # Squared uniforms put most re-sizing near the touch, where real books churn.
         ranks = np.floor(LEVELS * rng.random(total) ** 2).astype(int)
-        lots = self._level_lots(ranks.astype(float), rng.lognormal(0.0, LEVEL_SIGMA, size=total))
         n_bids = int(counts[0])
+        scale = np.where(np.arange(total) < n_bids, *self.depth)
+        noise = rng.lognormal(0.0, LEVEL_SIGMA, size=total)
+        lots = self._level_lots(ranks.astype(float), noise, scale)
         for i in range(total):
             side, changes = (self.bids, bid_changes) if i < n_bids else (self.asks, ask_changes)
             price = side.grid[int(ranks[i])]

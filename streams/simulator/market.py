@@ -15,7 +15,9 @@ Per asset there is one "fair" price path. Around it:
 Each venue has an L2 book (``book_model``) that follows its mid every ``STEP_MS``; trades in a
 step print at that venue's touch as the last book update left it (a taker buy at the best ask, a
 sell at the best bid) and deplete it. Binance spot's quote volume is the perp's divided by the
-phase's ``perp_spot_volume``; Coinbase trades ``COINBASE_SHARE_OF_SPOT`` of spot's.
+phase's ``perp_spot_volume``; Coinbase trades ``COINBASE_SHARE_OF_SPOT`` of spot's. A phase's
+``activity`` scales every venue's trade rate and its ``bid_depth`` / ``ask_depth`` the sizes the
+books draw on each side (all 1.0 in calm and selling, which then draw exactly as before).
 
 Event time is cut into steps aligned on multiples of ``STEP_MS``. A step's trades, book update,
 liquidation, positioning and (on whole seconds) mark update are drawn in one go the first time
@@ -376,8 +378,10 @@ class _VenueFlow:
             self.next_trade_id += n_fills
         return out
 
-    def book_update(self, end: int, mid: float) -> list[Tick]:
-        step = self.book.step(self.spec.ticks(mid), self.bought_lots, self.sold_lots)
+    def book_update(
+        self, end: int, mid: float, depth: tuple[float, float] = (1.0, 1.0)
+    ) -> list[Tick]:
+        step = self.book.step(self.spec.ticks(mid), self.bought_lots, self.sold_lots, depth)
         self.bought_lots = self.sold_lots = 0
         spec = self.spec
         out: list[Tick] = [
@@ -449,9 +453,11 @@ class _AssetState:
         for venue, flow in self.flows.items():
             self._trades(flow, venue, begin, end, phase, start_ms, phase_at)
         self._maybe_liquidate(begin, end, phase)
-        self._walk(dt, phase_at(end - start_ms))
+        after = phase_at(end - start_ms)
+        self._walk(dt, after)
+        depth = (after.bid_depth, after.ask_depth)
         for flow_venue, flow in self.flows.items():
-            self.pending.extend(flow.book_update(end, self._mid(flow_venue)))
+            self.pending.extend(flow.book_update(end, self._mid(flow_venue), depth))
         if end % MARK_EVERY_MS == 0:
             self.pending.append(self._mark(end, phase_at(end - start_ms)))
         self.positioning.close_rows(end, self._mid(BINANCE_USDM))
@@ -460,9 +466,9 @@ class _AssetState:
     def _rate(self, venue: str, phase: Phase) -> float:
         spec = self.specs[venue]
         if venue == BINANCE_USDM:
-            return spec.trades_per_s
+            return spec.trades_per_s * phase.activity
         # Spot's share of volume follows the phase; Coinbase keeps its share of spot.
-        return spec.trades_per_s * CALM.perp_spot_volume / phase.perp_spot_volume
+        return spec.trades_per_s * CALM.perp_spot_volume / phase.perp_spot_volume * phase.activity
 
     def _trades(
         self,
