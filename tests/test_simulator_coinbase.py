@@ -182,9 +182,14 @@ async def test_bad_messages_get_error_frames_and_the_socket_stays(sim: Simulator
 async def test_rest_market_trades_newest_first_with_best_bid_ask(sim: Simulator) -> None:
     async with connect(f"{sim.base_ws}/coinbase") as ws:
         await ws.send(subscribe("market_trades", "ETH-USD"))
-        # Let at least five trades happen (the snapshot lists those before the subscribe).
+        # Let at least five trades happen (the snapshot lists those before the subscribe). Count
+        # distinct ids: the first update may repeat trades the snapshot already listed.
         await recv_until(
-            ws, lambda fs: sum(len(e.get("trades", ())) for f in fs for e in f["events"]) >= 5
+            ws,
+            lambda fs: (
+                len({t["trade_id"] for f in fs for e in f["events"] for t in e.get("trades", ())})
+                >= 5
+            ),
         )
     url = f"{sim.base_http}/coinbase/api/v3/brokerage/market/products/ETH-USD/ticker"
     async with aiohttp.ClientSession() as http:
