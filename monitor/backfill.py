@@ -213,6 +213,11 @@ class Backfill:
 
     def save(self) -> None:
         for asset, stored in self.stored.items():
+            # Keep what the window (and its lead) still needs: the cache never outgrows it.
+            for entry in stored.values():
+                if entry.hi > entry.lo and entry.lo < self.start_ms:
+                    entry.data = entry.data.between(self.start_ms, self.end_ms)  # type: ignore[arg-type]
+                    entry.lo = min(self.start_ms, entry.hi)
             arrays = {
                 f"{kind}/{i}": column
                 for kind, entry in stored.items()
