@@ -313,3 +313,40 @@ async def test_rebirth_command_republishes_status_and_retained_state(
         assert sub.on(topic)[-1]["session"] == running.daemon.session
     assert sub.on(status)[-1]["state"] == "online"
     await running.close()
+
+
+async def test_a_seed_narrative_end_to_end_with_the_shipped_rules(
+    start_simulator: Any, mosquitto: Mosquitto, prefix: str, subscribe: Any
+) -> None:
+    """`seller_dominance` played by the simulator (10 min of calm, then the narrative, at 10x),
+    the daemon with config.yaml's rules and a baseline backfilled from the simulator's history,
+    a real Mosquitto: the retained regime becomes seller_dominance for the seed's reasons, with
+    exactly one events message per change. (Every narrative against every rule: the confusion
+    table in tests/test_scenario_regimes.py.)"""
+    sim = await start_simulator(scenario="seller_dominance", speed=10.0, seed=7)
+    config = daemon_config(sim, mosquitto.url, prefix, signals={"backfill": True})
+    assert len(config.regimes) == 5  # the shipped seed rules, not the demo rule
+    sub = await subscribe(f"{prefix}/BTC/regime", f"{prefix}/BTC/events")
+    running = RunningDaemon(config)
+    regime = f"{prefix}/BTC/regime"
+    # 10 min of calm at 10x is 60 s; the narrative is recognised a minute or two of event time
+    # into it.
+    await sub.wait_for(lambda s: "seller_dominance" in _regimes(s, prefix), timeout=150)
+    await sub.wait_for(lambda s: s.on(f"{prefix}/BTC/events"))
+    entered = next(r for r in sub.on(regime) if r["regime"] == "seller_dominance")
+    assert entered["previous"] == "neutral"
+    assert {r["signal"] for r in entered["reasons"]} == {
+        "taker_intensity_z",
+        "taker_sell_ratio",
+        "coinbase_premium_pct",
+    }
+    # Nothing else was entered during the calm baseline, and one event per change.
+    assert set(_regimes(sub, prefix)) == {"neutral", "seller_dominance"}
+    changes = [r for r in sub.on(regime) if r["previous"] is not None]
+    events = sub.on(f"{prefix}/BTC/events")
+    assert [e["regime"] for e in events] == [r["regime"] for r in changes]
+    # A subscriber arriving now gets the current regime at once (retained).
+    late = await subscribe(regime)
+    await late.wait_for(lambda s: s.on(regime))
+    assert late.on(regime)[-1]["regime"] == "seller_dominance" and late.messages[0][2]
+    await running.close()

@@ -63,6 +63,8 @@ from streams.simulator.market import (
 from streams.simulator.published import PublishedBook
 from streams.simulator.scenarios import (
     BASELINE_MS,
+    NARRATIVE_HISTORY_DAYS,
+    NARRATIVE_WINDOWS,
     NARRATIVES,
     TOUR,
     TOUR_GAP_MS,
@@ -75,15 +77,8 @@ SEED = 7
 SYMBOL, PRODUCT = "BTCUSDT", "BTC-USD"
 HOLD_MS = 4 * 60_000  # how long a single scenario's narrative runs here
 POLL_OI_MS = 10_000  # collector.open_interest_poll
-HISTORY_DAYS = 7
-WINDOWS = {
-    "flow_window": "2m",
-    "volume_window": "5m",
-    "flow_min_coverage": 0.5,
-    "baseline_window": f"{HISTORY_DAYS}d",
-    "baseline_bucket": "10s",
-    "baseline_min_history": "3m",
-}
+HISTORY_DAYS = NARRATIVE_HISTORY_DAYS
+WINDOWS = NARRATIVE_WINDOWS  # the same windows `tapewatch simulate --scenario <narrative>` sets
 # Signals shown next to a failing table: the ones the default rules read.
 TRACED = (
     "liquidations_usd_z",

@@ -269,6 +269,19 @@ RECOVERY: Final = Phase(
 )
 
 # Each narrative's phases after the calm baseline: (phase, how long); the last one is held.
+# Signal windows for the compressed narratives: a narrative plays out in minutes, not hours, so
+# the flow window is 2 min (not 1 h), the volume window 5 min (not 24 h), and the baselines are
+# 7 days of 10 s buckets with a 3 min minimum. The rules and thresholds stay the shipped ones.
+NARRATIVE_HISTORY_DAYS: Final = 7
+NARRATIVE_WINDOWS: Final[dict[str, object]] = {
+    "flow_window": "2m",
+    "volume_window": "5m",
+    "flow_min_coverage": 0.5,
+    "baseline_window": f"{NARRATIVE_HISTORY_DAYS}d",
+    "baseline_bucket": "10s",
+    "baseline_min_history": "3m",
+}
+
 NARRATIVES: Final[dict[str, tuple[tuple[Phase, int], ...]]] = {
     "deleveraging_cascade": ((CASCADE, 0),),
     "seller_dominance": ((SELLER_DOMINANCE, 0),),

@@ -84,6 +84,7 @@ from streams.simulator.market import (
 )
 from streams.simulator.published import PublishedBook, TradeRing
 from streams.simulator.rest import MarketState, RestApi, json_response
+from streams.simulator.scenarios import NARRATIVE_WINDOWS, NARRATIVES
 
 __all__ = ["FAULTS", "MALFORMED_KINDS", "MINIMAL_BASE_CONFIG", "Simulator", "serve_forever"]
 
@@ -447,6 +448,17 @@ class Simulator:
                 },
                 "coinbase": {"ws": f"{ws}/coinbase", "rest": f"{http}/coinbase"},
             },
+            **self._signals_and_rules(),
+        }
+
+    def _signals_and_rules(self) -> Json:
+        """A seed narrative keeps the config's own rules, with windows for its compressed time
+        and a backfilled baseline; other scenarios get short windows and one demo rule."""
+        if self.scenario == "tour" or self.scenario in NARRATIVES:
+            return {
+                "signals": {**NARRATIVE_WINDOWS, "backfill": True, "usdt_usd_product": USDT_USD}
+            }
+        return {
             "signals": {
                 "flow_window": "30s",
                 "flow_min_coverage": 0.5,
