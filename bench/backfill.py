@@ -32,8 +32,7 @@ PRICES = {"BTC": 78_000.0, "ETH": 2_500.0, "SOL": 180.0, "XRP": 2.5}
 
 
 async def once(sim: Simulator, days: int, state: Path) -> tuple[Backfill, dict[str, int]]:
-    data = deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), sim.config_overrides())
-    data["assets"] = sim.config_overrides()["assets"]
+    data = sim.config_for(yaml.safe_load((REPO / "config.yaml").read_text()))
     over = {
         "signals": {"flow_window": "1h", "baseline_window": f"{days}d"},
         "state": {"dir": str(state)},

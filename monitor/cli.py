@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
@@ -172,13 +173,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
 
     async def main() -> int:
-        task = asyncio.create_task(serve_forever(sim, args.write_config))
+        task = asyncio.create_task(serve_forever(sim, args.write_config, args.config))
         stop = asyncio.Event()
         _install_stop(stop)
-        await stop.wait()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            print(f"tapewatch simulate: {task.exception()}", file=sys.stderr)
+            return 2
+        await stop_tasks([task, stopped])
         return 0
 
     return _run_async(main())
@@ -229,20 +232,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _setup_logging("warning")
 
-    async def main() -> int:
+    async def main(state_dir: str) -> int:
         sim = Simulator(port=0, scenario=args.scenario, speed=args.speed)
         await sim.start()
         base: dict[str, Any] = {}
         if Path(args.config).exists():
             base = yaml.safe_load(Path(args.config).read_text()) or {}
         port = _free_port()
-        merged = deep_merge(base, sim.config_overrides())
+        merged = sim.config_for(base)
         merged = deep_merge(
             merged,
             {
                 "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "broker": "embedded"},
                 "instance": "demo",
                 "log_level": "warning",
+                # Each demo is a new simulated market: a baseline checkpointed by an earlier
+                # demo (its sell-offs included) would skew this one's z-scores.
+                "state": {"dir": state_dir},
             },
         )
         config = config_from_dict(merged, env={})
@@ -280,7 +286,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         return 0 if counts["signals"] and counts["regime"] else 1
 
-    return _run_async(main())
+    with tempfile.TemporaryDirectory(prefix="tapewatch-demo-") as state_dir:
+        return _run_async(main(state_dir))
 
 
 # -- parser ---------------------------------------------------------------------------------
@@ -320,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", type=float, default=1.0)
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--write-config", metavar="FILE", help="write a config pointing at it")
+    sim.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="base config for --write-config [config.yaml]"
+    )
     sim.add_argument(
         "--fault",
         action="append",

@@ -428,7 +428,7 @@ class Daemon:
                 failing = False
             except RestError as exc:
                 if not failing:
-                    log.warning("%s: poll failed (%s); retrying every %.0fs", path, exc, every)
+                    log.warning("%s: poll failed (%s); retrying every %gs", path, exc, every)
                 failing = True
             await asyncio.sleep(every)
 

@@ -180,7 +180,7 @@ async def start_simulator() -> AsyncIterator[Any]:
 def sim_config(sim: Simulator, **over: Any) -> Config:
     """The shipped config pointed at ``sim``, with ``over`` merged on top. The start-up backfill
     is off unless ``over`` turns it on: tests about it say so (tests/test_backfill.py)."""
-    data = deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), sim.config_overrides())
+    data = sim.config_for(yaml.safe_load((REPO / "config.yaml").read_text()))
     data = deep_merge(data, {"signals": {"backfill": False}})
     return config_from_dict(deep_merge(data, over), env={})
 

@@ -26,10 +26,10 @@ DAY = 86_400_000
 
 def config_for(sim: Any, state: Path, window: str, coinbase: bool = True) -> Config:
     """The shipped config on the simulator's assets only, with a short baseline window."""
-    data = deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), sim.config_overrides())
+    data = sim.config_for(yaml.safe_load((REPO / "config.yaml").read_text()))
     data["assets"] = {
         name: {k: v for k, v in venues.items() if coinbase or k != "coinbase"}
-        for name, venues in sim.config_overrides()["assets"].items()
+        for name, venues in data["assets"].items()
     }
     signals = {"flow_window": "1h", "baseline_window": window, "baseline_min_history": "1h"}
     over = {"signals": signals, "state": {"dir": str(state)}}

@@ -105,6 +105,9 @@ CONTROL_METHODS: Final = (
     "SET_PROPERTY",
     "GET_PROPERTY",
 )
+# config.yaml's REST poll cadence (collector.*_poll), which config_overrides keeps in event time
+OI_POLL_S: Final = 10.0
+RATIOS_POLL_S: Final = 300.0
 MAX_ID_TEXT: Final = 36  # Binance accepts alphanumeric string ids up to 36 characters
 # Socket families whose clients count as market clients (the scenario clock starts with one).
 _FAMILIES: Final = (SPOT, MARKET, PUBLIC, "legacy")
@@ -448,6 +451,12 @@ class Simulator:
                 },
                 "coinbase": {"ws": f"{ws}/coinbase", "rest": f"{http}/coinbase"},
             },
+            # REST polls at the shipped cadence in event time: at 30x a 10 s wall-clock poll
+            # would be 5 min of event time apart, and open interest would go stale between two.
+            "collector": {
+                "open_interest_poll": f"{OI_POLL_S / self.speed:g}s",
+                "ratios_poll": f"{RATIOS_POLL_S / self.speed:g}s",
+            },
             **self._signals_and_rules(),
         }
 
@@ -476,8 +485,15 @@ class Simulator:
             ],
         }
 
+    def config_for(self, base: Json) -> Json:
+        """``base`` (raw config data) pointed here: ``config_overrides()`` merged on top, and the
+        assets exactly the simulated ones (a base asset this simulator does not serve would only
+        fail, symbol by symbol, for ever)."""
+        overrides = self.config_overrides()
+        return {**_deep_merge(base, overrides), "assets": overrides["assets"]}
+
     def write_config(self, path: str | Path, base_config_path: str | Path = "config.yaml") -> None:
-        """Write ``base_config_path`` merged with ``config_overrides()`` to ``path``.
+        """Write ``base_config_path`` pointed here (``config_for``) to ``path``.
 
         Without a base file (run outside a checkout) a minimal valid base stands in.
         """
@@ -488,7 +504,13 @@ class Simulator:
             base, base_config_path = dict(MINIMAL_BASE_CONFIG), "(built-in minimal config)"
         if not isinstance(base, dict):
             raise ValueError(f"{base_config_path}: top level is not a mapping")
-        merged = _deep_merge(base, self.config_overrides())
+        if self.scenario in (*NARRATIVES, "tour") and not base.get("regimes"):
+            raise ValueError(
+                f"scenario {self.scenario} plays a seed narrative for the regime rules of a "
+                f"config, and {base_config_path} has none: pass --config with a config that "
+                "has `regimes:` (the repository's config.yaml has the five default rules)"
+            )
+        merged = self.config_for(base)
         header = (
             f"# Written by `tapewatch simulate` for the simulator on {self.base_ws} "
             f"(port {self.port}, scenario {self.scenario}, speed {self.speed:g}).\n"
@@ -881,12 +903,15 @@ MINIMAL_BASE_CONFIG: dict[str, Any] = {
 }
 
 
-async def serve_forever(sim: Simulator, write_config: str | None) -> None:
-    """Start ``sim``, optionally write a config pointing at it, and run until cancelled."""
+async def serve_forever(
+    sim: Simulator, write_config: str | None, base_config: str | Path = "config.yaml"
+) -> None:
+    """Start ``sim``, optionally write a config pointing at it (``base_config`` with the
+    simulator's endpoints), and run until cancelled."""
     await sim.start()
     try:
         if write_config:
-            sim.write_config(write_config)
+            sim.write_config(write_config, base_config)
             log.info("wrote %s", write_config)
         print(
             f"simulator listening on {sim.base_ws} (scenario {sim.scenario}, speed {sim.speed:g})",
