@@ -11,6 +11,8 @@ the server's close frame when a test leaves with frames unread.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ import websockets
 import yaml
 from websockets.asyncio.client import ClientConnection
 
+from monitor.config import config_from_dict, parse_duration
 from streams.simulator import Simulator
 from streams.simulator.market import FUNDING_INTERVAL_MS
 from streams.simulator.server import MINIMAL_BASE_CONFIG, serve_forever
@@ -327,11 +330,42 @@ async def test_write_config_points_every_venue_at_the_simulator(
         "ETH": {"binance_spot": "ETHUSDT", "binance_usdm": "ETHUSDT", "coinbase": "ETH-USD"},
     }
     assert written["assets"] == MINIMAL_BASE_CONFIG["assets"]
-    for key in ("instance", "collector", "mqtt", "log_level"):
+    for key in ("instance", "mqtt", "log_level"):
         assert written[key] == base[key], key
+    # REST polls keep the shipped cadence in event time: at 5x, a fifth of it in wall time.
+    for key, value in base["collector"].items():
+        if key.endswith("_poll"):
+            want = parse_duration(value) / sim.speed
+            assert parse_duration(written["collector"][key]) == pytest.approx(want), key
+        else:
+            assert written["collector"][key] == value, key
     assert written["signals"]["flow_window"] == "30s"
     assert written["signals"]["bucket"] == base["signals"]["bucket"]
     assert written["regimes"][0]["name"] == "seller_dominance"
+
+
+async def test_a_written_config_watches_only_the_simulated_assets(start_simulator: Any) -> None:
+    """A base asset the simulator does not serve would only fail, symbol by symbol."""
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    base["assets"]["SOL"] = {"binance_spot": "SOLUSDT", "binance_usdm": "SOLUSDT"}
+    simulator = await start_simulator(symbols={"BTCUSDT": 78_000.0})
+    assert list(simulator.config_for(base)["assets"]) == ["BTC"]
+    config_from_dict(simulator.config_for(base), env={})  # and it is a valid config
+
+
+async def test_a_narrative_needs_a_base_config_with_rules(
+    start_simulator: Any, tmp_path: Path
+) -> None:
+    """A seed narrative is there to show the config's rules; without any, say so."""
+    simulator = await start_simulator(scenario="distribution")
+    out = tmp_path / "sim.yaml"
+    with pytest.raises(ValueError, match="has none: pass --config"):
+        simulator.write_config(out, base_config_path=tmp_path / "missing.yaml")
+    assert not out.exists()
+    simulator.write_config(out, base_config_path=REPO / "config.yaml")
+    assert [r["name"] for r in yaml.safe_load(out.read_text())["regimes"]][-1] == (
+        "spot_led_recovery"
+    )
 
 
 async def test_urls_built_the_way_tapewatch_builds_them_answer(sim: Simulator) -> None:
@@ -382,3 +416,16 @@ async def test_serve_forever_prints_writes_and_stops_on_cancel(
         await task
     with pytest.raises(OSError):
         await websockets.connect(f"ws://127.0.0.1:{port}/market/ws")
+
+
+def test_simulate_exits_with_the_reason_when_it_cannot_write_the_config(tmp_path: Path) -> None:
+    args = ["--scenario", "tour", "--write-config", "sim.yaml", "--config", "none.yaml"]
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "simulate", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "scenario tour plays a seed narrative" in done.stderr and "pass --config" in done.stderr
