@@ -454,8 +454,8 @@ class Simulator:
             # REST polls at the shipped cadence in event time: at 30x a 10 s wall-clock poll
             # would be 5 min of event time apart, and open interest would go stale between two.
             "collector": {
-                "open_interest_poll": f"{OI_POLL_S / self.speed:g}s",
-                "ratios_poll": f"{RATIOS_POLL_S / self.speed:g}s",
+                "open_interest_poll": f"{round(OI_POLL_S * 1000 / self.speed)}ms",
+                "ratios_poll": f"{round(RATIOS_POLL_S * 1000 / self.speed)}ms",
             },
             **self._signals_and_rules(),
         }
