@@ -26,10 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TAPE = REPO / "tests/data/binance-usdm-2024-07-18-btc-eth-90s.tape.jsonl.zst"
 
 
-def _load(paths: list[Path]) -> list[tuple[str, str, int]]:
-    return [
-        (r.src, r.msg, round(r.ts * 1000)) for p in paths for r in read_tape(p) if r.url is None
-    ]
+Frame = tuple[str, str | None, str, int]  # venue, REST url (None for a websocket frame), body, ms
+
+
+def _load(paths: list[Path]) -> list[Frame]:
+    return [(r.src, r.url, r.msg, round(r.ts * 1000)) for p in paths for r in read_tape(p)]
 
 
 def _best_of(n: int, fn) -> float:  # type: ignore[no-untyped-def]
@@ -44,8 +45,10 @@ def _best_of(n: int, fn) -> float:  # type: ignore[no-untyped-def]
 def main() -> None:
     paths = [Path(p) for p in sys.argv[1:]] or [DEFAULT_TAPE]
     frames = _load(paths)
-    trades = [f for f in frames if '@trade"' in f[1][:40] or '@aggTrade"' in f[1][:40]]
-    depth = [f for f in frames if "@depth" in f[1][:40]]
+    trades = [f for f in frames if '@trade"' in f[2][:40] or '@aggTrade"' in f[2][:40]]
+    # The recorded depth snapshots (REST bodies) come with the depth frames, in tape order, so
+    # the books sync and the diffs are applied to them as live.
+    depth = [f for f in frames if f[1] is not None or "@depth" in f[2][:40]]
     data = yaml.safe_load((REPO / "config.yaml").read_text())
     config = config_from_dict(data, env={})
     # Snapshots cost a fixed amount per second of event time, not per frame: measure the
@@ -53,21 +56,23 @@ def main() -> None:
     data["signals"]["publish_interval"] = "1d"
     no_snapshots = config_from_dict(data, env={})
 
-    def floor(batch: list[tuple[str, str, int]]) -> None:
-        for _, msg, _ in batch:
+    def floor(batch: list[Frame]) -> None:
+        for _, _, msg, _ in batch:
             orjson.loads(msg)
 
-    def pipeline(batch: list[tuple[str, str, int]], cfg: Any = config) -> float:
-        # Books stay unsynced without their REST snapshot: the sync state machine still runs.
+    def pipeline(batch: list[Frame], cfg: Any = config) -> float:
         p = Pipeline.for_session(cfg, "bench", "bench", 0)  # construction is not timed
         t0 = time.perf_counter()
-        for src, msg, ts in batch:
-            p.feed_frame(src, msg, ts)
+        for src, url, msg, ts in batch:
+            if url is None:
+                p.feed_frame(src, msg, ts)
+            else:
+                p.feed_rest(src, url, msg, ts)
         return time.perf_counter() - t0
 
     cpu = platform.processor() or platform.machine()
     print(f"machine: {cpu}, Python {platform.python_version()}")
-    span_s = (frames[-1][2] - frames[0][2]) / 1000
+    span_s = (frames[-1][3] - frames[0][3]) / 1000
     for label, batch in (("trade", trades), ("depth", depth), ("all", frames)):
         t_floor = _best_of(5, lambda b=batch: floor(b))
         t_frames = min(pipeline(batch, no_snapshots) for _ in range(5))

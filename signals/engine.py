@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -380,6 +381,17 @@ def _part(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
+# What each routed event type updates; event types not listed (books, tickers) change no
+# asset state here.
+_HANDLERS: dict[type, Callable[[AssetSignals, Any], None]] = {
+    Trade: AssetSignals.on_trade,
+    MarkPrice: AssetSignals.on_mark,
+    Liquidation: AssetSignals.on_liquidation,
+    OpenInterest: AssetSignals.on_open_interest,
+    LongShortRatio: AssetSignals.on_long_short,
+}
+
+
 def _change_pct(now: float | None, past: float | None) -> float | None:
     if now is None or past is None or past <= 0:
         return None
@@ -449,23 +461,17 @@ class SignalEngine:
             return snapshots
         key = (event.venue, event.symbol)
         state = self._route.get(key)
-        if isinstance(event, Trade) and key == self._usdt_key:
+        if key == self._usdt_key and isinstance(event, Trade):
             # The USDT price, not an asset's (unless an asset maps the product too).
             self._on_usdt_trade(event)
             if state is None:
                 return snapshots
         if state is None:
             self.unrouted += 1
-        elif isinstance(event, Trade):
-            state.on_trade(event)
-        elif isinstance(event, MarkPrice):
-            state.on_mark(event)
-        elif isinstance(event, Liquidation):
-            state.on_liquidation(event)
-        elif isinstance(event, OpenInterest):
-            state.on_open_interest(event)
-        elif isinstance(event, LongShortRatio):
-            state.on_long_short(event)
+            return snapshots
+        handler = _HANDLERS.get(event.__class__)  # one lookup: this is the per-frame path
+        if handler is not None:
+            handler(state, event)
         return snapshots
 
     def _on_usdt_trade(self, trade: Trade) -> None:

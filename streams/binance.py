@@ -170,14 +170,14 @@ def _levels(payload: dict, key: str) -> tuple[Level, ...]:
     if raw is None:
         raise MalformedFrame("missing_field", key)
     try:
-        levels = tuple((float(p), float(q)) for p, q in raw)
+        levels = [(float(p), float(q)) for p, q in raw]
     except (TypeError, ValueError):
         raise MalformedFrame("bad_type", f"{key}={str(raw)[:60]}") from None
     for price, qty in levels:
         # NaN fails every comparison, so it lands here too.
         if not (0.0 < price < math.inf and 0.0 <= qty < math.inf):
             raise MalformedFrame("bad_value", f"{key} level {price!r} {qty!r}")
-    return levels
+    return tuple(levels)
 
 
 def _depth_diff(venue: str, p: dict, ts_recv: int) -> DepthDiff:

@@ -76,17 +76,22 @@ class _Ladder:
         self.qty = {}
         self._heap = []
 
-    def set(self, price: float, qty: float) -> None:
-        levels = self.qty
-        if qty > 0:
-            new = price not in levels
-            levels[price] = qty
-            if new:
-                heapq.heappush(self._heap, self._sign * price)
-                self._maybe_compact()
-        elif levels.pop(price, None) is not None:
+    def apply(self, levels: Iterable[Level]) -> None:
+        """Set each level to its absolute quantity; 0 removes it. One loop with everything in
+        locals: this runs for every level of every diff."""
+        qty_of, heap, sign, push = self.qty, self._heap, self._sign, heapq.heappush
+        changed = False
+        for price, qty in levels:
+            if qty > 0:
+                if price not in qty_of:
+                    push(heap, sign * price)
+                    changed = True
+                qty_of[price] = qty
+            elif qty_of.pop(price, None) is not None:
+                changed = True
+            # else: removing a level we never saw is normal (it lay outside the snapshot).
+        if changed:
             self._maybe_compact()
-        # else: removing a level we never saw is normal (it lay outside the snapshot's depth).
 
     def best(self) -> Level | None:
         heap, qty, sign = self._heap, self.qty, self._sign
@@ -130,11 +135,8 @@ class OrderBook:
 
     def apply_levels(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
         """Set each level to its absolute quantity; quantity 0 removes the level."""
-        set_bid, set_ask = self._bids.set, self._asks.set
-        for price, qty in bids:
-            set_bid(price, qty)
-        for price, qty in asks:
-            set_ask(price, qty)
+        self._bids.apply(bids)
+        self._asks.apply(asks)
 
     def best_bid(self) -> Level | None:
         return self._bids.best()
