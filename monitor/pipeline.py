@@ -230,29 +230,32 @@ class Pipeline:
     def _process(
         self, venue: str, events: list[Event], now_ms: int | None, live: bool
     ) -> list[OutMessage]:
+        # The per-frame path: exact class checks and the common case inline.
         out: list[OutMessage] = []
         for event in events:
-            if isinstance(event, Trade):
+            cls = event.__class__
+            if cls is Trade:
                 admitted, gap = self.continuity.admit(venue, event.symbol, event.trade_id)
                 if not admitted:
                     continue
                 if gap is not None and gap.backfillable:
                     self.requests.append(BackfillRequest(gap))
                 if live:
-                    out.extend(self._live_trade(event, gap, now_ms))
-            elif isinstance(event, DepthDiff | DepthSnapshot):
+                    if event.ts_event > self._last_trade_ms.get(venue, 0):
+                        self._last_trade_ms[venue] = event.ts_event
+                    if venue in self._reconnecting:
+                        out += self._first_trade_since_reconnect(event, gap, now_ms)
+            elif cls is DepthDiff or cls is DepthSnapshot:
                 self._book(event)
-            out.extend(self.feed_event(event, now_ms))
+            out += self.feed_event(event, now_ms)
         return out
 
-    def _live_trade(
+    def _first_trade_since_reconnect(
         self, trade: Trade, gap: TradeGap | None, now_ms: int | None
     ) -> list[OutMessage]:
         venue = trade.venue
-        if trade.ts_event > self._last_trade_ms.get(venue, 0):
-            self._last_trade_ms[venue] = trade.ts_event
-        pending = self._reconnecting.get(venue)
-        if pending is None or trade.symbol not in pending[1]:
+        pending = self._reconnecting[venue]
+        if trade.symbol not in pending[1]:
             return []
         start, waiting = pending
         waiting.discard(trade.symbol)
@@ -290,8 +293,11 @@ class Pipeline:
                     self._request_snapshot(sync, "sequence_gap")
 
     def feed_event(self, event: Event, now_ms: int | None = None) -> list[OutMessage]:
+        snapshots = self.engine.on_event(event)
+        if not snapshots:  # nearly every event: no publish boundary passed
+            return []
         out: list[OutMessage] = []
-        for snap in self.engine.on_event(event):
+        for snap in snapshots:
             ts_pub = snap.ts_event if now_ms is None else now_ms
             out.append(self.builder.signals(snap, ts_pub, self.signal_expiry_s))
             change = self.regimes[snap.asset].evaluate(snap)
