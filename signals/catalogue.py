@@ -183,9 +183,20 @@ SIGNALS: dict[str, SignalSpec] = {
             "open_interest_usd now vs its mean in the 5-minute bucket 7 days earlier",
         ),
         SignalSpec(
+            "price_change_pct_1h",
+            "percent",
+            "Binance spot price now vs its mean in the 5-minute bucket 1 h earlier",
+        ),
+        SignalSpec(
             "price_change_pct_24h",
             "percent",
             "Binance spot price now vs its mean in the 5-minute bucket 24 h earlier",
+        ),
+        SignalSpec(
+            "price_from_high_pct_24h",
+            "percent",
+            "Binance spot price now vs the highest 5-minute mean price of the last 24 h (or "
+            "now, if higher): (now / high - 1) x 100; 0 at a new high, -3 means 3 % below it",
         ),
     )
 }

@@ -268,7 +268,17 @@ class AssetSignals:
         values["oi_change_pct_1h"] = _change_pct(oi, past(HOUR_MS, 0, 1))
         values["oi_change_pct_24h"] = _change_pct(oi, past(DAY_MS, 0, 1))
         values["oi_change_pct_7d"] = _change_pct(oi, past(7 * DAY_MS, 0, 1))
+        values["price_change_pct_1h"] = _change_pct(price, past(HOUR_MS, 2, 3))
         values["price_change_pct_24h"] = _change_pct(price, past(DAY_MS, 2, 3))
+        values["price_from_high_pct_24h"] = _change_pct(price, self._high(end - DAY_MS, price))
+
+    def _high(self, since_ms: int, price: float | None) -> float | None:
+        """The highest 5-minute mean price since ``since_ms``, or ``price`` if higher."""
+        if price is None:
+            return None
+        rows = self.history.samples_since(since_ms)
+        rows = rows[rows[:, 3] > 0]
+        return max(price, float((rows[:, 2] / rows[:, 3]).max())) if len(rows) else price
 
     def _fresh_price(self, venue: str, boundary_ms: int, max_age_ms: int) -> float | None:
         trade = self.last_trade.get(venue)

@@ -186,6 +186,16 @@ class BucketWindow:
         keep = self._filled[order] & ~self._missing[order]
         return self._sums[order[keep]]
 
+    def samples_since(self, ts_ms: int) -> np.ndarray:
+        """``samples()`` restricted to the buckets from the one holding ``ts_ms`` on."""
+        if self._head is None:
+            return self._sums[:0].copy()
+        self._flush()
+        first = max(ts_ms // self.bucket_ms, self._head - self.slots + 1)
+        order = np.arange(first, self._head + 1) % self.slots
+        keep = self._filled[order] & ~self._missing[order]
+        return self._sums[order[keep]]
+
     def coverage(self) -> float:
         """Fraction of the window's buckets since the first event that are not missing."""
         if self._head is None or self._first is None:

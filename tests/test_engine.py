@@ -404,6 +404,39 @@ def test_open_interest_and_price_changes_against_a_day_earlier() -> None:
     assert v["oi_change_pct_7d"] is None  # no history a week back
 
 
+def test_price_against_an_hour_earlier_and_against_the_24_h_high() -> None:
+    """Hand-worked: the high is the highest 5-minute mean over the last 24 h; an hour back is
+    the mean of the bucket that held that moment."""
+    minute, hour = 60_000, 3_600_000
+    eng = engine()
+    eng.on_event(trade(BINANCE_SPOT, 10_000, 60_000.0, 0.1, BUY))
+    snap(eng, 11_000)  # bucket [0, 5 min): 60,000, the high, but more than a day before the end
+    assert eng.assets["BTC"].history.samples().shape[0] == 1
+    start = 2 * hour
+    prices = {  # the bucket each snapshot falls in, and the price it sees
+        start: 50_000.0,  # [2 h, 2 h 5 min)
+        start + 2 * minute: 51_000.0,  # same bucket: its mean is 50,500
+        start + 10 * minute: 52_000.0,  # [2 h 10, 2 h 15): 52,000, the high of the last day
+        start + hour: 51_000.0,  # [3 h, 3 h 5): the hour-earlier bucket of the last snapshot
+    }
+    for ts, price in prices.items():
+        eng.on_event(trade(BINANCE_SPOT, ts + 10_000, price, 0.1, BUY))
+        snap(eng, ts + 11_000)
+    # At 26 h 11 s: the last 24 h start in [2 h, 2 h 5), so the 60,000 bucket is out of it;
+    # 1 h earlier (25 h 11 s) falls in an empty bucket; 24 h earlier in [2 h, 2 h 5).
+    eng.on_event(trade(BINANCE_SPOT, 26 * hour + 10_000, 49_920.0, 0.1, BUY))
+    v = snap(eng, 26 * hour + 11_000)
+    assert v["price"] == approx(49_920.0)
+    assert v["price_change_pct_1h"] is None  # no price in that bucket: missing, not 0
+    assert v["price_change_pct_24h"] == approx((49_920.0 / 50_500.0 - 1) * 100)
+    assert v["price_from_high_pct_24h"] == approx(-4.0)  # 49,920 / 52,000 - 1
+    # At 27 h 11 s: 1 h earlier is the 49,920 bucket, and the price is a new high.
+    eng.on_event(trade(BINANCE_SPOT, 27 * hour + 10_000, 53_040.0, 0.1, BUY))
+    v = snap(eng, 27 * hour + 11_000)
+    assert v["price_change_pct_1h"] == approx(6.25)  # 53,040 / 49,920 - 1
+    assert v["price_from_high_pct_24h"] == 0.0
+
+
 def test_open_interest_change_against_an_hour_earlier_is_the_bucket_mean() -> None:
     hour = 3_600_000
     eng = engine()

@@ -177,3 +177,15 @@ def test_reading_one_past_bucket() -> None:
     w.advance(6500)  # window now buckets 2..6: bucket 1 has left it
     assert w.bucket(1000) is None
     assert w.bucket(9000) is None  # not reached yet
+
+
+def test_samples_since_keeps_the_buckets_from_the_one_holding_the_time_on() -> None:
+    w = BucketWindow(span_ms=5000, bucket_ms=1000, channels=1)
+    for ts, v in ((0, 1.0), (1500, 2.0), (3200, 4.0), (3900, 8.0), (5000, 16.0)):
+        w.add(ts, (v,))
+    # Bucket 0 has left the 5-bucket window [1, 5]; bucket 2 and 4 are empty (absent, not 0).
+    assert w.samples_since(0)[:, 0].tolist() == [2.0, 12.0, 16.0]
+    assert w.samples_since(3999)[:, 0].tolist() == [12.0, 16.0]
+    assert w.samples_since(4000)[:, 0].tolist() == [16.0]
+    assert w.samples_since(6000).shape == (0, 1)
+    assert BucketWindow(5000, 1000, 1).samples_since(0).shape == (0, 1)
