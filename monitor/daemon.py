@@ -88,6 +88,7 @@ class Daemon:
                 rebirth_topic=builder.topics.rebirth(),
                 # Regime events survive a broker outage and a restart of the daemon.
                 outbox_path=Path(config.state.dir) / f"{config.instance}.outbox.sqlite",
+                latency=self.health.publish_latency,
             )
         self.queue = FrameQueue(config.collector.queue_size)
         self.connections = self._connections()
@@ -268,10 +269,12 @@ class Daemon:
             if self.broker is not None:
                 await self.broker.stop()
 
-    def _publish(self, msgs: list[Any]) -> None:
+    def _publish(self, msgs: list[Any], received_ms: int) -> None:
+        """Hand ``msgs`` to the publisher; ``received_ms`` is when the queue item that caused
+        them was received (the health report's ``publish_latency_ms`` starts there)."""
         if self.publisher is not None:
             for msg in msgs:
-                self.publisher.publish(msg)
+                self.publisher.publish(msg, received_ms)
 
     async def _consume(self) -> None:
         pipeline, recorder = self.pipeline, self.recorder
@@ -281,16 +284,18 @@ class Daemon:
                     recorder.write(item)
                 if isinstance(item, Frame):
                     self._publish(
-                        pipeline.feed_frame(item.venue, item.raw, item.ts_recv_ms, wall_ms())
+                        pipeline.feed_frame(item.venue, item.raw, item.ts_recv_ms, wall_ms()),
+                        item.ts_recv_ms,
                     )
                 elif isinstance(item, RestBody):
                     self._publish(
                         pipeline.feed_rest(
                             item.venue, item.url, item.body, item.ts_recv_ms, wall_ms()
-                        )
+                        ),
+                        item.ts_recv_ms,
                     )
                 else:
-                    self._publish(pipeline.control(item.venue, item.ctl))
+                    self._publish(pipeline.control(item.venue, item.ctl), item.ts_recv_ms)
             for request in pipeline.take_requests():
                 self._dispatch(request)
 

@@ -2,12 +2,17 @@
 
 Bad input is never silent: every malformed or ignored frame is counted under its venue and kind,
 and the first frame of each malformed kind is logged (one line per kind, not a flood).
+
+``publish_latency_ms`` says how late regime changes reach the broker: for each regime and events
+message (QoS 1), the time from the receive of the frame (or REST body) that caused it to the
+broker's PUBACK, as the publisher sees it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import math
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +40,44 @@ def _link_report(link: LinkStats, now_ms: int) -> dict[str, Any]:
     }
 
 
+class LatencyWindow:
+    """The most recent ``size`` latencies in ms, and how many there were since the start.
+
+    ``report()`` gives ``count`` (since the start) and the nearest-rank ``p50``, ``p99`` and
+    ``max`` of the recent ones (None before the first). Regime changes come a few an hour, so
+    the window spans days to weeks of them rather than one health interval.
+    """
+
+    def __init__(self, size: int = 1000) -> None:
+        self.samples: deque[float] = deque(maxlen=size)
+        self.count = 0
+
+    def add(self, ms: float) -> None:
+        self.samples.append(ms)
+        self.count += 1
+
+    def report(self) -> dict[str, Any]:
+        ordered = sorted(self.samples)
+        return {
+            "count": self.count,
+            "p50": _rounded(percentile(ordered, 50)),
+            "p99": _rounded(percentile(ordered, 99)),
+            "max": _rounded(ordered[-1] if ordered else None),
+        }
+
+
+def percentile(ordered: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of sorted values: the smallest value with at least ``p`` % of
+    them at or below it (so p99 of fewer than 100 values is the maximum)."""
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def _rounded(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 2)
+
+
 @dataclass
 class Health:
     streams: dict[str, LinkStats] = field(default_factory=dict)
@@ -43,6 +86,7 @@ class Health:
     malformed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (venue, kind)
     ignored: Counter[tuple[str, str]] = field(default_factory=Counter)
     outbox_depth: int = 0
+    publish_latency: LatencyWindow = field(default_factory=LatencyWindow)
     _rate_mark: tuple[int, int] | None = None  # (time ms, total frames) at the last report
 
     def add_link(self, link: LinkStats) -> LinkStats:
@@ -77,4 +121,5 @@ class Health:
             "malformed": {f"{v}/{k}": n for (v, k), n in sorted(self.malformed.items())},
             "ignored": {f"{v}/{k}": n for (v, k), n in sorted(self.ignored.items())},
             "outbox_depth": self.outbox_depth,
+            "publish_latency_ms": self.publish_latency.report(),
         }

@@ -16,6 +16,9 @@
 - One QoS >= 1 message is in flight at a time, so the broker receives them in publish order
   (events from the outbox and in-memory regime messages stay interleaved as published).
 - A message on ``<prefix>/cmd/rebirth`` republishes the status and every retained message.
+- A QoS >= 1 message published with ``received_ms`` (the wall-clock receive time of the frame
+  that caused it) adds its delivery latency, receive to PUBACK, to ``latency``: what the health
+  report's ``publish_latency_ms`` shows.
 - MQTT 5 when the broker speaks it: every message says ``content-type: application/json`` and
   signals carry a message expiry (a dead daemon's retained signals expire). A broker that
   refuses MQTT 5 is spoken to in 3.1.1, with the same topics and payloads.
@@ -27,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections import OrderedDict, deque
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from monitor.config import MqttConfig
+from monitor.health import LatencyWindow
 from monitor.messages import OutMessage
 from monitor.outbox import Outbox
 from streams.connection import Backoff
@@ -43,8 +48,9 @@ from streams.tasks import stop_tasks
 
 log = logging.getLogger("tapewatch.mqtt")
 
-# A queued QoS >= 1 message and its row in the outbox (None: held in memory only).
-Queued = tuple[int | None, OutMessage]
+# A queued QoS >= 1 message: its row in the outbox (None: held in memory only), the message, and
+# the receive time (wall ms) of the frame that caused it (None: not measured).
+Queued = tuple[int | None, OutMessage, int | None]
 
 
 class Publisher:
@@ -57,6 +63,7 @@ class Publisher:
         rebirth_topic: str,
         max_queued: int = 100_000,
         outbox_path: Path | None = None,
+        latency: LatencyWindow | None = None,
     ) -> None:
         self.config = config
         self.client_id = client_id
@@ -75,6 +82,7 @@ class Publisher:
         self.published = 0
         self.connects = 0
         self._client: aiomqtt.Client | None = None
+        self.latency = latency if latency is not None else LatencyWindow()
         self.outbox: Outbox | None = None
         # MQTT 5 first; a broker that refuses it gets 3.1.1 (``protocol``: what is in use).
         self._protocol = ProtocolVersion.V5
@@ -85,7 +93,9 @@ class Publisher:
             self._ordered.extend(left)
 
     # -- producer side (never blocks) -----------------------------------------------------
-    def publish(self, msg: OutMessage) -> None:
+    def publish(self, msg: OutMessage, received_ms: int | None = None) -> None:
+        """Queue ``msg``. ``received_ms``: when the frame that caused it was received (wall
+        clock, ms); its delivery latency is then measured if it is QoS >= 1."""
         if msg.retain:
             self._retained[msg.topic] = msg
         if msg.qos == 0:
@@ -95,7 +105,7 @@ class Publisher:
             outbox_id = self._store(msg) if not msg.retain else None
             if outbox_id is None and len(self._ordered) >= self._max_queued:
                 self._drop_oldest_in_memory()
-            self._ordered.append((outbox_id, msg))
+            self._ordered.append((outbox_id, msg, received_ms))
         self._idle.clear()
         self._wake.set()
 
@@ -113,7 +123,7 @@ class Publisher:
 
     def _drop_oldest_in_memory(self) -> None:
         """Make room by dropping the oldest message not in the outbox (those are never dropped)."""
-        for i, (outbox_id, _msg) in enumerate(self._ordered):
+        for i, (outbox_id, _msg, _received) in enumerate(self._ordered):
             if outbox_id is None:
                 del self._ordered[i]
                 self.dropped += 1
@@ -278,8 +288,10 @@ class Publisher:
                     await self._send(client, msg)
             if self._ordered:
                 entry = self._ordered[0]
-                outbox_id, msg = entry
-                await self._send(client, msg)
+                outbox_id, msg, received_ms = entry
+                await self._send(client, msg)  # returns on the broker's PUBACK
+                if received_ms is not None:
+                    self.latency.add(time.time_ns() / 1e6 - received_ms)
                 # Leave the queue only once acknowledged: a drop mid-send retries it.
                 if self._ordered and self._ordered[0] is entry:
                     self._ordered.popleft()
@@ -323,7 +335,7 @@ def _open_outbox(path: Path) -> tuple[Outbox | None, list[Queued]]:
     outbox = None
     try:
         outbox = Outbox(path)
-        left: list[Queued] = list(outbox.peek(len(outbox)))
+        left: list[Queued] = [(i, msg, None) for i, msg in outbox.peek(len(outbox))]
     except (sqlite3.Error, OSError) as exc:
         log.error(
             "outbox: cannot use %s (%s): events are kept in memory only and are lost if the "

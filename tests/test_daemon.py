@@ -81,6 +81,10 @@ async def test_daemon_publishes_status_regime_and_signals(
     changes = [r for r in regimes if r["previous"] is not None]
     assert [e["regime"] for e in events] == [r["regime"] for r in changes]
     assert len({e["id"] for e in events}) == len(events)
+    # The events message is sent once the broker acknowledged the state messages before it:
+    # both regime messages (neutral, seller_dominance) have their delivery latency measured.
+    latency = running.daemon.pipeline.health_report(0)["publish_latency_ms"]
+    assert latency["count"] >= 2 and 0 <= latency["p50"] <= latency["max"] < 30_000
     signals = sub.on(f"{prefix}/BTC/signals")
     seqs = [s["seq"] for s in signals]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no loss, no reordering

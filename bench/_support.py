@@ -1,0 +1,159 @@
+"""Shared by the benches: a Mosquitto of the bench's own on a free loopback port
+(tests/conftest.py's helper, without pytest), the simulator in a child process (so that it has a
+core of its own), CPU time of a process, and baselines filled with synthetic samples."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from monitor.pipeline import Pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """``mosquitto`` on 127.0.0.1:<free port>, no persistence; ``stop()`` ends it."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).exists():
+            raise SystemExit("mosquitto is not installed (Debian: apt-get install mosquitto)")
+        self.port = free_port()
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
+            "log_type information\n"  # its ' running' line is information
+        )
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        )
+        # Ready when it says so; its log is read to the end, or a full pipe would block it.
+        ready = threading.Event()
+        threading.Thread(target=_watch, args=(self.proc.stderr, ready), daemon=True).start()
+        if not ready.wait(10):
+            self.stop()
+            raise SystemExit("mosquitto did not start in 10 s")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def _watch(stream: IO[str], ready: threading.Event) -> None:
+    for line in stream:
+        if " running" in line:
+            ready.set()
+
+
+SIMULATOR = """
+import sys
+import uvloop
+from streams.simulator.server import Simulator, serve_forever
+
+import streams.simulator.server as server
+
+speed, seed, scenario, symbols, config, tick = sys.argv[1:7]
+if tick:  # the wall time between two advances of the market (frames go out in bursts)
+    server.GENERATE_EVERY_S = float(tick)
+prices = {"BTC": 78_000.0, "ETH": 2_500.0, "SOL": 180.0, "XRP": 2.5}
+sim = Simulator(
+    port=0,
+    scenario=scenario,
+    speed=float(speed),
+    seed=int(seed),
+    symbols={f"{a}USDT": prices.get(a, 100.0) for a in symbols.split(",")},
+)
+uvloop.run(serve_forever(sim, config, sys.argv[7]))
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class SimulatorProcess:
+    """``streams.simulator.server.Simulator`` in a child process; ``config`` is the config it
+    wrote (config.yaml pointed at it, ``Simulator.config_for``)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        speed: float,
+        assets: list[str],
+        scenario: str = "sell_wave",
+        seed: int = 3,
+        tick: float | None = None,
+    ) -> None:
+        """``tick``: seconds between two advances of the simulated market, each sending its
+        frames at once (None: the simulator's own, 50 ms)."""
+        self.config = workdir / "simulator.yaml"
+        args = [str(speed), str(seed), scenario, ",".join(assets), str(self.config)]
+        args.append("" if tick is None else str(tick))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SIMULATOR, *args, str(REPO / "config.yaml")],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "listening" not in line:
+            self.stop()
+            raise SystemExit(f"the simulator did not start: {line!r}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def fill_synthetic(pipeline: Pipeline, end_ms: int) -> int:
+    """Every z-score baseline of every asset full (one N(0, 1) sample per bucket over its whole
+    window, ending with the last bucket closed before ``end_ms``) through ``Baseline.fill``, the
+    backfill's entry point, and the 8-day OI/price history full. Returns the samples added."""
+    rng = np.random.default_rng(7)
+    added = 0
+    for state in pipeline.engine.assets.values():
+        for baseline in state.baselines.values():
+            slots = baseline.window.slots
+            last = end_ms // baseline.bucket_ms - 1
+            ts = np.arange(last - slots + 1, last + 1, dtype=np.int64) * baseline.bucket_ms
+            added += baseline.fill(ts, rng.normal(0.0, 1.0, slots))
+        history = state.history  # channels: OI sum, OI samples, price sum, price samples
+        last = end_ms // history.bucket_ms - 1
+        buckets = np.arange(last - history.slots + 1, last + 1, dtype=np.int64)
+        n = history.slots
+        rows = np.column_stack(
+            [
+                rng.uniform(5e9, 6e9, n),
+                np.full(n, 30.0),
+                rng.uniform(7e4, 8e4, n),
+                np.full(n, 300.0),
+            ]
+        )
+        history.fill(buckets, rows)
+    return added
