@@ -10,6 +10,8 @@ recording reproduces the session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import time
 import uuid
@@ -52,6 +54,18 @@ COINBASE_TRADES_MAX = 1000
 SPOT_DEPTH_WEIGHT = {5: 5, 10: 5, 20: 5, 50: 5, 100: 5, 500: 25, 1000: 50}
 USDM_DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
 AGG_TRADES_WEIGHT = {BINANCE_SPOT: 4, BINANCE_USDM: 20}
+
+
+# How long the consumer waits for a regime change's PUBACK before it goes on with the frames.
+URGENT_WAIT_S = 0.1
+
+
+def _freeze_long_lived_objects() -> None:
+    """Move everything alive now (config, baselines, books, the loaded libraries) out of the
+    cyclic garbage collector's reach: the daemon keeps them for its whole life, and a full
+    collection that walks them holds the event loop for tens of milliseconds."""
+    gc.collect()
+    gc.freeze()
 
 
 def wall_ms() -> int:
@@ -103,6 +117,7 @@ class Daemon:
         self._inflight: set[Request] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.checkpoint_path = Path(config.state.dir) / f"{config.instance}.npz"
+        self._saving = asyncio.Lock()
         self._restore()
 
     # -- wiring ---------------------------------------------------------------------------------
@@ -213,10 +228,21 @@ class Daemon:
         except OSError as exc:
             log.error("could not write checkpoint %s: %s", self.checkpoint_path, exc)
 
+    async def save_checkpoint_in_background(self) -> None:
+        """``save_checkpoint`` with the writing (tens of ms for 90-day baselines, fsync
+        included) in a thread: only the copy of the state holds the event loop."""
+        meta = {"instance": self.config.instance, "session": self.session, "saved_ms": wall_ms()}
+        arrays = self.pipeline.engine.checkpoint()  # copies, taken between two frames
+        async with self._saving:  # one writer at a time: a later state is never overwritten
+            try:
+                await asyncio.to_thread(save_checkpoint, self.checkpoint_path, arrays, meta)
+            except OSError as exc:
+                log.error("could not write checkpoint %s: %s", self.checkpoint_path, exc)
+
     async def _checkpoints(self) -> None:
         while True:
             await asyncio.sleep(self.config.state.checkpoint_interval)
-            self.save_checkpoint()
+            await self.save_checkpoint_in_background()
 
     # -- running --------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -241,6 +267,7 @@ class Daemon:
             named += [(self.publisher.run(), "publisher"), (self._report_health(), "health")]
         named += [(self._consume(), "consumer"), (self._checkpoints(), "checkpoints")]
         named += [(poller, "poller") for poller in self._pollers()]
+        _freeze_long_lived_objects()  # again after the backfill, which adds the history
         # Supervised by hand rather than by a TaskGroup, so that shutdown is bounded even when
         # a task swallows its cancellation (see streams/tasks.py).
         tasks = [asyncio.create_task(coro, name=name) for coro, name in named]
@@ -269,12 +296,22 @@ class Daemon:
             if self.broker is not None:
                 await self.broker.stop()
 
-    def _publish(self, msgs: list[Any], received_ms: int) -> None:
+    async def _publish(self, msgs: list[Any], received_ms: int) -> None:
         """Hand ``msgs`` to the publisher; ``received_ms`` is when the queue item that caused
-        them was received (the health report's ``publish_latency_ms`` starts there)."""
-        if self.publisher is not None:
-            for msg in msgs:
-                self.publisher.publish(msg, received_ms)
+        them was received (the health report's ``publish_latency_ms`` starts there).
+
+        A regime change goes out before the next frame is processed: the consumer waits (at
+        most ``URGENT_WAIT_S``, and only while connected) for its PUBACK. Otherwise the rest of
+        a batch of hundreds of frames would hold the event loop the publisher needs. Changes
+        come a few an hour, so the pause costs nothing; frames wait in the queue meanwhile."""
+        publisher = self.publisher
+        if publisher is None:
+            return
+        for msg in msgs:
+            publisher.publish(msg, received_ms)
+        if publisher.connected.is_set() and any(msg.qos for msg in msgs):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(publisher.acknowledged(), URGENT_WAIT_S)
 
     async def _consume(self) -> None:
         pipeline, recorder = self.pipeline, self.recorder
@@ -283,19 +320,15 @@ class Daemon:
                 if recorder is not None:
                     recorder.write(item)
                 if isinstance(item, Frame):
-                    self._publish(
-                        pipeline.feed_frame(item.venue, item.raw, item.ts_recv_ms, wall_ms()),
-                        item.ts_recv_ms,
-                    )
+                    msgs = pipeline.feed_frame(item.venue, item.raw, item.ts_recv_ms, wall_ms())
                 elif isinstance(item, RestBody):
-                    self._publish(
-                        pipeline.feed_rest(
-                            item.venue, item.url, item.body, item.ts_recv_ms, wall_ms()
-                        ),
-                        item.ts_recv_ms,
+                    msgs = pipeline.feed_rest(
+                        item.venue, item.url, item.body, item.ts_recv_ms, wall_ms()
                     )
                 else:
-                    self._publish(pipeline.control(item.venue, item.ctl), item.ts_recv_ms)
+                    msgs = pipeline.control(item.venue, item.ctl)
+                if msgs:  # most frames publish nothing: no coroutine for them
+                    await self._publish(msgs, item.ts_recv_ms)
             for request in pipeline.take_requests():
                 self._dispatch(request)
 
@@ -323,7 +356,8 @@ class Daemon:
         except Exception:  # the live signals go on without it
             log.exception("backfill failed; z-scores build from live data only")
             return
-        self.save_checkpoint()
+        _freeze_long_lived_objects()
+        await self.save_checkpoint_in_background()
 
     async def _fetch(self, request: Request) -> None:
         try:

@@ -78,6 +78,8 @@ class Publisher:
         self._rebirth = asyncio.Event()
         self.connected = asyncio.Event()
         self._idle = asyncio.Event()  # set while nothing waits to be sent
+        self._acked = asyncio.Event()  # set while no QoS >= 1 message waits for its PUBACK
+        self._acked.set()
         self.dropped = 0
         self.published = 0
         self.connects = 0
@@ -106,6 +108,7 @@ class Publisher:
             if outbox_id is None and len(self._ordered) >= self._max_queued:
                 self._drop_oldest_in_memory()
             self._ordered.append((outbox_id, msg, received_ms))
+            self._acked.clear()
         self._idle.clear()
         self._wake.set()
 
@@ -149,6 +152,11 @@ class Publisher:
     async def drained(self) -> None:
         """Return once nothing waits to be sent (every QoS >= 1 message acknowledged)."""
         await self._idle.wait()
+
+    async def acknowledged(self) -> None:
+        """Return once every QoS >= 1 message (regime changes) has the broker's PUBACK;
+        signals still waiting to be sent do not count."""
+        await self._acked.wait()
 
     # -- connection side --------------------------------------------------------------------
     async def run(self) -> None:
@@ -295,6 +303,8 @@ class Publisher:
                 # Leave the queue only once acknowledged: a drop mid-send retries it.
                 if self._ordered and self._ordered[0] is entry:
                     self._ordered.popleft()
+                if not self._ordered:
+                    self._acked.set()
                 if outbox_id is not None:
                     self._ack(outbox_id)
                 continue

@@ -8,6 +8,7 @@ that had arrived by then. This is what makes a replay give the same numbers as t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,19 @@ class SignalSnapshot:
         out.update({f"{name}_z": score.z for name, score in self.z.items()})
         out.update({alias: out.get(target) for alias, target in Z_ALIASES.items()})
         return out
+
+
+@dataclass(slots=True)
+class RefreshBudget:
+    """How many more baseline recomputes this tick may do."""
+
+    left: int
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
 
 
 class AssetSignals:
@@ -286,9 +300,16 @@ class AssetSignals:
             return None
         return trade.price
 
-    def snapshot(self, boundary_ms: int, usdt_usd: float | None = None) -> SignalSnapshot:
+    def snapshot(
+        self,
+        boundary_ms: int,
+        usdt_usd: float | None = None,
+        refresh_budget: RefreshBudget | None = None,
+    ) -> SignalSnapshot:
         """The signals at ``boundary_ms``; ``usdt_usd`` is the USD price of one USDT for the
-        adjusted premium (None: unknown or stale, and the adjusted premium is missing)."""
+        adjusted premium (None: unknown or stale, and the adjusted premium is missing).
+        ``refresh_budget``: how many baselines whose bucket closed may be recomputed now (the
+        others score against their previous moments until a later tick); None: all."""
         end = boundary_ms - 1
         for window in (*self.flow.values(), self.volume, self.liquidations):
             window.advance(end)
@@ -383,7 +404,9 @@ class AssetSignals:
         for name, baseline in self.baselines.items():
             # The snapshot at boundary B is the value at the close of the bucket holding B - 1.
             baseline.observe(boundary_ms - 1, values[name])
-            z[name] = baseline.score(values[name])
+            if baseline.stale and (refresh_budget is None or refresh_budget.take()):
+                baseline.refresh()
+            z[name] = baseline.score(values[name], refresh=False)
         return SignalSnapshot(self.asset, boundary_ms, values, z)
 
 
@@ -456,6 +479,12 @@ class SignalEngine:
             for venue, symbol in symbols.items()
         }
         self.publish_interval_ms = publish_interval_ms
+        # Every baseline closes its bucket on the same tick; recomputing them all there would
+        # hold the event loop for ~10 ms a minute. Spread them over the ticks so that each is
+        # recomputed within one of its buckets (all at once when a bucket is one tick long).
+        self._baselines = sum(len(state.baselines) for state in self.assets.values())
+        self._baseline_bucket_ms = baseline.bucket_ms if baseline is not None else None
+        self._last_boundary: int | None = None
         self._next_boundary: int | None = None
         self.unrouted = 0  # events for symbols no asset maps to
         # The USDT price tracker: the latest USDT-USD trade by event time.
@@ -549,4 +578,13 @@ class SignalEngine:
         boundary = ts_ms // interval * interval
         self._next_boundary = boundary + interval
         usdt_usd = self.usdt_usd(boundary)
-        return [state.snapshot(boundary, usdt_usd) for state in self.assets.values()]
+        budget = RefreshBudget(self._refreshes(boundary))
+        return [state.snapshot(boundary, usdt_usd, budget) for state in self.assets.values()]
+
+    def _refreshes(self, boundary: int) -> int:
+        """Baseline recomputes this tick may do: as many as keep pace with the baselines'
+        buckets closing over the event time since the previous tick."""
+        previous, self._last_boundary = self._last_boundary, boundary
+        if previous is None or self._baseline_bucket_ms is None:
+            return self._baselines
+        return math.ceil(self._baselines * (boundary - previous) / self._baseline_bucket_ms)

@@ -186,6 +186,17 @@ class BucketWindow:
         keep = self._filled[order] & ~self._missing[order]
         return self._sums[order[keep]]
 
+    def values(self, channel: int = 0) -> np.ndarray:
+        """One channel of ``samples()`` in slot order, not time order, for statistics that do
+        not care (mean, std, median): nothing is reordered, and a full window is a view, not a
+        copy (valid until the window next changes)."""
+        self._flush()
+        column = self._sums[:, channel]
+        if self._head is None:
+            return column[:0]
+        keep = self._filled & ~self._missing
+        return column if keep.all() else column[keep]
+
     def samples_since(self, ts_ms: int) -> np.ndarray:
         """``samples()`` restricted to the buckets from the one holding ``ts_ms`` on."""
         if self._head is None:

@@ -47,3 +47,25 @@ async def test_latency_runs_from_the_frames_receive_to_the_brokers_ack(
     assert publisher.latency.count == 2
     first, second = publisher.latency.samples
     assert 40 <= first <= second < 5_000  # the event waits for the state message's PUBACK
+
+
+async def test_acknowledged_waits_for_the_regime_change_not_for_the_signals(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path
+) -> None:
+    """What the daemon's consumer waits on after a regime change: every QoS 1 message has its
+    PUBACK. Signals (QoS 0, coalesced) may still be queued."""
+    publisher = make_publisher(mosquitto.port, prefix, "ack", tmp_path / "outbox.sqlite")
+    task = asyncio.create_task(publisher.run())
+    try:
+        await asyncio.wait_for(publisher.connected.wait(), 30)
+        await asyncio.wait_for(publisher.acknowledged(), 1)  # nothing queued: at once
+        regime, event = regime_flips(builder(prefix, "ack"), 1)
+        publisher.publish(regime)
+        publisher.publish(event)
+        waiting = asyncio.ensure_future(publisher.acknowledged())
+        assert not waiting.done()  # both are queued, neither sent yet
+        await asyncio.wait_for(waiting, 10)
+        assert publisher.published >= 2 and publisher.outbox is not None
+        assert len(publisher.outbox) == 0  # both acknowledged, so both left the outbox
+    finally:
+        await stop_tasks([task])

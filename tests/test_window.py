@@ -149,6 +149,9 @@ def test_matches_numpy_in_any_order_with_reads_in_between(
     rebuilt = BucketWindow.from_state(w.state())
     assert rebuilt.totals()[0] == pytest.approx(expected, rel=1e-9, abs=1e-6)
     assert w.samples()[:, 0].sum() == pytest.approx(expected, rel=1e-9, abs=1e-6)
+    # values(): the same samples, per channel, in slot order
+    for channel in (0, 1):
+        assert sorted(w.values(channel)) == sorted(w.samples()[:, channel])
 
 
 def test_rejects_span_not_multiple_of_bucket() -> None:

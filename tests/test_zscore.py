@@ -106,3 +106,22 @@ def test_a_rule_on_an_alias_reads_the_z_score() -> None:
     assert change is not None and change.regime == "funding_spike"
     assert change.reasons[0].value == pytest.approx(2.5 / math.sqrt(1.25))
     assert snap.lookup()["depth_z"] is None  # alias of depth_usd_1pct_z: no book, no z
+
+
+def test_baseline_recomputes_are_spread_over_the_ticks_after_a_close() -> None:
+    """With 8 baselines of 1-minute buckets and a tick a second, a close is followed by one
+    recompute per tick (not all eight at once), and every baseline is current within 8 ticks."""
+    eng = funding_engine()
+    baselines = list(eng.assets["BTC"].baselines.values())
+    assert len(baselines) == len(Z_SCORED) == 8
+    stale_after: list[int] = []
+    funding_n_obs: list[int] = []
+    for second in range(2 * 60 + 12):  # a mark every second: one tick per second
+        ticked = eng.on_event(funding(second * 1000 + 500, 1e-4 * (1 + second // 60)))
+        if second >= 121:  # the tick at 2:01 (values at 2:00.999) closes minute 1
+            assert len(ticked) == 1
+            stale_after.append(sum(b.stale for b in baselines))
+            funding_n_obs.append(ticked[0].z["funding_rate"].n_obs)
+    assert stale_after[:9] == [7, 6, 5, 4, 3, 2, 1, 0, 0]
+    position = list(eng.assets["BTC"].baselines).index("funding_rate")  # recomputed in order
+    assert funding_n_obs[: position + 2] == [1] * position + [2, 2]
