@@ -213,7 +213,7 @@ def test_real_l2_update_keeps_zero_quantities_and_takes_the_newest_event_time() 
     )
 
 
-def l2_frame(kind: str, updates: list[dict[str, str]]) -> str:
+def l2_frame(kind: str, updates: list[dict[str, object]]) -> str:
     return orjson.dumps(
         {
             "channel": "l2_data",
@@ -224,7 +224,9 @@ def l2_frame(kind: str, updates: list[dict[str, str]]) -> str:
     ).decode()
 
 
-def level(side: str, price: str, qty: str, time: str = "2026-08-09T21:05:48.1Z") -> dict[str, str]:
+def level(
+    side: str, price: str, qty: str, time: str = "2026-08-09T21:05:48.1Z"
+) -> dict[str, object]:
     return {"side": side, "event_time": time, "price_level": price, "new_quantity": qty}
 
 
@@ -374,6 +376,8 @@ def with_ticker(**fields: Any) -> str:
         (with_trade(time="yesterday"), "bad_type"),
         (with_trade(side=1), "bad_type"),
         (l2_frame("update", [level("bid", "1", "x")]), "bad_type"),
+        (l2_frame("update", [{**level("bid", "1", "1"), "side": 1}]), "bad_type"),
+        (l2_frame("update", [{**level("bid", "1", "1"), "new_quantity": True}]), "bad_type"),
         (with_trade(price="NaN"), "bad_value"),
         (with_trade(price="-5"), "bad_value"),
         (with_trade(price="0"), "bad_value"),
