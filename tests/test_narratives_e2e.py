@@ -1,10 +1,10 @@
 """Every seed narrative end to end: simulator (real websockets and REST) → daemon with the
 shipped rules → real Mosquitto → subscriber.
 
-The simulator plays the narrative (10 min of calm, then the narrative held) at 30x, so the calm
-takes 20 s of wall time; the daemon backfills a 7-day baseline from the simulator's history, as
+The simulator plays the narrative (10 min of calm, then the narrative held) at 40x, so the calm
+takes 15 s of wall time; the daemon backfills a 7-day baseline from the simulator's history, as
 a fresh install would from the exchanges, and runs config.yaml's five rules with the compressed
-signal windows of ``NARRATIVE_WINDOWS``. One asset (BTC) keeps the load to about half a core.
+signal windows of ``NARRATIVE_WINDOWS``. One asset (BTC) keeps the load under one core.
 
 What a dashboard and an alert worker rely on is checked for each narrative: the retained
 ``<prefix>/BTC/regime`` becomes the narrative's regime, entered from ``neutral`` for the
@@ -23,9 +23,9 @@ from streams.simulator.scenarios import NARRATIVES
 from tests.conftest import Mosquitto
 from tests.test_daemon import RunningDaemon, daemon_config
 
-SPEED = 30.0
+SPEED = 40.0
 SEED = 7
-# Wall seconds until the narrative's regime must be on the topic: the start-up backfill, 20 s
+# Wall seconds until the narrative's regime must be on the topic: the start-up backfill, 15 s
 # of calm, then at most ~10 min of narrative event time (distribution rallies for 3 min first).
 TIMEOUT_S = 80.0
 
