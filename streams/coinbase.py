@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from datetime import date
+from typing import TypeVar
 
 import orjson
 
@@ -54,6 +55,7 @@ _RFC3339 = re.compile(
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _DAY_MS = 86_400_000
 _UNSET = object()
+T = TypeVar("T")
 
 
 def subscribe_messages(
@@ -245,17 +247,18 @@ def _trade(venue: str, p: dict, ts_recv: int) -> Trade:
         ts_recv=ts_recv,
         price=positive_number(p, "price"),
         qty=positive_number(p, "size"),
-        taker_side=_taker_side(p),
+        taker_side=_side(p, _TAKER_SIDE),
         trade_id=_trade_id(p),
     )
 
 
-def _taker_side(p: dict) -> str:
-    maker = string(p, "side")
-    taker = _TAKER_SIDE.get(maker)
-    if taker is None:
-        raise MalformedFrame("bad_value", f"side={maker[:20]!r}")
-    return taker
+def _side(p: dict, meaning: dict[str, T]) -> T:
+    """What ``p["side"]`` means in ``meaning``; MalformedFrame for a side not in it."""
+    side = string(p, "side")
+    value = meaning.get(side)
+    if value is None:
+        raise MalformedFrame("bad_value", f"side={side[:20]!r}")
+    return value
 
 
 def _trade_id(p: dict) -> int:
@@ -317,19 +320,10 @@ def _levels(updates: list[dict]) -> tuple[tuple[Level, ...], tuple[Level, ...], 
             if 0.0 < price < inf and 0.0 <= qty < inf:
                 (asks if is_ask else bids).append((price, qty))
                 continue
-        (asks if _strict_side(u) else bids).append(
+        (asks if _side(u, _ASK_SIDE) else bids).append(
             (positive_number(u, "price_level"), non_negative_number(u, "new_quantity"))
         )
     return tuple(bids), tuple(asks), newest
-
-
-def _strict_side(u: dict) -> bool:
-    """True for the ask side; MalformedFrame for anything but bid/offer/ask."""
-    side = string(u, "side")
-    is_ask = _ASK_SIDE.get(side)
-    if is_ask is None:
-        raise MalformedFrame("bad_value", f"side={side[:20]!r}")
-    return is_ask
 
 
 def _tickers(venue: str, msg: dict, ts_recv: int) -> list[Event]:
