@@ -222,22 +222,24 @@ class Daemon:
         )
 
     def save_checkpoint(self) -> None:
-        meta = {"instance": self.config.instance, "session": self.session, "saved_ms": wall_ms()}
-        try:
-            save_checkpoint(self.checkpoint_path, self.pipeline.engine.checkpoint(), meta)
-        except OSError as exc:
-            log.error("could not write checkpoint %s: %s", self.checkpoint_path, exc)
+        self._write_checkpoint(*self._checkpoint_state())
 
     async def save_checkpoint_in_background(self) -> None:
         """``save_checkpoint`` with the writing (tens of ms for 90-day baselines, fsync
         included) in a thread: only the copy of the state holds the event loop."""
-        meta = {"instance": self.config.instance, "session": self.session, "saved_ms": wall_ms()}
-        arrays = self.pipeline.engine.checkpoint()  # copies, taken between two frames
+        state = self._checkpoint_state()  # copies, taken between two frames
         async with self._saving:  # one writer at a time: a later state is never overwritten
-            try:
-                await asyncio.to_thread(save_checkpoint, self.checkpoint_path, arrays, meta)
-            except OSError as exc:
-                log.error("could not write checkpoint %s: %s", self.checkpoint_path, exc)
+            await asyncio.to_thread(self._write_checkpoint, *state)
+
+    def _checkpoint_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        meta = {"instance": self.config.instance, "session": self.session, "saved_ms": wall_ms()}
+        return self.pipeline.engine.checkpoint(), meta
+
+    def _write_checkpoint(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(self.checkpoint_path, arrays, meta)
+        except OSError as exc:
+            log.error("could not write checkpoint %s: %s", self.checkpoint_path, exc)
 
     async def _checkpoints(self) -> None:
         while True:
