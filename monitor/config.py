@@ -145,6 +145,20 @@ class SignalsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardsConfig:
+    """Plausibility bounds on what the exchanges say (monitor/guards.py)."""
+
+    # Event time may run ahead of the receive time by this much beyond the venue's measured
+    # clock offset, and lag it by at most max_behind.
+    max_ahead: float = 5.0
+    max_behind: float = 86400.0
+    # Prices must lie within ± this fraction of the asset's reference price.
+    price_band: float = 0.30
+    # Largest plausible price × quantity of one trade, liquidation or book level (USD/USDT).
+    max_notional: float = 1e10
+
+
+@dataclass(frozen=True, slots=True)
 class MqttConfig:
     url: str
     prefix: str
@@ -189,6 +203,7 @@ class Config:
     mqtt: MqttConfig
     log_level: LogLevel = "info"
     state: StateConfig = field(default_factory=StateConfig)
+    guards: GuardsConfig = field(default_factory=GuardsConfig)
 
 
 class ConfigError(Exception):
@@ -924,6 +939,7 @@ _TOP_KEYS = (
     "mqtt",
     "log_level",
     "state",
+    "guards",
 )
 
 
@@ -952,6 +968,7 @@ def _build(data: object, env: Mapping[str, str], errors: _Errors) -> Config:
         top.fail("mqtt", "required key is missing (at least mqtt.url and mqtt.prefix)")
         mqtt = MqttConfig("", "")
     state = _state(top.raw("state"), errors)
+    guards = _guards(top.raw("guards"), errors)
     return Config(
         instance=instance,
         assets=assets,
@@ -962,7 +979,34 @@ def _build(data: object, env: Mapping[str, str], errors: _Errors) -> Config:
         mqtt=mqtt,
         log_level=cast(LogLevel, top.get("log_level", _LOG_LEVEL, "info")),
         state=state,
+        guards=guards,
     )
+
+
+def _guards(data: object, errors: _Errors) -> GuardsConfig:
+    keys = ("max_ahead", "max_behind", "price_band", "max_notional")
+    sec = _Section(data, "guards", errors, keys, optional=True)
+    d = GuardsConfig()
+    return GuardsConfig(
+        max_ahead=sec.get("max_ahead", _positive_duration, d.max_ahead),
+        max_behind=sec.get("max_behind", _positive_duration, d.max_behind),
+        price_band=sec.get("price_band", _band, d.price_band),
+        max_notional=sec.get("max_notional", _positive_number, d.max_notional),
+    )
+
+
+def _band(value: object) -> float:
+    number = _number(value)
+    if not 0.0 < number < 1.0:
+        raise _Invalid(f"must be a fraction above 0 and below 1, got {number}")
+    return number
+
+
+def _positive_number(value: object) -> float:
+    number = _number(value)
+    if not 0.0 < number < math.inf:
+        raise _Invalid(f"must be a positive number, got {number}")
+    return number
 
 
 def _state(data: object, errors: _Errors) -> StateConfig:

@@ -1,7 +1,9 @@
 """Counters that say how healthy the feeds are; published on ``<prefix>/health/<instance>``.
 
 Bad input is never silent: every malformed or ignored frame is counted under its venue and kind,
-and the first frame of each malformed kind is logged (one line per kind, not a flood).
+and the first frame of each malformed kind is logged (one line per kind, not a flood). Events
+that parse but are implausible (monitor/guards.py) are counted under ``rejected`` by venue and
+kind, with a WARNING at most once per venue, kind and minute.
 
 ``publish_latency_ms`` says how late regime changes reach the broker: for each regime and events
 message (QoS 1), the time from the receive of the frame (or REST body) that caused it to the
@@ -19,9 +21,13 @@ from typing import TYPE_CHECKING, Any
 from streams.frames import IgnoredFrame, MalformedFrame
 
 if TYPE_CHECKING:  # the socket code is not needed to count: keep the pipeline free of it
+    from monitor.guards import Rejection
     from streams.connection import LinkStats
 
 log = logging.getLogger("tapewatch.health")
+
+# A rejected kind is logged again after this long (receive time), with the count in between.
+REJECTION_LOG_EVERY_MS = 60_000
 
 
 def _link_report(link: LinkStats, now_ms: int) -> dict[str, Any]:
@@ -85,9 +91,12 @@ class Health:
     rest_bodies: Counter[str] = field(default_factory=Counter)  # per venue
     malformed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (venue, kind)
     ignored: Counter[tuple[str, str]] = field(default_factory=Counter)
+    rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (venue, kind)
     outbox_depth: int = 0
     publish_latency: LatencyWindow = field(default_factory=LatencyWindow)
     _rate_mark: tuple[int, int] | None = None  # (time ms, total frames) at the last report
+    # (venue, kind) -> (receive time of the last WARNING, count at that time)
+    _rejection_logged: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
     def add_link(self, link: LinkStats) -> LinkStats:
         self.streams[link.name] = link
@@ -107,6 +116,26 @@ class Health:
     def count_ignored(self, venue: str, err: IgnoredFrame) -> None:
         self.ignored[(venue, err.kind)] += 1
 
+    def count_rejected(self, venue: str, rejection: Rejection, at_ms: int, n: int = 1) -> None:
+        """``n`` rejections of one kind (several levels of one book update count each)."""
+        key = (venue, rejection.kind)
+        self.rejected[key] += n
+        last = self._rejection_logged.get(key)
+        if last is None or at_ms - last[0] >= REJECTION_LOG_EVERY_MS or at_ms < last[0]:
+            since = "" if last is None else f" ({self.rejected[key] - last[1]} since the last)"
+            log.warning(
+                "%s: rejected an implausible event (%s: %s)%s; counted under rejected in health",
+                venue,
+                rejection.kind,
+                rejection.detail,
+                since,
+            )
+            self._rejection_logged[key] = (at_ms, self.rejected[key])
+
+    def count_rejected_many(self, venue: str, kind: str, n: int) -> None:
+        """``n`` parts of one event rejected at once (book levels): counted, not logged."""
+        self.rejected[(venue, kind)] += n
+
     def report(self, now_ms: int) -> dict[str, Any]:
         total = sum(self.frames.values())
         rate = None
@@ -120,6 +149,7 @@ class Health:
             "msgs_per_s": rate,
             "malformed": {f"{v}/{k}": n for (v, k), n in sorted(self.malformed.items())},
             "ignored": {f"{v}/{k}": n for (v, k), n in sorted(self.ignored.items())},
+            "rejected": {f"{v}/{k}": n for (v, k), n in sorted(self.rejected.items())},
             "outbox_depth": self.outbox_depth,
             "publish_latency_ms": self.publish_latency.report(),
         }

@@ -12,10 +12,12 @@ so a replay is reproducible to the byte.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import Any
 
 from monitor.config import Config
+from monitor.guards import BOOK_LEVEL, EventGuard, GuardLimits, Rejection
 from monitor.health import Health
 from monitor.messages import MessageBuilder, OutMessage, Topics
 from signals.engine import DEPTH_BAND_PCT, BaselineSpec, SignalEngine
@@ -36,6 +38,8 @@ from streams.events import (
 from streams.frames import IgnoredFrame, MalformedFrame, SkippedFrame
 
 CONFIG_VENUES = {"binance_spot": BINANCE_SPOT, "binance_usdm": BINANCE_USDM, "coinbase": COINBASE}
+
+log = logging.getLogger("tapewatch.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +116,10 @@ class Pipeline:
             ),
             # Its trades go to the engine's USDT price, not to an asset; it has no book here.
             usdt_usd=sig.usdt_usd_product,
+            # A trade socket silent this long is down: the silent stretch is missing data.
+            silence_ms=round(config.collector.silence_timeout * 1000),
         )
+        self.guard = _guard(config, symbols)
         self.regimes = {name: RegimeEngine(name, config.regimes) for name in config.assets}
         self.books = {
             (venue, symbol): BookSync(venue, symbol)
@@ -154,6 +161,7 @@ class Pipeline:
         except SkippedFrame as skip:
             self._count(venue, skip)
             return []
+        self.guard.observe_frame(venue, events)
         return self._process(venue, events, now_ms, live=True)
 
     def feed_rest(
@@ -199,6 +207,15 @@ class Pipeline:
     def _backfill_done(self, gap: TradeGap) -> list[OutMessage]:
         """Ids the backfill did not bring are lost; if an outage lost any, its span is missing."""
         lost = self.continuity.give_up(gap.venue, gap.symbol, gap.first_id, gap.last_id)
+        if lost:
+            log.warning(
+                "%s %s: gave up on %d trade(s) of ids %d..%d (backfill incomplete); counted lost",
+                gap.venue,
+                gap.symbol,
+                lost,
+                gap.first_id,
+                gap.last_id,
+            )
         span = self._outage.pop(gap, None)
         if span is None or lost == 0:
             return []
@@ -230,25 +247,45 @@ class Pipeline:
     def _process(
         self, venue: str, events: list[Event], now_ms: int | None, live: bool
     ) -> list[OutMessage]:
+        """``live``: the events came from a websocket frame (not a REST body)."""
         # The per-frame path: exact class checks and the common case inline.
         out: list[OutMessage] = []
+        check = self.guard.check
         for event in events:
+            rejection = check(venue, event)
+            if rejection is not None:
+                self.health.count_rejected(venue, rejection, event.ts_recv)
+                continue
             cls = event.__class__
             if cls is Trade:
-                admitted, gap = self.continuity.admit(venue, event.symbol, event.trade_id)
-                if not admitted:
-                    continue
-                if gap is not None and gap.backfillable:
-                    self.requests.append(BackfillRequest(gap))
-                if live:
-                    if event.ts_event > self._last_trade_ms.get(venue, 0):
-                        self._last_trade_ms[venue] = event.ts_event
-                    if venue in self._reconnecting:
-                        out += self._first_trade_since_reconnect(event, gap, now_ms)
-            elif cls is DepthDiff or cls is DepthSnapshot:
+                counted, gap = self.continuity.admit(event, live)
+                if gap is not None:
+                    self._trade_gap(gap)
+                for trade in counted:
+                    if live:
+                        if trade.ts_event > self._last_trade_ms.get(venue, 0):
+                            self._last_trade_ms[venue] = trade.ts_event
+                        if venue in self._reconnecting:
+                            out += self._first_trade_since_reconnect(trade, gap, now_ms)
+                            gap = None  # the gap opened before the first of them
+                    out += self.feed_event(trade, now_ms)
+                continue
+            if cls is DepthDiff or cls is DepthSnapshot:
                 self._book(event)
             out += self.feed_event(event, now_ms)
         return out
+
+    def _trade_gap(self, gap: TradeGap) -> None:
+        if gap.backfillable:
+            self.requests.append(BackfillRequest(gap))
+        else:
+            log.warning(
+                "%s %s: trade ids %d..%d missed, too many to backfill; counted lost",
+                gap.venue,
+                gap.symbol,
+                gap.first_id,
+                gap.last_id,
+            )
 
     def _first_trade_since_reconnect(
         self, trade: Trade, gap: TradeGap | None, now_ms: int | None
@@ -273,6 +310,14 @@ class Pipeline:
         sync = self.books.get((event.venue, event.symbol))
         if sync is None:
             return
+        filtered = self.guard.book_levels(event.venue, event)
+        if filtered is not None:
+            bids, asks, dropped = filtered
+            detail = f"{event.symbol}: {dropped} level(s) crossing the band or over the cap"
+            self.health.count_rejected(
+                event.venue, Rejection(BOOK_LEVEL, detail), event.ts_recv, dropped
+            )
+            event = replace(event, bids=bids, asks=asks)
         result = sync.on_diff(event) if isinstance(event, DepthDiff) else sync.on_snapshot(event)
         if result.needs_snapshot:
             self._request_snapshot(sync, result.reason or "resync")
@@ -314,4 +359,27 @@ class Pipeline:
         }
         report["trades"] = self.continuity.report()
         report["coinbase_sequence_gaps"] = self.coinbase_sequence.gaps
+        report["silent_feeds"] = self.engine.silent_feeds()
         return report
+
+
+def _guard(config: Config, symbols: dict[str, dict[str, str]]) -> EventGuard:
+    """The plausibility guard for the configured symbols (and the USDT-USD reference)."""
+    g = config.guards
+    subscribed: dict[str, set[str]] = {}
+    reference_of: dict[tuple[str, str], str] = {}
+    for asset, venues in symbols.items():
+        for venue, symbol in venues.items():
+            subscribed.setdefault(venue, set()).add(symbol)
+            reference_of[(venue, symbol)] = asset
+    usdt = config.signals.usdt_usd_product
+    if usdt and COINBASE in subscribed:  # its trades come on the Coinbase socket
+        subscribed[COINBASE].add(usdt)
+        reference_of.setdefault((COINBASE, usdt), usdt)
+    limits = GuardLimits(
+        max_ahead_ms=round(g.max_ahead * 1000),
+        max_behind_ms=round(g.max_behind * 1000),
+        price_band=g.price_band,
+        max_notional=g.max_notional,
+    )
+    return EventGuard(limits, subscribed, reference_of)

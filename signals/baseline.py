@@ -61,8 +61,9 @@ class Baseline:
             self.window.advance((bucket - 1) * self.bucket_ms)
             self.stale = True
         self._bucket = max(bucket, self._bucket or bucket)
-        # The value at the bucket's close is the last one observed: missing included.
-        valid = value is not None and np.isfinite(value)
+        # The value at the bucket's close is the last one observed: missing included. A
+        # non-finite value is no sample: one would make the moments NaN for the whole window.
+        valid = value is not None and math.isfinite(value)
         self._open = (bucket, float(value)) if valid else None
 
     def fill(self, ts_ms: np.ndarray, values: np.ndarray) -> int:
@@ -123,21 +124,15 @@ class Baseline:
         if self.n_obs == 0:
             self._center = self._scale = None
             return
-        if self.robust:
-            center = float(np.median(samples))
-            scale = MAD_TO_STD * float(np.median(np.abs(samples - center)))
-        else:
-            # Corrected two-pass: no cancellation at large levels, and the second pass also
-            # removes the first mean's rounding (which, at a level of 1e9, is not negligible
-            # against a spread of 1).
-            first = float(samples.mean())
-            deviations = samples - first
-            shift = float(deviations.sum())
-            center = first + shift / self.n_obs
-            sum_sq = float(np.dot(deviations, deviations)) - shift * shift / self.n_obs
-            scale = math.sqrt(max(sum_sq, 0.0) / self.n_obs)  # ddof 0
+        center, scale = _moments(samples, self.robust)
+        if not (math.isfinite(center) and math.isfinite(scale)):
+            # Finite samples near the float limit overflow when squared or summed: compute on
+            # the samples scaled to at most 1 and scale back, so the moments stay finite.
+            top = float(np.abs(samples).max())
+            center, scale = _moments(samples / top, self.robust)
+            center, scale = center * top, scale * top
         self._center = center
-        self._scale = scale if scale > 0 else None
+        self._scale = scale if 0 < scale < math.inf else None
 
     def score(self, x: float | None, refresh: bool = True) -> ZScore:
         """z of ``x``; ``refresh=False`` scores against the moments as they are, even if a
@@ -148,3 +143,20 @@ class Baseline:
         if x is None or self.n_obs < self.min_obs or self._scale is None or self._center is None:
             return ZScore(None, self.n_obs, warmup)
         return ZScore((x - self._center) / self._scale, self.n_obs, warmup)
+
+
+def _moments(samples: np.ndarray, robust: bool) -> tuple[float, float]:
+    """(center, scale): median and scaled MAD, or mean and population std."""
+    n = len(samples)
+    if robust:
+        center = float(np.median(samples))
+        return center, MAD_TO_STD * float(np.median(np.abs(samples - center)))
+    # Corrected two-pass: no cancellation at large levels, and the second pass also removes
+    # the first mean's rounding (which, at a level of 1e9, is not negligible against a spread
+    # of 1).
+    with np.errstate(over="ignore", invalid="ignore"):
+        first = float(samples.mean())
+        deviations = samples - first
+        shift = float(deviations.sum())
+        sum_sq = float(np.dot(deviations, deviations)) - shift * shift / n
+    return first + shift / n, math.sqrt(max(sum_sq, 0.0) / n)  # ddof 0

@@ -24,8 +24,12 @@ from streams.events import (
     BINANCE_USDM,
     BUY,
     COINBASE,
+    BookTicker,
+    DepthDiff,
+    DepthSnapshot,
     Event,
     FeedGap,
+    Heartbeat,
     Liquidation,
     LongShortRatio,
     MarkPrice,
@@ -83,6 +87,23 @@ DepthProvider = Callable[[str, str], tuple[float, float] | None]
 
 FLOW_VENUES = (BINANCE_USDM, BINANCE_SPOT, COINBASE)
 
+# Coverage comes from data received, never from the clock. Besides trades, these events arrive
+# on the socket that carries a venue's trades, so hearing one proves that trade stream alive
+# even when nothing trades: USDⓈ-M trades share /market with markPrice@1s and forceOrder (its
+# books are on another socket, /public, and prove nothing); Binance spot and Coinbase carry
+# books, tickers (and Coinbase heartbeats) on the trade socket. Binance's DepthSnapshot comes
+# from REST and proves nothing either.
+_PROVES_TRADE_SOCKET: frozenset[tuple[str, type]] = frozenset(
+    {
+        (BINANCE_SPOT, DepthDiff),
+        (BINANCE_SPOT, BookTicker),
+        (COINBASE, DepthDiff),
+        (COINBASE, DepthSnapshot),
+        (COINBASE, BookTicker),
+        (COINBASE, Heartbeat),
+    }
+)
+
 
 @dataclass(frozen=True, slots=True)
 class BaselineSpec:
@@ -139,7 +160,11 @@ class AssetSignals:
         volume_window_ms: int = DEFAULT_VOLUME_WINDOW_MS,
         depth: DepthProvider | None = None,
         baseline: BaselineSpec | None = None,
+        silence_ms: int | None = None,
     ) -> None:
+        """``silence_ms``: a venue whose trade socket was not heard from for this long (event
+        time) is down, and the stretch since it was last heard is marked missing in its
+        windows; None: only explicit ``FeedGap``s mark anything missing."""
         self.asset = asset
         self.baselines = (
             {
@@ -176,8 +201,56 @@ class AssetSignals:
         # channels (oi sum, oi samples, price sum, price samples).
         self.history = BucketWindow(HISTORY_SPAN_MS, HISTORY_BUCKET_MS, channels=4)
         self.long_short: LongShortRatio | None = None
+        self.silence_ms = silence_ms
+        self.heard_ms: dict[str, int] = {}  # venue -> event time its trade socket last spoke
+        self._silence_marked: dict[str, int] = {}  # venue -> marked missing up to here
+        self._started_ms: int | None = None  # the first snapshot's boundary
+
+    def _venue_windows(self, venue: str) -> list[BucketWindow]:
+        """The windows a venue's trade socket feeds."""
+        windows = [self.flow[venue]] if venue in self.flow else []
+        if venue in (BINANCE_USDM, BINANCE_SPOT):
+            windows.append(self.volume)
+        if venue == BINANCE_USDM:
+            windows.append(self.liquidations)
+        return windows
+
+    def heard(self, venue: str, ts_ms: int) -> None:
+        """The socket carrying ``venue``'s trades delivered something at ``ts_ms``."""
+        last = self.heard_ms.get(venue)
+        if last is None:
+            # Coverage of a quiet window (no liquidation yet, no trade yet) starts here.
+            for window in self._venue_windows(venue):
+                window.touch(ts_ms)
+        if last is None or ts_ms > last:
+            self.heard_ms[venue] = ts_ms
+
+    def on_book_event(self, event: DepthDiff | DepthSnapshot | BookTicker | Heartbeat) -> None:
+        if (event.venue, event.__class__) in _PROVES_TRADE_SOCKET:
+            self.heard(event.venue, event.ts_event)
+
+    def _mark_silences(self, boundary_ms: int) -> None:
+        """Mark missing what each venue's windows hold since its trade socket was last heard,
+        once that silence exceeds ``silence_ms``: a venue that never connects, or died, must
+        read as unknown, not as a market where nobody trades (and never as a sum of the other
+        venues). Incremental: each stretch is marked once."""
+        silence = self.silence_ms
+        started = self._started_ms
+        if silence is None or started is None:
+            return
+        for venue in self.symbols:
+            last = self.heard_ms.get(venue)
+            if boundary_ms - (started if last is None else last) <= silence:
+                continue
+            start = started if last is None else last + 1
+            start = max(start, self._silence_marked.get(venue, start))
+            if start < boundary_ms:
+                for window in self._venue_windows(venue):
+                    window.mark_missing(start, boundary_ms)
+                self._silence_marked[venue] = boundary_ms
 
     def on_trade(self, trade: Trade) -> None:
+        self.heard(trade.venue, trade.ts_event)
         notional = trade.price * trade.qty
         window = self.flow.get(trade.venue)
         if window is not None:
@@ -194,11 +267,13 @@ class AssetSignals:
             self.last_trade[trade.venue] = trade
 
     def on_mark(self, mark: MarkPrice) -> None:
+        self.heard(mark.venue, mark.ts_event)
         if self.mark is None or mark.ts_event >= self.mark.ts_event:
             self.mark = mark
 
     def on_liquidation(self, liq: Liquidation) -> None:
         # A SELL order closes a long position, a BUY order a short one.
+        self.heard(liq.venue, liq.ts_event)
         notional = liq.price * liq.qty
         if liq.side == BUY:
             self.liquidations.add(liq.ts_event, (0.0, notional))
@@ -313,6 +388,9 @@ class AssetSignals:
         end = boundary_ms - 1
         for window in (*self.flow.values(), self.volume, self.liquidations):
             window.advance(end)
+        if self._started_ms is None:
+            self._started_ms = boundary_ms
+        self._mark_silences(boundary_ms)
         values: dict[str, float | None] = {}
 
         buy, sell = self._flow(BINANCE_USDM) or (0.0, 0.0)
@@ -422,6 +500,9 @@ _HANDLERS: dict[type, Callable[[AssetSignals, Any], None]] = {
     Liquidation: AssetSignals.on_liquidation,
     OpenInterest: AssetSignals.on_open_interest,
     LongShortRatio: AssetSignals.on_long_short,
+    DepthDiff: AssetSignals.on_book_event,
+    DepthSnapshot: AssetSignals.on_book_event,
+    BookTicker: AssetSignals.on_book_event,
 }
 
 
@@ -454,12 +535,15 @@ class SignalEngine:
         depth: DepthProvider | None = None,
         baseline: BaselineSpec | None = None,
         usdt_usd: str | None = None,
+        silence_ms: int | None = None,
     ) -> None:
         """``assets`` maps asset -> {venue: symbol}, e.g. {"BTC": {"binance-usdm": "BTCUSDT"}}.
         ``depth`` gives a book's (bid, ask) notional within 1 % of mid, None when not synced.
         ``baseline``: z-scores for the Z_SCORED signals; None = no z-scores.
         ``usdt_usd``: the Coinbase product whose trades price USDT in USD (USDT-USD) for the
-        USDT-adjusted premium; None = no adjusted premium (its signals stay missing)."""
+        USDT-adjusted premium; None = no adjusted premium (its signals stay missing).
+        ``silence_ms``: how long a venue's trade socket may be silent before its windows count
+        the silence as missing (see ``AssetSignals``)."""
         self.assets = {
             name: AssetSignals(
                 name,
@@ -470,6 +554,7 @@ class SignalEngine:
                 volume_window_ms,
                 depth,
                 baseline,
+                silence_ms,
             )
             for name, symbols in assets.items()
         }
@@ -498,6 +583,11 @@ class SignalEngine:
                 if venue == event.venue and event.symbol in (None, symbol):
                     state.on_gap(event)
             return snapshots
+        if isinstance(event, Heartbeat):  # venue-wide: every asset on that venue
+            for (venue, _symbol), state in self._route.items():
+                if venue == event.venue:
+                    state.on_book_event(event)
+            return snapshots
         key = (event.venue, event.symbol)
         state = self._route.get(key)
         if key == self._usdt_key and isinstance(event, Trade):
@@ -525,6 +615,20 @@ class SignalEngine:
         if trade is None or boundary_ms - trade.ts_event > USDT_STALE_MS:
             return None
         return trade.price
+
+    def silent_feeds(self) -> list[str]:
+        """``venue/symbol`` of every trade stream not heard from within its silence limit (or
+        never), as of the latest snapshot: what health names as delivering nothing."""
+        now = self._last_boundary
+        if now is None:
+            return []
+        return sorted(
+            f"{venue}/{symbol}"
+            for state in self.assets.values()
+            if state.silence_ms is not None
+            for venue, symbol in state.symbols.items()
+            if now - state.heard_ms.get(venue, -(10**15)) > state.silence_ms
+        )
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, np.ndarray]:

@@ -6,7 +6,10 @@ Adding an event is O(1); moving the window forward clears the slots that fall ou
 
 Missing is not zero: buckets in which a feed was known to be down (``mark_missing``) are flagged
 and excluded, and ``coverage`` says how much of the window is backed by data, so a signal can be
-reported as missing instead of as a quiet market.
+reported as missing instead of as a quiet market. Coverage starts with data, never with the
+clock: ``advance`` moves the window's end but a window that was only advanced covers nothing.
+``touch`` says "the feed behind this window was alive here" without adding a value, which is
+how a live but quiet feed (no liquidation for an hour) covers its window.
 
 Running totals are kept by add/subtract for O(1) reads. Subtraction drifts in floating point
 (catastrophically after a volatile stretch, then calm), so totals are recomputed exactly from the
@@ -34,7 +37,7 @@ class BucketWindow:
         self._missing = np.zeros(self.slots, dtype=bool)
         self._totals = np.zeros(channels)
         self._head: int | None = None  # absolute index of the newest bucket in the window
-        self._first: int | None = None  # absolute index of the first bucket ever seen
+        self._first: int | None = None  # absolute index of the first bucket with data or touch
         self._advances_since_exact = 0
         self._open: list[float] | None = None  # sums for the head bucket not yet in the slots
         self.late_dropped = 0  # events older than the window when they arrived
@@ -51,7 +54,7 @@ class BucketWindow:
                     pending[i] += v
             return
         if self._head is None:
-            self._head = self._first = bucket
+            self._head = bucket
         elif bucket > self._head:
             self._advance_to(bucket)
         elif bucket <= self._head - self.slots:
@@ -62,8 +65,23 @@ class BucketWindow:
             self._sums[slot] += values
             self._totals += values
             self._filled[slot] = True
+            self._start_coverage(bucket)
             return
         self._open = list(values)
+        self._start_coverage(bucket)
+
+    def touch(self, ts_ms: int) -> None:
+        """The feed behind this window was alive at ``ts_ms``: coverage starts here at the
+        latest, as if a zero had been added (a live, quiet feed is information)."""
+        bucket = ts_ms // self.bucket_ms
+        if self._first is None or bucket < self._first:
+            if self._head is not None and bucket <= self._head - self.slots:
+                return
+            self.add(ts_ms, (0.0,) * self._sums.shape[1])
+
+    def _start_coverage(self, bucket: int) -> None:
+        if self._first is None or bucket < self._first:
+            self._first = bucket
 
     def _flush(self) -> None:
         """Write the head bucket's pending sums into the slots and the totals."""
@@ -81,7 +99,7 @@ class BucketWindow:
         """Move the window's end to ``ts_ms`` (event time) without adding data."""
         bucket = ts_ms // self.bucket_ms
         if self._head is None:
-            self._head = self._first = bucket
+            self._head = bucket
         elif bucket > self._head:
             self._advance_to(bucket)
 
@@ -109,7 +127,7 @@ class BucketWindow:
         self._flush()
         last = int(buckets.max())
         if self._head is None:
-            self._head = self._first = last
+            self._head = last
         elif last > self._head:
             self._advance_to(last)
         head = self._head
@@ -208,19 +226,31 @@ class BucketWindow:
         return self._sums[order[keep]]
 
     def coverage(self) -> float:
-        """Fraction of the window's buckets since the first event that are not missing."""
+        """Fraction of the window's buckets since the first data that are not missing."""
         if self._head is None or self._first is None:
             return 0.0
         length = min(self._head - self._first + 1, self.slots)
-        return 1.0 - int(self._missing.sum()) / length
+        return 1.0 - self._missing_since_first(length) / length
 
     def filled(self) -> float:
-        """Fraction of the whole window backed by data: buckets since the first event, less the
-        missing ones, over all buckets. A young or mostly-disconnected window scores low."""
+        """Fraction of the whole window backed by data: buckets since the first data (or touch),
+        less the missing ones, over all buckets. A young or mostly-disconnected window scores
+        low, and a window that never received anything scores 0 however far the clock ran."""
         if self._head is None or self._first is None:
             return 0.0
         length = min(self._head - self._first + 1, self.slots)
-        return (length - int(self._missing.sum())) / self.slots
+        return (length - self._missing_since_first(length)) / self.slots
+
+    def _missing_since_first(self, length: int) -> int:
+        """Missing buckets among the newest ``length`` (a feed silent before it ever delivered
+        is marked missing too, but those buckets are not part of its coverage span)."""
+        if not self._missing.any():
+            return 0
+        if length >= self.slots:
+            return int(self._missing.sum())
+        assert self._head is not None
+        slots = np.arange(self._head - length + 1, self._head + 1) % self.slots
+        return int(self._missing[slots].sum())
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:
@@ -247,6 +277,10 @@ class BucketWindow:
         head, first, advances, late = (int(x) for x in state["marks"])
         window._sums = state["sums"].astype(float, copy=True)
         window._filled = state["filled"].astype(bool, copy=True)
+        # A non-finite sum can only come from a poisoned feed: never carry it across a restart.
+        poisoned = ~np.isfinite(window._sums).all(axis=1)
+        window._sums[poisoned] = 0.0
+        window._filled[poisoned] = False
         window._missing = state["missing"].astype(bool, copy=True)
         window._head = None if head < 0 else head
         window._first = None if first < 0 else first

@@ -29,7 +29,17 @@ from typing import TypeVar
 
 import orjson
 
-from streams.events import BUY, SELL, BookTicker, DepthDiff, DepthSnapshot, Event, Level, Trade
+from streams.events import (
+    BUY,
+    SELL,
+    BookTicker,
+    DepthDiff,
+    DepthSnapshot,
+    Event,
+    Heartbeat,
+    Level,
+    Trade,
+)
 from streams.frames import (
     IgnoredFrame,
     MalformedFrame,
@@ -115,7 +125,9 @@ def events_from(venue: str, msg: dict, ts_recv: int) -> list[Event]:
     if channel in ("ticker", "ticker_batch"):
         return _tickers(venue, msg, ts_recv)
     if channel == "heartbeats":
-        raise IgnoredFrame("heartbeat")
+        # No market data, but proof that the socket carrying the trades is alive: quiet
+        # products keep their flow windows covered (signals/engine.py).
+        return [Heartbeat(venue, None, _time_ms(msg, "timestamp"), ts_recv)]
     if channel == "subscriptions":
         raise IgnoredFrame("subscriptions")
     if channel in _NOT_COLLECTED:

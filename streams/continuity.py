@@ -5,15 +5,39 @@ trades were missed (a reconnect, a dropped frame): the gap is reported so the co
 exactly those ids from REST, and backfilled trades are admitted only if they fill an open gap.
 An id seen before (a duplicated frame, Coinbase's snapshot of recent trades after a resubscribe,
 a backfill overlapping live trades) is rejected, so flow signals never count a trade twice.
+
+A jump is not believed on one frame's word. One forged id a billion ahead, taken as the new last
+id, would turn every real trade after it into a "duplicate" and report a billion lost. So the
+trade that jumps is held as a *suspect*: trades that continue the old sequence are admitted as
+usual, and the suspect is adopted (its gap opened, the trade released) only when the stream
+confirms the new ids, that is, when a later trade lands a little beyond it. A suspect that the old
+sequence reaches or outlives was never real and is discarded. The price of this is one trade's
+delay after a real reconnect: the first trade after it waits for the second.
+
+The very first trade of a symbol is counted at once (there is nothing to compare it with), but
+its id is only an anchor until its successor arrives: if an older id comes next instead, the
+first was forged and the stream's own sequence replaces it.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
+
+from streams.events import Trade
 
 # Gaps wider than this are not worth paging through REST (1000 ids per page): report them as
 # lost instead of spending minutes of rate limit on history the windows barely need.
 MAX_BACKFILL_IDS = 20_000
+
+# A later trade confirms a suspected jump when it lands at most this far beyond it: after a
+# reconnect the stream goes on from the new id (a dropped frame or two aside); a forged id is
+# followed by nothing near it.
+CONFIRM_SPAN = 1_000
+# Suspects held per symbol at most; beyond this the one farthest ahead is discarded.
+MAX_SUSPECTS = 8
+# A suspect the old sequence keeps running past for this long (event time) is discarded.
+SUSPECT_TTL_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,45 +61,147 @@ class SymbolContinuity:
     last_id: int | None = None
     open_gaps: list[list[int]] = field(default_factory=list)  # [first, last, gap] still missing
     remaining: dict[int, int] = field(default_factory=dict)  # gap (its first id) -> ids missing
+    suspects: list[Trade] = field(default_factory=list)  # held jumps, by trade id
+    anchored: bool = False  # last_id was followed by its successor: a real sequence
     gaps: int = 0
     recovered_gaps: int = 0
     recovered_trades: int = 0
     duplicates: int = 0
-    lost_trades: int = 0  # ids given up on (gap too wide to backfill)
+    lost_trades: int = 0  # ids given up on (gap too wide to backfill, backfill failed)
+    suspects_dropped: int = 0  # jumps never confirmed
 
     @property
     def missing(self) -> int:
         return sum(hi - lo + 1 for lo, hi, _ in self.open_gaps)
 
 
+Admission = tuple[tuple[Trade, ...], TradeGap | None]
+_NONE: Admission = ((), None)
+
+
 class TradeContinuity:
     def __init__(self) -> None:
         self.symbols: dict[tuple[str, str], SymbolContinuity] = {}
 
-    def admit(self, venue: str, symbol: str, trade_id: int) -> tuple[bool, TradeGap | None]:
-        """Whether to count this trade, and the gap its arrival revealed (if any). A gap too
-        wide to backfill is counted lost at once; a narrower one stays open until filled."""
-        state = self.symbols.get((venue, symbol))
+    def admit(self, trade: Trade, live: bool = True) -> Admission:
+        """The trades to count now, in id order (usually just ``trade``; none for a duplicate
+        or a held suspect; several when a suspect is confirmed), and the gap that revealed,
+        if any. A gap too wide to backfill is counted lost at once; a narrower one stays open
+        until filled. ``live=False`` (a REST backfill row) only ever fills an open gap."""
+        key = (trade.venue, trade.symbol)
+        state = self.symbols.get(key)
         if state is None:
-            state = self.symbols[(venue, symbol)] = SymbolContinuity()
+            state = self.symbols[key] = SymbolContinuity()
         last = state.last_id
-        if last is None or trade_id == last + 1:
+        if last is not None and trade.trade_id == last + 1 and not state.suspects:
+            state.last_id = trade.trade_id
+            state.anchored = True
+            return (trade,), None
+        return self._admit_slow(state, trade, live)
+
+    def _admit_slow(self, state: SymbolContinuity, trade: Trade, live: bool) -> Admission:
+        trade_id, last = trade.trade_id, state.last_id
+        if last is None:  # the first trade: counted, its id an anchor until the next confirms
+            if not live:
+                return _NONE
             state.last_id = trade_id
-            return True, None
-        if trade_id > last + 1:
+            return (trade,), None
+        if trade_id <= last:
+            if self._fill(state, trade_id):
+                return (trade,), None
+            if not state.anchored and live:
+                # The first id was not followed by its successor but by an older id: it was
+                # the forged one. The stream's own sequence takes over from here.
+                state.last_id = trade_id
+                state.suspects_dropped += 1
+                return (trade,), None
+            state.duplicates += 1
+            return _NONE
+        if not live:  # a REST row ahead of the stream: the stream itself will deliver it
+            return _NONE
+        if trade_id == last + 1:
             state.last_id = trade_id
-            state.gaps += 1
-            gap = TradeGap(venue, symbol, last + 1, trade_id - 1)
-            if gap.backfillable:
-                state.open_gaps.append([gap.first_id, gap.last_id, gap.first_id])
-                state.remaining[gap.first_id] = gap.size
-            else:
-                state.lost_trades += gap.size
-            return True, gap
-        if self._fill(state, trade_id):
-            return True, None
-        state.duplicates += 1
-        return False, None
+            state.anchored = True
+            self._prune(state, trade)
+            return (trade,), None
+        for i, suspect in enumerate(state.suspects):
+            if suspect.trade_id == trade_id:  # the suspect's frame again
+                state.duplicates += 1
+                return _NONE
+            if suspect.trade_id < trade_id <= suspect.trade_id + CONFIRM_SPAN:
+                return self._adopt(state, i, trade)
+        self._hold(state, trade)
+        return _NONE
+
+    def _hold(self, state: SymbolContinuity, trade: Trade) -> None:
+        ids = [s.trade_id for s in state.suspects]
+        state.suspects.insert(bisect.bisect(ids, trade.trade_id), trade)
+        if len(state.suspects) > MAX_SUSPECTS:
+            state.suspects.pop()  # the farthest ahead: the least plausible
+            state.suspects_dropped += 1
+
+    def _prune(self, state: SymbolContinuity, newest: Trade) -> None:
+        """After the old sequence advanced: suspects it reached were forged (the real trade of
+        that id just arrived), and suspects it has outlived for long were never confirmed."""
+        keep = [
+            s
+            for s in state.suspects
+            if s.trade_id > newest.trade_id and newest.ts_event - s.ts_event <= SUSPECT_TTL_MS
+        ]
+        state.suspects_dropped += len(state.suspects) - len(keep)
+        state.suspects = keep
+
+    def _adopt(self, state: SymbolContinuity, index: int, trade: Trade) -> Admission:
+        """``trade`` landed just beyond suspect ``index``: the jump was real."""
+        suspect = state.suspects.pop(index)
+        gap = None
+        last = state.last_id
+        if last is not None and suspect.trade_id > last + 1:
+            missed = TradeGap(trade.venue, trade.symbol, last + 1, suspect.trade_id - 1)
+            if state.anchored or missed.backfillable:
+                gap = self._open_gap(state, missed)
+            else:  # a lone first id far from the confirmed sequence was no sequence at all
+                state.suspects_dropped += 1
+        state.last_id = suspect.trade_id
+        state.anchored = True
+        counted = [suspect]
+        # Lower suspects now sit inside the gap just opened: they are some of its trades.
+        while state.suspects and state.suspects[0].trade_id < suspect.trade_id:
+            held = state.suspects.pop(0)
+            if self._fill(state, held.trade_id):
+                counted.append(held)
+        counted += self._release(state)
+        if trade.trade_id == state.last_id + 1:
+            state.last_id = trade.trade_id
+            counted.append(trade)
+            counted += self._release(state)
+        else:  # yet another jump: it waits for its own confirmation
+            self._hold(state, trade)
+        counted.sort(key=lambda t: t.trade_id)
+        return tuple(counted), gap
+
+    @staticmethod
+    def _release(state: SymbolContinuity) -> list[Trade]:
+        """Suspects that now continue the confirmed sequence."""
+        out = []
+        while state.suspects and state.last_id is not None:
+            head = state.suspects[0]
+            if head.trade_id != state.last_id + 1:
+                break
+            state.suspects.pop(0)
+            state.last_id = head.trade_id
+            out.append(head)
+        return out
+
+    @staticmethod
+    def _open_gap(state: SymbolContinuity, gap: TradeGap) -> TradeGap:
+        state.gaps += 1
+        if gap.backfillable:
+            state.open_gaps.append([gap.first_id, gap.last_id, gap.first_id])
+            state.remaining[gap.first_id] = gap.size
+        else:
+            state.lost_trades += gap.size
+        return gap
 
     def give_up(self, venue: str, symbol: str, first_id: int, last_id: int) -> int:
         """Declare ids in [first_id, last_id] lost (backfill failed); returns how many were open."""
@@ -116,6 +242,8 @@ class TradeContinuity:
                 "missing": s.missing,
                 "lost": s.lost_trades,
                 "duplicates": s.duplicates,
+                "suspects": len(s.suspects),
+                "suspects_dropped": s.suspects_dropped,
             }
             for (venue, symbol), s in sorted(self.symbols.items())
         }

@@ -173,6 +173,17 @@ class FeedGap:
     reason: str
 
 
+@dataclass(slots=True, frozen=True)
+class Heartbeat:
+    """A venue-wide sign of life with no market data (Coinbase ``heartbeats``): the socket that
+    carries the venue's trades is alive at ``ts_event``, even when nothing trades."""
+
+    venue: str
+    symbol: None  # every symbol of the venue's connection
+    ts_event: int
+    ts_recv: int
+
+
 Event = (
     Trade
     | MarkPrice
@@ -184,6 +195,7 @@ Event = (
     | LongShortRatio
     | TakerVolumeRatio
     | FeedGap
+    | Heartbeat
 )
 
 

@@ -23,7 +23,7 @@ from streams.coinbase import (
     rfc3339_ms,
     subscribe_messages,
 )
-from streams.events import BUY, COINBASE, SELL, DepthDiff, DepthSnapshot, Trade
+from streams.events import BUY, COINBASE, SELL, DepthDiff, DepthSnapshot, Heartbeat, Trade
 from streams.frames import IgnoredFrame, MalformedFrame, SkippedFrame
 from streams.tape import TapeRecord, TapeWriter, read_tape
 from tests.conftest import DATA
@@ -70,7 +70,7 @@ def test_every_recorded_frame_parses_or_is_ignored_with_a_reason() -> None:
         ("l2_data", "DepthDiff"): 773,
         ("ticker", "BookTicker"): 160,
         ("market_trades", "Trade"): 279,  # 59 frames, several trades each
-        ("heartbeats", "ignored:heartbeat"): 25,
+        ("heartbeats", "Heartbeat"): 25,  # a sign of life, no market data
         ("candles", "ignored:candles"): 6,
         ("subscriptions", "ignored:subscriptions"): 5,
     }
@@ -407,12 +407,6 @@ def test_malformed_frames_are_classified(frame: str, kind: str) -> None:
     ("frame", "kind", "detail"),
     [
         (
-            '{"channel":"heartbeats","timestamp":"2026-08-09T21:05:48.8Z","sequence_num":35,'
-            '"events":[{"current_time":"x","heartbeat_counter":41691}]}',
-            "heartbeat",
-            "",
-        ),
-        (
             '{"channel":"subscriptions","sequence_num":2,'
             '"events":[{"subscriptions":{"level2":["BTC-USD"]}}]}',
             "subscriptions",
@@ -506,3 +500,14 @@ def test_subscribe_messages_one_per_channel_exact_json() -> None:
         '{"type":"subscribe","product_ids":["SOL-USD"],"channel":"candles"}'
     ]
     assert WS_URL == "wss://advanced-trade-ws.coinbase.com"
+
+
+def test_a_heartbeat_is_a_sign_of_life_at_the_frame_time() -> None:
+    frame = (
+        '{"channel":"heartbeats","timestamp":"2026-08-09T21:05:48.8Z","sequence_num":35,'
+        '"events":[{"current_time":"x","heartbeat_counter":41691}]}'
+    )
+    # 2026-08-09T21:05:48.8Z by hand: 20674 days since the epoch, then 21:05:48.800.
+    day_ms = 20674 * 86_400_000
+    expected = day_ms + ((21 * 60 + 5) * 60 + 48) * 1000 + 800
+    assert parse_frame(COINBASE, frame, 7) == [Heartbeat(COINBASE, None, expected, 7)]

@@ -15,7 +15,14 @@ import pytest
 
 from streams import binance, coinbase
 from streams.book import BookSync
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE, BookTicker, DepthDiff
+from streams.events import (
+    BINANCE_SPOT,
+    BINANCE_USDM,
+    COINBASE,
+    BookTicker,
+    DepthDiff,
+    DepthSnapshot,
+)
 from streams.simulator import Simulator
 from tests.test_simulator import connect
 
@@ -138,7 +145,7 @@ async def test_coinbase_level2_snapshot_then_updates_and_ticker_matches_the_book
                         matched += 1
                 elif isinstance(event, DepthDiff):
                     assert sync.on_diff(event).applied == 1
-                else:
+                elif isinstance(event, DepthSnapshot):
                     result = sync.on_snapshot(event)
                     assert sync.synced and not result.gap
                     assert len(sync.book) == 2 * 201

@@ -230,8 +230,11 @@ def test_pipeline_routes_usdt_frames_to_the_rate_with_continuity_and_no_book() -
     assert (COINBASE, "USDT-USD") not in p.books  # no book: never resynced or subscribed
     assert p.take_requests() == []
 
-    # Ids 101-104 were missed: a backfill is asked for, as for any product; the new rate is used.
+    # Ids 101-104 were missed: once the next id confirms the jump, a backfill is asked for, as
+    # for any product; the new rate is used.
     p.feed_frame(COINBASE, cb_frame(1, ("USDT-USD", 105, "1.0003", 1200)), T0 + 1200)
+    assert p.take_requests() == []  # one frame's word is not enough
+    p.feed_frame(COINBASE, cb_frame(2, ("USDT-USD", 106, "1.0003", 1300)), T0 + 1300)
     assert p.take_requests() == [BackfillRequest(TradeGap(COINBASE, "USDT-USD", 101, 104))]
     v = published(p, T0 + 2000)
     # 77,990 x 1.0003 = 78,013.397: 78,010 - 78,013.397 = -3.397 USD.
