@@ -9,12 +9,19 @@ once entered and ``cooldown`` keeps a regime from re-entering right after it end
 Every change carries its reasons: for an entered regime, the conditions that held; for a return to
 ``neutral``, the conditions of the previous regime that stopped holding. Each reason reads as a
 true statement ``value op threshold``.
+
+``state()`` and ``restore()`` carry the regime in force (and the cooldowns under way) across a
+restart, as JSON-ready data. A restored regime is not re-entered, and it is not ended by the
+restart's warm-up either: while a signal its rule reads is still missing (the restarted windows
+are empty), the decision waits, for at most the grace the caller gives; then the first complete
+snapshot decides, on event time, whether it still holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from signals.engine import SignalSnapshot
 
@@ -61,6 +68,26 @@ class RegimeChange:
     since: int  # event time the regime was entered, ms
     reasons: tuple[Reason, ...]
     description: str
+
+
+def _reason_data(reason: Reason) -> dict[str, Any]:
+    """A reason as the MQTT payloads and the checkpoint write it."""
+    return {
+        "signal": reason.signal,
+        "value": reason.value,
+        "op": reason.op,
+        "threshold": reason.threshold,
+    }
+
+
+def _reason_from(data: Mapping[str, Any]) -> Reason:
+    value, threshold = data["value"], data["threshold"]
+    return Reason(
+        str(data["signal"]),
+        None if value is None else float(value),
+        str(data["op"]),
+        None if threshold is None else float(threshold),
+    )
 
 
 def _held(cond: Condition, value: float | None, active: bool) -> Reason:
@@ -112,9 +139,17 @@ class RegimeEngine:
         self.current: str | None = None
         self.since = 0
         self._ended_at: dict[str, int] = {}
+        # The regime in force as last published (what ``state`` saves and a restart republishes).
+        self._in_force: RegimeChange | None = None
+        # After ``restore``: how long (event ms) a restored regime waits for its signals, and
+        # the deadline, set by the first snapshot.
+        self._hold_ms: int | None = None
+        self._hold_until: int | None = None
 
     def evaluate(self, snap: SignalSnapshot) -> RegimeChange | None:
         ts, values = snap.ts_event, snap.lookup()
+        if self._holding(ts, values):
+            return None
         chosen: RegimeRule | None = None
         for rule in self.rules:
             active = rule.name == self.current
@@ -152,4 +187,66 @@ class RegimeEngine:
             ended = self._by_name.get(previous or "")
             reasons = _why_ended(ended, values) if ended else ()
             description = "no rule holds"
-        return RegimeChange(self.asset, name, previous, ts, reasons, description)
+        self._in_force = RegimeChange(self.asset, name, previous, ts, reasons, description)
+        return self._in_force
+
+    # -- restarts -------------------------------------------------------------------------------
+    def in_force(self) -> RegimeChange | None:
+        """The regime in force as it was published (None before the first snapshot)."""
+        return self._in_force
+
+    def state(self) -> dict[str, Any] | None:
+        """What a restart needs, JSON-ready: the regime in force as published, and when each
+        rule last ended (its cooldown). None before the first snapshot."""
+        change = self._in_force
+        if change is None:
+            return None
+        return {
+            "regime": change.regime,
+            "previous": change.previous,
+            "since": change.since,
+            "reasons": [_reason_data(r) for r in change.reasons],
+            "description": change.description,
+            "ended_at": dict(self._ended_at),
+        }
+
+    def restore(self, state: Mapping[str, Any], hold_ms: int = 0) -> None:
+        """Continue from ``state()`` output. ``hold_ms``: for at most this long (event time,
+        from the first snapshot) a restored regime whose signals are still missing is kept
+        rather than ended: a restart's empty windows are not evidence that it ended. Raises
+        ``ValueError`` (engine unchanged) for a state that does not fit the rules."""
+        try:
+            name, since = str(state["regime"]), int(state["since"])
+            previous = state["previous"]
+            change = RegimeChange(
+                self.asset,
+                name,
+                None if previous is None else str(previous),
+                since,
+                tuple(_reason_from(r) for r in state["reasons"]),
+                str(state["description"]),
+            )
+            ended = {str(k): int(v) for k, v in dict(state.get("ended_at") or {}).items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{self.asset}: unreadable regime state ({exc!r})") from None
+        if name != NEUTRAL and name not in self._by_name:
+            raise ValueError(f"{self.asset}: regime {name!r} is no longer among the rules")
+        self.current, self.since, self._in_force = name, since, change
+        # Cooldowns of rules that no longer exist mean nothing.
+        self._ended_at = {k: v for k, v in ended.items() if k in self._by_name}
+        self._hold_ms, self._hold_until = max(0, hold_ms), None
+
+    def _holding(self, ts: int, values: dict[str, float | None]) -> bool:
+        """True while a restored regime waits for its signals (see ``restore``)."""
+        if self._hold_ms is None:
+            return False
+        if self._hold_until is None:
+            self._hold_until = ts + self._hold_ms
+        rule = self._by_name.get(self.current or "")
+        waiting = rule is not None and any(
+            values.get(c.signal) is None for c in (*rule.all, *rule.any)
+        )
+        if waiting and ts < self._hold_until:
+            return True
+        self._hold_ms = self._hold_until = None  # from now on, every snapshot decides
+        return False
