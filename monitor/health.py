@@ -93,6 +93,7 @@ class Health:
     ignored: Counter[tuple[str, str]] = field(default_factory=Counter)
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (venue, kind)
     outbox_depth: int = 0
+    silence_ms: int = 15_000  # a socket without a frame for this long is listed as silent
     publish_latency: LatencyWindow = field(default_factory=LatencyWindow)
     _rate_mark: tuple[int, int] | None = None  # (time ms, total frames) at the last report
     # (venue, kind) -> (receive time of the last WARNING, count at that time)
@@ -144,6 +145,12 @@ class Health:
         self._rate_mark = (now_ms, total)
         return {
             "streams": {name: _link_report(s, now_ms) for name, s in sorted(self.streams.items())},
+            # Named, so that a venue that never connects or went quiet is visible at a glance.
+            "silent_streams": [
+                name
+                for name, s in sorted(self.streams.items())
+                if s.last_frame_recv_ms is None or now_ms - s.last_frame_recv_ms > self.silence_ms
+            ],
             "frames": dict(self.frames),
             "rest_bodies": dict(self.rest_bodies),
             "msgs_per_s": rate,
