@@ -297,13 +297,16 @@ def test_a_venue_that_dies_midway_goes_missing_after_the_silence_limit(
     tape: list[TapeRecord], control: Run
 ) -> None:
     """Coinbase stops at 60 s and never returns: its buckets after the last frame are missing,
-    so its 30 s window falls below coverage and its imbalance goes null instead of reading as
-    a market where nobody trades on Coinbase."""
+    so its 30 s window falls below coverage, and the all-venue signals go null instead of
+    becoming the sum of the Binance venues (a market where nobody trades on Coinbase)."""
     start = tape[1].ts
     run = Run(without(tape, lambda r: r.src == COINBASE and r.ts > start + 60 / 8))
-    values = [s["taker_imbalance_coinbase"]["value"] for s in run.signals()]
-    assert values[-1] is None and values[-30:] == [None] * 30
-    assert any(v is not None for v in values)
+    signals = run.signals()
+    for name in ("taker_imbalance_coinbase", *COMBINED):
+        values = [s[name]["value"] for s in signals]
+        assert any(v is not None for v in values), name
+        assert values[-30:] == [None] * 30, name
+    assert all(s["taker_imbalance_perp"]["value"] is not None for s in signals[-30:])
 
 
 def test_a_spot_only_recording_publishes_no_perp_signal() -> None:
