@@ -50,11 +50,13 @@ BOOK_LEVEL = "book_level"
 # of times the largest single trade.
 OI_NOTIONAL_FACTOR = 1_000.0
 
-# Clock offset: the median of the last OFFSET_SAMPLES frames (every frame, rejected ones too: a
-# single forged time cannot move a median, and a venue whose clock really differs is followed
-# within a few frames). Recomputed every OFFSET_EVERY frames, which keeps it off the per-frame
-# bill; offset 0 until OFFSET_MIN frames are in.
+# Clock offset: the median of the last OFFSET_SAMPLES measured frames (every OFFSET_STRIDE-th
+# frame of the venue, rejected ones too: a single forged time cannot move a median, and a venue
+# whose clock really differs is followed within a few dozen frames). Recomputed every
+# OFFSET_EVERY samples, which keeps it off the per-frame bill; offset 0 until OFFSET_MIN samples
+# are in.
 OFFSET_SAMPLES = 31
+OFFSET_STRIDE = 2
 OFFSET_EVERY = 8
 OFFSET_MIN = 5
 
@@ -82,135 +84,135 @@ class Rejection:
 class _ClockOffset:
     """A venue's typical (event − receive) time: its clock offset plus the feed's latency."""
 
-    __slots__ = ("_ring", "_seen", "offset")
+    __slots__ = ("_ring", "_samples", "frames", "offset")
 
     def __init__(self) -> None:
         self._ring: list[int] = []
-        self._seen = 0
+        self._samples = 0
+        self.frames = 0
         self.offset = 0
 
     def observe(self, delta_ms: int) -> None:
-        seen = self._seen
-        if len(self._ring) < OFFSET_SAMPLES:
+        n = self._samples
+        if n < OFFSET_SAMPLES:
             self._ring.append(delta_ms)
         else:
-            self._ring[seen % OFFSET_SAMPLES] = delta_ms
-        self._seen = seen + 1
-        if self._seen >= OFFSET_MIN and (self._seen % OFFSET_EVERY == 0 or seen < OFFSET_MIN):
+            self._ring[n % OFFSET_SAMPLES] = delta_ms
+        self._samples = n = n + 1
+        if n >= OFFSET_MIN and (n % OFFSET_EVERY == 0 or n == OFFSET_MIN):
             ordered = sorted(self._ring)
             self.offset = ordered[len(ordered) // 2]
 
 
 class _Reference:
-    """An asset's reference price."""
+    """An asset's reference price, and the band around it that prices must lie in."""
 
-    __slots__ = ("_batch", "price")
+    __slots__ = ("_batch", "band", "high", "low", "price")
 
-    def __init__(self) -> None:
+    def __init__(self, band: float) -> None:
         self._batch: list[float] = []
+        self.band = band
         self.price: float | None = None
+        self.low, self.high = 0.0, math.inf  # everything, until there is a reference
 
     def observe(self, price: float) -> None:
         batch = self._batch
         batch.append(price)
         if len(batch) >= REFERENCE_BATCH:
-            self.price = sorted(batch)[len(batch) // 2]
+            self._set(sorted(batch)[len(batch) // 2])
             batch.clear()
         elif self.price is None and len(batch) >= REFERENCE_MIN:
-            self.price = sorted(batch)[len(batch) // 2]
+            self._set(sorted(batch)[len(batch) // 2])
+
+    def _set(self, price: float) -> None:
+        self.price = price
+        self.low, self.high = price * (1 - self.band), price * (1 + self.band)
+
+
+@dataclass(slots=True)
+class _Subject:
+    """What the guard knows about one subscribed (venue, symbol)."""
+
+    clock: _ClockOffset  # its venue's
+    reference: _Reference  # its asset's, shared by the asset's venues
 
 
 class EventGuard:
     """Judges events; ``check`` returns why one must be rejected, or None to let it through."""
 
-    def __init__(
-        self,
-        limits: GuardLimits,
-        symbols: dict[str, set[str]],
-        reference_of: dict[tuple[str, str], str],
-    ) -> None:
-        """``symbols``: venue -> the symbols subscribed there. ``reference_of``: (venue, symbol)
-        -> the name of the reference price it shares (its asset's; USDT-USD has its own)."""
+    def __init__(self, limits: GuardLimits, reference_of: dict[tuple[str, str], str]) -> None:
+        """``reference_of``: every subscribed (venue, symbol) -> the name of the reference price
+        it shares (its asset's; USDT-USD has its own). Anything else is an unknown symbol."""
         self.limits = limits
-        self.symbols = symbols
-        self._clocks: dict[str, _ClockOffset] = {}
-        self._refs: dict[tuple[str, str], _Reference] = {}
-        shared: dict[str, _Reference] = {}
-        for key, name in reference_of.items():
-            self._refs[key] = shared.setdefault(name, _Reference())
+        # The bounds as plain attributes: they are read for every event.
+        self._max_ahead, self._max_behind = limits.max_ahead_ms, limits.max_behind_ms
+        self._max_notional = limits.max_notional
+        self._clocks = {venue: _ClockOffset() for venue, _ in reference_of}
+        references: dict[str, _Reference] = {}
+        self._subjects: dict[str, dict[str, _Subject]] = {venue: {} for venue in self._clocks}
+        for (venue, symbol), name in reference_of.items():
+            reference = references.setdefault(name, _Reference(limits.price_band))
+            self._subjects[venue][symbol] = _Subject(self._clocks[venue], reference)
 
     def clock_offset_ms(self, venue: str) -> int:
         clock = self._clocks.get(venue)
         return 0 if clock is None else clock.offset
 
     def observe_frame(self, venue: str, events: list[Event]) -> None:
-        """A websocket frame's newest event measures the venue's clock offset."""
-        if not events:
+        """Every OFFSET_STRIDE-th websocket frame's newest event measures the venue's clock,
+        unless its time is the receive time (Binance spot's bookTicker carries no time of its
+        own: the parser stamps it with the receive time, which measures nothing)."""
+        clock = self._clocks.get(venue)
+        if clock is None or not events:
             return
         event = events[-1]
-        clock = self._clocks.get(venue)
-        if clock is None:
-            clock = self._clocks[venue] = _ClockOffset()
-        clock.observe(event.ts_event - event.ts_recv)
+        delta = event.ts_event - event.ts_recv
+        if delta:
+            clock.frames += 1
+            if clock.frames % OFFSET_STRIDE == 1:
+                clock.observe(delta)
 
     def check(self, venue: str, event: Event) -> Rejection | None:
         symbol = event.symbol
-        if symbol is not None and symbol not in self.symbols.get(venue, ()):
+        subjects = self._subjects.get(venue)
+        if subjects is None:
+            return Rejection(UNKNOWN_SYMBOL, f"{symbol} (venue not collected)")
+        subject = None if symbol is None else subjects.get(symbol)
+        if subject is None and symbol is not None:
             return Rejection(UNKNOWN_SYMBOL, symbol)
-        limits = self.limits
         ahead = event.ts_event - event.ts_recv
-        clock = self._clocks.get(venue)
-        if ahead > (0 if clock is None else clock.offset) + limits.max_ahead_ms:
+        if ahead > self._clocks[venue].offset + self._max_ahead:
             return Rejection(FUTURE_TS, f"{symbol} {ahead / 1000:.1f} s ahead of its receipt")
-        if -ahead > limits.max_behind_ms:
+        if -ahead > self._max_behind:
             return Rejection(STALE_TS, f"{symbol} {-ahead / 1000:.0f} s behind its receipt")
-        if isinstance(event, Trade | Liquidation):
-            return self._priced(venue, symbol, event.price, event.qty)
-        if isinstance(event, MarkPrice):
-            return self._priced(venue, symbol, event.mark_price, 0.0)
-        if isinstance(event, OpenInterest):
-            return self._open_interest(venue, symbol, event.open_interest)
-        if isinstance(event, BookTicker) and not (
-            self._in_band(venue, symbol, event.bid) and self._in_band(venue, symbol, event.ask)
-        ):
-            return Rejection(PRICE_BAND, f"{symbol} ticker {event.bid:g}/{event.ask:g}")
-        return None
-
-    def _priced(self, venue: str, symbol: str | None, price: float, qty: float) -> Rejection | None:
-        ref = self._refs.get((venue, symbol or ""))
-        notional = price * qty
-        if not notional <= self.limits.max_notional:  # also catches inf and NaN
-            return Rejection(NOTIONAL, f"{symbol} {price:g} x {qty:g}")
-        if ref is None:
+        if subject is None:  # a venue-wide event (a heartbeat): no price to judge
             return None
-        reference = ref.price
-        ref.observe(price)
-        band = self.limits.price_band
-        if reference is not None and not (
-            reference * (1 - band) <= price <= reference * (1 + band)
-        ):
-            return Rejection(PRICE_BAND, f"{symbol} {price:g} against {reference:g}")
+        cls = event.__class__  # exact class checks: this is the per-event path
+        if cls is Trade or cls is Liquidation:
+            return self._priced(subject.reference, event.price, event.qty)
+        if isinstance(event, MarkPrice):
+            return self._priced(subject.reference, event.mark_price, 0.0)
+        if isinstance(event, OpenInterest):
+            return self._open_interest(subject, event.open_interest)
+        if isinstance(event, BookTicker):
+            ref = subject.reference
+            if not (ref.low <= event.bid <= ref.high and ref.low <= event.ask <= ref.high):
+                return Rejection(PRICE_BAND, f"{symbol} ticker {event.bid:g}/{event.ask:g}")
         return None
 
-    def _bounds(self, venue: str, symbol: str | None) -> tuple[float, float]:
-        """The plausible price range for a symbol; everything while it has no reference."""
-        ref = self._refs.get((venue, symbol or ""))
-        reference = None if ref is None else ref.price
-        if reference is None:
-            return 0.0, math.inf
-        band = self.limits.price_band
-        return reference * (1 - band), reference * (1 + band)
+    def _priced(self, ref: _Reference, price: float, qty: float) -> Rejection | None:
+        if not price * qty <= self._max_notional:  # also catches inf and NaN
+            return Rejection(NOTIONAL, f"{price:g} x {qty:g}")
+        low, high = ref.low, ref.high  # the band before this price joins the reference
+        ref.observe(price)
+        if not low <= price <= high:
+            return Rejection(PRICE_BAND, f"{price:g} against {ref.price:g}")
+        return None
 
-    def _in_band(self, venue: str, symbol: str | None, price: float) -> bool:
-        low, high = self._bounds(venue, symbol)
-        return low <= price <= high
-
-    def _open_interest(self, venue: str, symbol: str | None, contracts: float) -> Rejection | None:
-        ref = self._refs.get((venue, symbol or ""))
-        price = None if ref is None else ref.price
-        worth = contracts * (price or 1.0)
-        if not worth <= self.limits.max_notional * OI_NOTIONAL_FACTOR:
-            return Rejection(NOTIONAL, f"{symbol} open interest {contracts:g}")
+    def _open_interest(self, subject: _Subject, contracts: float) -> Rejection | None:
+        worth = contracts * (subject.reference.price or 1.0)
+        if not worth <= self._max_notional * OI_NOTIONAL_FACTOR:
+            return Rejection(NOTIONAL, f"open interest {contracts:g}")
         return None
 
     def book_levels(
@@ -219,8 +221,11 @@ class EventGuard:
         """None when every level is plausible (nearly always: one pass, no copies); otherwise
         the bids and asks without the implausible levels (bids above the band, asks below
         it, levels above the notional cap), and how many were dropped."""
-        low, high = self._bounds(venue, event.symbol)
-        cap = self.limits.max_notional
+        subject = self._subjects.get(venue, {}).get(event.symbol)
+        low, high = (
+            (0.0, math.inf) if subject is None else (subject.reference.low, subject.reference.high)
+        )
+        cap = self._max_notional
         bids, asks = event.bids, event.asks
         if _plausible(bids, 0.0, high, cap) and _plausible(asks, low, math.inf, cap):
             return None

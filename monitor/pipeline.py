@@ -365,21 +365,20 @@ class Pipeline:
 
 def _guard(config: Config, symbols: dict[str, dict[str, str]]) -> EventGuard:
     """The plausibility guard for the configured symbols (and the USDT-USD reference)."""
-    g = config.guards
-    subscribed: dict[str, set[str]] = {}
-    reference_of: dict[tuple[str, str], str] = {}
-    for asset, venues in symbols.items():
-        for venue, symbol in venues.items():
-            subscribed.setdefault(venue, set()).add(symbol)
-            reference_of[(venue, symbol)] = asset
+    reference_of = {
+        (venue, symbol): asset
+        for asset, venues in symbols.items()
+        for venue, symbol in venues.items()
+    }
     usdt = config.signals.usdt_usd_product
-    if usdt and COINBASE in subscribed:  # its trades come on the Coinbase socket
-        subscribed[COINBASE].add(usdt)
+    if usdt and any(venue == COINBASE for venue, _ in reference_of):
+        # Collected on the Coinbase socket (its trades only), priced around 1, not an asset's.
         reference_of.setdefault((COINBASE, usdt), usdt)
+    g = config.guards
     limits = GuardLimits(
         max_ahead_ms=round(g.max_ahead * 1000),
         max_behind_ms=round(g.max_behind * 1000),
         price_band=g.price_band,
         max_notional=g.max_notional,
     )
-    return EventGuard(limits, subscribed, reference_of)
+    return EventGuard(limits, reference_of)

@@ -250,7 +250,9 @@ class AssetSignals:
                 self._silence_marked[venue] = boundary_ms
 
     def on_trade(self, trade: Trade) -> None:
-        self.heard(trade.venue, trade.ts_event)
+        last = self.heard_ms.get(trade.venue)
+        if last is None or trade.ts_event > last:  # ``heard``, inline: the per-trade path
+            self.heard(trade.venue, trade.ts_event)
         notional = trade.price * trade.qty
         window = self.flow.get(trade.venue)
         if window is not None:
@@ -578,19 +580,18 @@ class SignalEngine:
 
     def on_event(self, event: Event) -> list[SignalSnapshot]:
         snapshots = self._tick(event.ts_event)
-        if isinstance(event, FeedGap):
+        cls = event.__class__  # exact class checks: this is the per-event path
+        if cls is FeedGap or cls is Heartbeat:  # venue-wide, or several symbols at once
             for (venue, symbol), state in self._route.items():
                 if venue == event.venue and event.symbol in (None, symbol):
-                    state.on_gap(event)
-            return snapshots
-        if isinstance(event, Heartbeat):  # venue-wide: every asset on that venue
-            for (venue, _symbol), state in self._route.items():
-                if venue == event.venue:
-                    state.on_book_event(event)
+                    if cls is FeedGap:
+                        state.on_gap(event)
+                    else:
+                        state.on_book_event(event)
             return snapshots
         key = (event.venue, event.symbol)
         state = self._route.get(key)
-        if key == self._usdt_key and isinstance(event, Trade):
+        if key == self._usdt_key and cls is Trade:
             # The USDT price, not an asset's (unless an asset maps the product too).
             self._on_usdt_trade(event)
             if state is None:
@@ -598,7 +599,7 @@ class SignalEngine:
         if state is None:
             self.unrouted += 1
             return snapshots
-        handler = _HANDLERS.get(event.__class__)  # one lookup: this is the per-frame path
+        handler = _HANDLERS.get(cls)  # one lookup: this is the per-frame path
         if handler is not None:
             handler(state, event)
         return snapshots
