@@ -258,11 +258,12 @@ class BucketWindow:
         self._flush()
         head = -1 if self._head is None else self._head
         first = -1 if self._first is None else self._first
+        sums, filled = _without_poison(self._sums, self._filled)
         return {
             "shape": np.array([self.span_ms, self.bucket_ms, self._sums.shape[1]]),
             "marks": np.array([head, first, self._advances_since_exact, self.late_dropped]),
-            "sums": self._sums.copy(),
-            "filled": self._filled.copy(),
+            "sums": sums,
+            "filled": filled,
             "missing": self._missing.copy(),
         }
 
@@ -275,12 +276,9 @@ class BucketWindow:
             if state[key].shape != getattr(window, f"_{key}").shape:
                 raise ValueError(f"checkpoint array {key!r} has shape {state[key].shape}")
         head, first, advances, late = (int(x) for x in state["marks"])
-        window._sums = state["sums"].astype(float, copy=True)
-        window._filled = state["filled"].astype(bool, copy=True)
-        # A non-finite sum can only come from a poisoned feed: never carry it across a restart.
-        poisoned = ~np.isfinite(window._sums).all(axis=1)
-        window._sums[poisoned] = 0.0
-        window._filled[poisoned] = False
+        window._sums, window._filled = _without_poison(
+            state["sums"].astype(float), state["filled"].astype(bool)
+        )
         window._missing = state["missing"].astype(bool, copy=True)
         window._head = None if head < 0 else head
         window._first = None if first < 0 else first
@@ -293,3 +291,14 @@ class BucketWindow:
     def end_ms(self) -> int | None:
         """Exclusive end (event time) of the newest bucket."""
         return None if self._head is None else (self._head + 1) * self.bucket_ms
+
+
+def _without_poison(sums: np.ndarray, filled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of a window's slots without non-finite rows. Such a row can only come from a
+    poisoned feed (the guards and ``Baseline.observe`` keep them out): it is never written to
+    a checkpoint nor restored from one, where it would spoil 90 days of moments."""
+    sums, filled = sums.copy(), filled.copy()
+    poisoned = ~np.isfinite(sums).all(axis=1)
+    sums[poisoned] = 0.0
+    filled[poisoned] = False
+    return sums, filled

@@ -338,7 +338,7 @@ def test_baseline_moments_stay_finite_at_the_float_limit() -> None:
     assert b.n_obs == 4  # neither inf nor NaN became a sample
 
 
-def test_a_checkpoint_never_restores_a_poisoned_sample() -> None:
+def test_a_checkpoint_never_saves_nor_restores_a_poisoned_sample() -> None:
     w = BucketWindow(10_000, 1_000, channels=1)
     for t, v in ((0, 1.0), (1_000, 2.0), (2_000, 3.0)):
         w.add(t, (v,))
@@ -347,3 +347,7 @@ def test_a_checkpoint_never_restores_a_poisoned_sample() -> None:
     restored = BucketWindow.from_state(state)
     assert restored.samples()[:, 0].tolist() == [1.0, 3.0]
     assert float(restored.totals()[0]) == 4.0
+    # Nor is one ever saved: a window that somehow holds one writes it out as an empty slot.
+    w._sums[1, 0] = math.nan
+    saved = w.state()
+    assert np.isfinite(saved["sums"]).all() and saved["filled"].tolist()[:3] == [True, False, True]
