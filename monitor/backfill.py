@@ -11,7 +11,9 @@ What is fetched per asset (reference §3): Binance spot and USDⓈ-M 1-minute kl
 ``oi_change_pct_24h`` has at most 30 days of backfilled samples: its ``n_obs`` and ``warmup`` say
 so). Everything fetched is cached in ``<state.dir>/history/<instance>-<ASSET>.npz``; a restart
 fetches only what the cache lacks: the time since the last run, then any older days still
-missing. Requests go through the venues' ``RestClient``s, which keep Binance's weight budget and
+missing. The cache records the venue endpoints it was fetched from: a cache from other endpoints
+(the simulator's history, say) is set aside, never mixed into a real market's baselines.
+Requests go through the venues' ``RestClient``s, which keep Binance's weight budget and
 Coinbase's request rate.
 """
 
@@ -28,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from monitor.config import AssetConfig, Config
-from monitor.state import StateError, load_checkpoint, save_checkpoint
+from monitor.state import (
+    StateError,
+    endpoint_differences,
+    load_checkpoint,
+    origin,
+    put_aside,
+    save_checkpoint,
+)
 from signals.backfill import AssetHistory
 from signals.engine import SignalEngine
 from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE, Bars, Points
@@ -177,6 +186,7 @@ class Backfill:
         self.start_ms = self.window_start_ms - lead_ms  # for the series that need a lead
         self.dir = Path(config.state.dir) / "history"
         self.plans = {name: plan(asset) for name, asset in config.assets.items()}
+        self.origin = origin(config)
         self.stored = {name: self._load(name, series) for name, series in self.plans.items()}
         self.progress = Progress()
         self.added: dict[str, dict[str, int]] = {name: {} for name in self.plans}
@@ -188,6 +198,10 @@ class Backfill:
     def _path(self, asset: str) -> Path:
         return self.dir / f"{self.config.instance}-{asset}.npz"
 
+    def _origin(self, asset: str) -> dict[str, Any]:
+        """Where this asset's history comes from: the endpoints and the asset's symbols."""
+        return {"venues": self.origin["venues"], "assets": {asset: self.origin["assets"][asset]}}
+
     def _load(self, asset: str, plans: list[Series]) -> dict[str, Stored]:
         fresh = {s.kind: Stored(_empty(s), 0, 0) for s in plans}
         path = self._path(asset)
@@ -196,6 +210,18 @@ class Backfill:
         except StateError as exc:
             if path.exists():
                 log.warning("%s; fetching its history again", exc)
+            return fresh
+        differs = endpoint_differences(meta.get("origin"), self._origin(asset))
+        if differs:
+            # Another market's history (the simulator's, a testnet's) must not fill this one's
+            # baselines; a changed symbol alone is handled per series below.
+            log.warning(
+                "history cache %s was fetched elsewhere (%s): %s; fetching %s's history again",
+                path,
+                "; ".join(differs),
+                put_aside(path),
+                asset,
+            )
             return fresh
         for s in plans:
             entry = meta.get("series", {}).get(s.kind)
@@ -228,7 +254,8 @@ class Backfill:
                 for s in self.plans[asset]
             }
             try:
-                save_checkpoint(self._path(asset), arrays, {"series": series})
+                meta = {"series": series, "origin": self._origin(asset)}
+                save_checkpoint(self._path(asset), arrays, meta)
             except OSError as exc:
                 log.error("could not write the history cache %s: %s", self._path(asset), exc)
         self._saved_at = time.monotonic()

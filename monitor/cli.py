@@ -105,7 +105,9 @@ def cmd_record(args: argparse.Namespace) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         _install_stop(stop)
-        daemon = Daemon(config, recorder=recorder, publish=False)
+        # No checkpoint, no history cache: a daemon may run on this same config, and its
+        # state files are its own (the tape does not depend on the engine's state).
+        daemon = Daemon(config, recorder=recorder, publish=False, stateful=False)
         task = asyncio.create_task(daemon.run(stop))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + args.duration if args.duration else None
@@ -170,6 +172,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         faults=frozenset(args.fault or ()),
         fault_every=args.fault_every,
         fault_symbol=args.fault_symbol,
+        unknown_symbols=args.unknown_symbols,
+        dead_venues=args.dead_venue or (),
     )
 
     async def main() -> int:
@@ -292,7 +296,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from streams.simulator.faults import FAULTS
+    from streams.simulator.faults import DEAD_VENUES, FAULTS, UNKNOWN_SYMBOLS
 
     p = argparse.ArgumentParser(
         prog="tapewatch",
@@ -337,7 +341,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="inject a fault every --fault-every seconds (repeatable): drop = cut every socket; "
         "stall = silence one cadenced stream; skip_depth = skip a book update; duplicate / "
         "reorder = repeat or swap trade frames; malformed = bad frames; rest_429 / rest_418 = "
-        "rate-limit or ban REST",
+        "rate-limit or ban REST; hostile = well-formed but implausible extra frames, one kind "
+        "in turn (a trade ten years ahead, trade ids 1e9 and 50 ahead, price and quantity "
+        "1e200 and 1e150, a burst of --unknown-symbols symbols nobody subscribed)",
+    )
+    sim.add_argument(
+        "--unknown-symbols",
+        type=int,
+        default=UNKNOWN_SYMBOLS,
+        metavar="N",
+        help=f"new symbols in each burst of the hostile fault [{UNKNOWN_SYMBOLS}]",
+    )
+    sim.add_argument(
+        "--dead-venue",
+        action="append",
+        choices=sorted(DEAD_VENUES),
+        help="refuse every websocket of this venue (or venue/path) with HTTP 451, so it never "
+        "connects; REST stays up (repeatable)",
     )
     sim.add_argument(
         "--fault-symbol",

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -29,7 +30,23 @@ from monitor.health import Health
 from monitor.mqtt import Publisher
 from monitor.pipeline import BackfillRequest, Pipeline, Request, ResubscribeRequest, SnapshotRequest
 from monitor.recorder import Recorder
-from monitor.state import StateError, load_checkpoint, save_checkpoint
+from monitor.restart import (
+    audit_outbox,
+    hold_ms,
+    outbox_marks,
+    regime_states,
+    take_over_regimes,
+)
+from monitor.state import (
+    StateError,
+    asset_differences,
+    endpoint_differences,
+    load_checkpoint,
+    origin,
+    put_aside,
+    save_checkpoint,
+)
+from signals.regimes import RegimeChange
 from streams import binance, coinbase
 from streams.connection import (
     Backoff,
@@ -81,13 +98,20 @@ def _chunks(symbols: list[str], per_symbol: int) -> Iterator[list[str]]:
 
 class Daemon:
     def __init__(
-        self, config: Config, recorder: Recorder | None = None, publish: bool = True
+        self,
+        config: Config,
+        recorder: Recorder | None = None,
+        publish: bool = True,
+        stateful: bool = True,
     ) -> None:
+        """``stateful=False`` (``tapewatch record``): no checkpoint is restored or written and
+        no history is backfilled, so the state files of a daemon on the same config are never
+        touched; what the collectors receive (the tape) does not depend on that state."""
         self.config = config
         self.recorder = recorder
         self.session = uuid.uuid4().hex[:12]
         self.started_ms = wall_ms()
-        self.health = Health()
+        self.health = Health(silence_ms=round(config.collector.silence_timeout * 1000))
         self.pipeline = Pipeline.for_session(
             config, self.session, __version__, self.started_ms, self.health
         )
@@ -118,7 +142,17 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self.checkpoint_path = Path(config.state.dir) / f"{config.instance}.npz"
         self._saving = asyncio.Lock()
-        self._restore()
+        self.stateful = stateful
+        self.origin = origin(config)
+        # Regime changes are checkpointed at once (in the background), not only periodically.
+        self._regime_topics = frozenset(builder.topics.regime(a) for a in config.assets)
+        # Checkpoints are numbered when taken, so an older one never replaces a newer on disk.
+        self._taken = self._written = 0
+        self._write_lock = threading.Lock()
+        self.outbox_lost = 0  # events lost from the outbox before this start (health topic)
+        self.restored_regimes: list[RegimeChange] = []  # republished at start
+        if stateful:
+            self._restore()
 
     # -- wiring ---------------------------------------------------------------------------------
     def _symbols(self, venue_key: str) -> list[str]:
@@ -206,12 +240,48 @@ class Daemon:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _restore(self) -> None:
+        existed = self.checkpoint_path.exists()
+        meta = self._restore_baselines()
+        outbox = self.publisher.outbox if self.publisher is not None else None
+        if meta is not None:
+            self.outbox_lost = audit_outbox(outbox, meta.get("outbox"), self.checkpoint_path)
+        # Without any checkpoint the outbox alone says which regimes were last announced.
+        saved = meta if meta is not None else (None if existed else {})
+        self.restored_regimes = take_over_regimes(
+            self.pipeline, saved, outbox, hold_ms(self.config)
+        )
+
+    def _restore_baselines(self) -> dict[str, Any] | None:
+        """Restore the engine from the checkpoint; returns its metadata, or None when there is
+        none that may be used (missing, damaged, or from other venue endpoints)."""
         try:
             arrays, meta = load_checkpoint(self.checkpoint_path)
         except StateError as exc:
             if self.checkpoint_path.exists():
                 log.warning("%s: starting the baselines afresh", exc)
-            return
+            return None
+        recorded = meta.get("origin")
+        differs = endpoint_differences(recorded, self.origin)
+        if differs:
+            log.warning(
+                "checkpoint %s came from other venue endpoints (%s): %s; starting afresh",
+                self.checkpoint_path,
+                "; ".join(differs),
+                put_aside(self.checkpoint_path),
+            )
+            return None
+        changed = asset_differences(recorded, self.origin)
+        if changed:
+            log.warning(
+                "checkpoint %s: %s; those assets start afresh, the file is %s",
+                self.checkpoint_path,
+                "; ".join(changed.values()),
+                put_aside(self.checkpoint_path),
+            )
+            arrays = {k: v for k, v in arrays.items() if k.split("/", 1)[0] not in changed}
+            regimes = meta.get("regimes")
+            if isinstance(regimes, dict):
+                meta["regimes"] = {a: r for a, r in regimes.items() if a not in changed}
         skipped = self.pipeline.engine.restore(arrays)
         log.info(
             "restored baselines from %s (saved %s by session %s)%s",
@@ -220,6 +290,7 @@ class Daemon:
             meta.get("session"),
             f"; afresh (config changed): {', '.join(skipped)}" if skipped else "",
         )
+        return meta
 
     def save_checkpoint(self) -> None:
         self._write_checkpoint(*self._checkpoint_state())
@@ -232,14 +303,31 @@ class Daemon:
             await asyncio.to_thread(self._write_checkpoint, *state)
 
     def _checkpoint_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        meta = {"instance": self.config.instance, "session": self.session, "saved_ms": wall_ms()}
+        self._taken += 1
+        meta: dict[str, Any] = {
+            "instance": self.config.instance,
+            "session": self.session,
+            "saved_ms": wall_ms(),
+            "number": self._taken,
+            "origin": self.origin,
+            "regimes": regime_states(self.pipeline),
+        }
+        marks = outbox_marks(self.publisher.outbox if self.publisher is not None else None)
+        if marks is not None:
+            meta["outbox"] = marks.as_data()
         return self.pipeline.engine.checkpoint(), meta
 
     def _write_checkpoint(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
-        try:
-            save_checkpoint(self.checkpoint_path, arrays, meta)
-        except OSError as exc:
-            log.error("could not write checkpoint %s: %s", self.checkpoint_path, exc)
+        # A background write still in its thread at shutdown must not land after the final,
+        # newer checkpoint: writes are serialised, and a state older than the file is dropped.
+        with self._write_lock:
+            if meta["number"] < self._written:
+                return
+            try:
+                save_checkpoint(self.checkpoint_path, arrays, meta)
+                self._written = meta["number"]
+            except OSError as exc:
+                log.error("could not write checkpoint %s: %s", self.checkpoint_path, exc)
 
     async def _checkpoints(self) -> None:
         while True:
@@ -266,21 +354,25 @@ class Daemon:
         )
         named = [(c.run(), c.name) for c in self.connections]
         if self.publisher is not None:
+            self._republish_restored()
             named += [(self.publisher.run(), "publisher"), (self._report_health(), "health")]
-        named += [(self._consume(), "consumer"), (self._checkpoints(), "checkpoints")]
+        named += [(self._consume(), "consumer")]
+        if self.stateful:
+            named += [(self._checkpoints(), "checkpoints")]
         named += [(poller, "poller") for poller in self._pollers()]
         _freeze_long_lived_objects()  # again after the backfill, which adds the history
         # Supervised by hand rather than by a TaskGroup, so that shutdown is bounded even when
         # a task swallows its cancellation (see streams/tasks.py).
         tasks = [asyncio.create_task(coro, name=name) for coro, name in named]
-        if self.config.signals.backfill:
+        if self.stateful and self.config.signals.backfill:
             self._spawn(self._backfill_history(), "backfill")
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
             done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
             ended = [t for t in done if t is not stopping]  # tasks meant to run until stopped
             log.info("stopping")
-            self.save_checkpoint()
+            if self.stateful:
+                self.save_checkpoint()
             if ended:
                 task = ended[0]
                 error = None if task.cancelled() else task.exception()
@@ -297,6 +389,15 @@ class Daemon:
                 self.recorder.close()
             if self.broker is not None:
                 await self.broker.stop()
+
+    def _republish_restored(self) -> None:
+        """The restored regimes, retained, as they were (same regime, since and reasons): the
+        broker's retained message may be gone, and the new session owns it now. No event: a
+        restart is not a change."""
+        assert self.publisher is not None
+        now = wall_ms()
+        for change in self.restored_regimes:
+            self.publisher.publish(self.pipeline.builder.regime_state(change, now))
 
     async def _publish(self, msgs: list[Any], received_ms: int) -> None:
         """Hand ``msgs`` to the publisher; ``received_ms`` is when the queue item that caused
@@ -331,8 +432,16 @@ class Daemon:
                     msgs = pipeline.control(item.venue, item.ctl)
                 if msgs:  # most frames publish nothing: no coroutine for them
                     await self._publish(msgs, item.ts_recv_ms)
+                    self._checkpoint_regime_change(msgs)
             for request in pipeline.take_requests():
                 self._dispatch(request)
+
+    def _checkpoint_regime_change(self, msgs: list[Any]) -> None:
+        """A regime change is saved at once, in the background, not a checkpoint interval
+        later: a restart then continues it rather than forgetting it (its event is in the
+        outbox meanwhile, which covers the moments until the file is written)."""
+        if self.stateful and any(msg.topic in self._regime_topics for msg in msgs):
+            self._spawn(self.save_checkpoint_in_background(), "checkpoint")
 
     # -- REST side ------------------------------------------------------------------------------
     def _dispatch(self, request: Request) -> None:
@@ -482,5 +591,6 @@ class Daemon:
             report = self.pipeline.health_report(now)
             report["rest"] = {venue: client.stats() for venue, client in self.rest.items()}
             report["queue_dropped"] = self.queue.dropped
+            report["outbox_lost"] = self.outbox_lost
             self.publisher.publish(self.pipeline.builder.health(report, now))
             await asyncio.sleep(HEALTH_INTERVAL_S)

@@ -75,6 +75,8 @@ class MessageBuilder:
         self.version = version
         self.started_ms = started_ms
         self._seq: dict[str, int] = {}
+        # asset -> id of the last events message: the checkpoint keeps it with the regime state.
+        self.last_event_id: dict[str, str] = {}
 
     def _next_seq(self, topic: str) -> int:
         seq = self._seq.get(topic, 0) + 1
@@ -110,11 +112,31 @@ class MessageBuilder:
 
     def regime(self, change: RegimeChange, ts_pub: int) -> list[OutMessage]:
         """The retained state message and, for a real change, its one ``events`` message."""
+        body = self._regime_body(change, ts_pub)
+        state_topic = self.topics.regime(change.asset)
+        out = [OutMessage(state_topic, {**body, "seq": self._next_seq(state_topic)}, 1, True)]
+        if change.previous is not None:
+            events_topic = self.topics.events(change.asset)
+            seq = self._next_seq(events_topic)
+            event_id = f"{self.session}:{change.asset}:{seq}"
+            self.last_event_id[change.asset] = event_id
+            event = {"id": event_id, "type": "regime_change", **body}
+            out.append(OutMessage(events_topic, {**event, "seq": seq}, 1, False))
+        return out
+
+    def regime_state(self, change: RegimeChange, ts_pub: int) -> OutMessage:
+        """The retained state message alone: a restarted daemon republishes the regime it
+        restored (same regime, ``since`` and reasons), which is no change, so no event."""
+        topic = self.topics.regime(change.asset)
+        body = self._regime_body(change, ts_pub)
+        return OutMessage(topic, {**body, "seq": self._next_seq(topic)}, 1, True)
+
+    def _regime_body(self, change: RegimeChange, ts_pub: int) -> dict[str, Any]:
         reasons = [
             {"signal": r.signal, "value": r.value, "op": r.op, "threshold": r.threshold}
             for r in change.reasons
         ]
-        body = {
+        return {
             "asset": change.asset,
             "regime": change.regime,
             "previous": change.previous,
@@ -125,14 +147,6 @@ class MessageBuilder:
             "ts_event": change.since,
             "ts_pub": ts_pub,
         }
-        state_topic = self.topics.regime(change.asset)
-        out = [OutMessage(state_topic, {**body, "seq": self._next_seq(state_topic)}, 1, True)]
-        if change.previous is not None:
-            events_topic = self.topics.events(change.asset)
-            seq = self._next_seq(events_topic)
-            event = {"id": f"{self.session}:{change.asset}:{seq}", "type": "regime_change", **body}
-            out.append(OutMessage(events_topic, {**event, "seq": seq}, 1, False))
-        return out
 
     def health(self, report: dict[str, Any], ts_pub: int) -> OutMessage:
         topic = self.topics.health()

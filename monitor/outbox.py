@@ -9,6 +9,14 @@ Delivery is at-least-once: a process killed after the broker's PUBACK but before
 delivers that message again on its next start. Event payloads carry a unique ``id`` so
 consumers can drop the duplicate.
 
+The outbox also keeps, per topic, the last message the broker acknowledged (table
+``delivered``, written in the same transaction as the delete). With the pending rows that is the
+newest event of every asset, delivered or not: a restarted daemon whose checkpoint predates its
+last regime change learns that change here. Ids rise by one per append and never go back
+(AUTOINCREMENT), and messages are acknowledged in id order, so ``marks`` (last id, pending ids,
+highest acknowledged id) tell whether rows left without an acknowledgement: the daemon keeps
+the marks in its checkpoint and ``lost_since`` compares them at the next start.
+
 A file SQLite cannot read (not a database, failed integrity check, foreign table layout) is
 renamed aside to ``<name>.corrupt-<UTC time>`` together with its ``-wal``/``-shm`` files (those
 SQLite has not already discarded as unusable), with an error in the log, and a fresh outbox is
@@ -22,14 +30,22 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from monitor.messages import OutMessage
 
 log = logging.getLogger("tapewatch.outbox")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added ``delivered``; a version 1 file is upgraded in place
 COLUMNS = ["id", "topic", "payload", "qos", "retain", "created_ms"]
+DELIVERED_COLUMNS = ["topic", "id", "payload"]
+_TABLES = {"outbox", "delivered", "sqlite_sequence"}
 _CREATE = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -40,12 +56,95 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_ms INTEGER NOT NULL
 )
 """
+_CREATE_DELIVERED = """
+CREATE TABLE IF NOT EXISTS delivered (
+    topic TEXT PRIMARY KEY,
+    id INTEGER NOT NULL,
+    payload BLOB NOT NULL
+)
+"""
+# Keep the newest acknowledged message per topic (acks may come out of order after a retry).
+_REMEMBER = """
+INSERT INTO delivered (topic, id, payload) SELECT topic, id, payload FROM outbox WHERE id = ?
+ON CONFLICT (topic) DO UPDATE SET id = excluded.id, payload = excluded.payload
+WHERE excluded.id > delivered.id
+"""
 # SQLite's result codes for "this file is not (or no longer) a readable database".
 _UNREADABLE_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
 class UnreadableOutbox(Exception):
     """The file is not an outbox SQLite can read; its contents cannot be trusted."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMarks:
+    """Where an outbox stood: its last id, the ids still pending, the highest acknowledged."""
+
+    last_id: int
+    pending: tuple[int, ...]
+    acked: int
+
+    def as_data(self) -> dict[str, Any]:
+        """JSON-ready, for a checkpoint's metadata: pending ids as [first, last] runs."""
+        return {"last_id": self.last_id, "pending": _runs(self.pending), "acked": self.acked}
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> OutboxMarks:
+        """The inverse of ``as_data``; raises ``ValueError`` on anything else."""
+        try:
+            pending = tuple(i for lo, hi in data["pending"] for i in range(int(lo), int(hi) + 1))
+            return cls(int(data["last_id"]), pending, int(data["acked"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"unreadable outbox marks ({exc!r})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """Events that left the outbox without the broker's acknowledgement."""
+
+    count: int
+    why: str
+
+
+def lost_since(saved: OutboxMarks, now: OutboxMarks) -> Loss | None:
+    """What went missing between ``saved`` (a checkpoint's marks) and ``now``; None if nothing.
+
+    Every id up to the highest acknowledged one was delivered (messages leave in id order), so
+    an id above it that was pending at the checkpoint, or appended since, and is no longer in
+    the outbox left without being delivered. A last id behind the checkpoint's means the file
+    is not the one the checkpoint saw (removed, replaced, restored from a copy): the events
+    pending then may all be lost, and so may any appended after the checkpoint."""
+    if now.last_id < saved.last_id:
+        if not saved.pending:
+            return None
+        why = (
+            f"its last event id is {now.last_id}, the checkpoint saw {saved.last_id}: "
+            "the file was removed or replaced"
+        )
+        return Loss(len(saved.pending), why)
+    delivered = max(now.acked, saved.acked)
+    expected = {i for i in saved.pending if i > delivered}
+    expected.update(range(max(saved.last_id, delivered) + 1, now.last_id + 1))
+    gone = sorted(expected - set(now.pending))
+    if not gone:
+        return None
+    return Loss(len(gone), f"event ids {_describe(gone)} left it undelivered")
+
+
+def _runs(ids: Iterable[int]) -> list[list[int]]:
+    """Sorted ids as [first, last] runs of consecutive ids."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
+def _describe(ids: list[int]) -> str:
+    return ", ".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in _runs(ids))
 
 
 class Outbox:
@@ -74,20 +173,29 @@ class Outbox:
             if check != "ok":
                 raise UnreadableOutbox(f"integrity check: {check}")
             # Look before changing anything, so that a foreign file is moved aside unchanged.
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            # SQLite's own index of delivered's primary key is not a foreign object.
+            tables = {
+                row[0]
+                for row in db.execute("SELECT name FROM sqlite_master")
+                if not row[0].startswith("sqlite_autoindex_delivered")
+            }
             columns = [row[1] for row in db.execute("PRAGMA table_info(outbox)")]
+            delivered = [row[1] for row in db.execute("PRAGMA table_info(delivered)")]
             (version,) = db.execute("PRAGMA user_version").fetchone()
-            if tables - {"outbox", "sqlite_sequence"}:
+            if tables - _TABLES:
                 raise UnreadableOutbox(f"not an outbox: it holds {sorted(tables)}")
             if columns and columns != COLUMNS:
                 raise UnreadableOutbox(f"unexpected table layout {columns}")
-            if version not in (0, SCHEMA_VERSION):
+            if delivered and delivered != DELIVERED_COLUMNS:
+                raise UnreadableOutbox(f"unexpected table layout {delivered}")
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise UnreadableOutbox(f"schema version {version}, expected {SCHEMA_VERSION}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a committed append survives a power cut
-            if not columns or version == 0:
+            if not columns or not delivered or version != SCHEMA_VERSION:
                 db.execute("BEGIN IMMEDIATE")
                 db.execute(_CREATE)
+                db.execute(_CREATE_DELIVERED)  # version 1 files gain it, their rows untouched
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
@@ -142,12 +250,53 @@ class Outbox:
         return out
 
     def ack(self, msg_id: int) -> None:
-        """The broker has the message: forget it."""
-        self._db.execute("DELETE FROM outbox WHERE id = ?", (msg_id,))
+        """The broker has the message: it leaves the outbox, and stays its topic's last
+        delivered message until a newer one is acknowledged."""
+        with self._transaction():
+            self._db.execute(_REMEMBER, (msg_id,))
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (msg_id,))
 
     def __len__(self) -> int:
         (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
         return int(count)
+
+    def marks(self) -> OutboxMarks:
+        """Where the outbox stands now (``lost_since`` compares two of these)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        pending = tuple(i for (i,) in self._db.execute("SELECT id FROM outbox ORDER BY id"))
+        (acked,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM delivered").fetchone()
+        return OutboxMarks(int(row[0]) if row else 0, pending, int(acked))
+
+    def latest(self, topics: Iterable[str]) -> dict[str, tuple[int, dict[str, Any]]]:
+        """topic -> (id, payload) of the newest message on each of ``topics``, delivered or
+        pending; topics with none (or only unreadable ones) are left out."""
+        wanted = list(dict.fromkeys(topics))
+        if not wanted:
+            return {}
+        marks = ", ".join("?" * len(wanted))
+        rows = self._db.execute(
+            f"SELECT topic, id, payload FROM outbox WHERE topic IN ({marks}) "
+            f"UNION ALL SELECT topic, id, payload FROM delivered WHERE topic IN ({marks}) "
+            "ORDER BY id",
+            (*wanted, *wanted),
+        ).fetchall()
+        out: dict[str, tuple[int, dict[str, Any]]] = {}
+        for topic, row_id, payload in rows:
+            try:
+                out[topic] = (int(row_id), orjson.loads(bytes(payload)))
+            except orjson.JSONDecodeError:
+                continue  # ``peek`` logs unreadable rows; an older message stands in
+        return out
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         """Close the file; safe to call twice. Later calls raise ``sqlite3.ProgrammingError``."""

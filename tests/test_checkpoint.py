@@ -38,7 +38,8 @@ async def test_restart_keeps_n_obs_growing(start_simulator: Any) -> None:
     first = Daemon(config, publish=False)
     await run_until(first, lambda: n_obs(first) >= 5)
     saved = n_obs(first)
-    assert (Path("state") / "tapewatch.npz").exists()
+    assert first.checkpoint_path == Path("state/sim/tapewatch-sim.npz")  # the simulator's own
+    assert first.checkpoint_path.exists()
 
     second = Daemon(config, publish=False)  # restores at construction
     assert n_obs(second) == saved
@@ -49,10 +50,12 @@ async def test_a_damaged_checkpoint_is_reported_and_ignored(
     start_simulator: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     sim = await start_simulator(speed=2.0, seed=7)
-    Path("state").mkdir()
-    (Path("state") / "tapewatch.npz").write_bytes(b"\x00 not a checkpoint")
+    config = sim_config(sim, **FAST)
+    path = Path(config.state.dir) / f"{config.instance}.npz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x00 not a checkpoint")
     caplog.set_level(logging.WARNING, logger="tapewatch.daemon")
-    daemon = Daemon(sim_config(sim, **FAST), publish=False)
+    daemon = Daemon(config, publish=False)
     assert n_obs(daemon) == 0
     assert any("starting the baselines afresh" in r.getMessage() for r in caplog.records)
     await run_until(daemon, lambda: n_obs(daemon) >= 2)  # and it runs normally

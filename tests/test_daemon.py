@@ -154,10 +154,9 @@ async def test_embedded_broker_serves_subscribers_when_none_answers(
     await asyncio.wait_for(running.daemon.broker_ready.wait(), 10)
     assert running.daemon.broker is not None
     sub = await subscribe(f"{prefix}/#", port=port)
-    await sub.wait_for(
-        lambda s: s.on(f"{prefix}/status/tapewatch") and s.on(f"{prefix}/BTC/regime")
-    )
-    assert sub.on(f"{prefix}/status/tapewatch")[0]["state"] == "online"
+    status = f"{prefix}/status/{config.instance}"
+    await sub.wait_for(lambda s: s.on(status) and s.on(f"{prefix}/BTC/regime"))
+    assert sub.on(status)[0]["state"] == "online"
     await running.close()
 
 
@@ -167,7 +166,7 @@ async def test_auto_uses_a_broker_that_already_answers(
     sub = await subscribe(f"{prefix}/#")
     config = daemon_config(sim, mosquitto.url, prefix, mqtt={"broker": "auto"})
     running = RunningDaemon(config)
-    await sub.wait_for(lambda s: s.on(f"{prefix}/status/tapewatch"))
+    await sub.wait_for(lambda s: s.on(f"{prefix}/status/{config.instance}"))
     assert running.daemon.broker is None
     await running.close()
 
@@ -213,7 +212,7 @@ async def test_cli_simulate_and_run_then_sigkill_publishes_offline_will(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        status = f"{prefix}/status/tapewatch"
+        status = f"{prefix}/status/{written['instance']}"  # the simulator's own instance
         await sub.wait_for(
             lambda s: (
                 s.on(status) and s.on(f"{prefix}/BTC/regime") and s.on(f"{prefix}/BTC/signals")

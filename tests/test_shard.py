@@ -71,13 +71,15 @@ async def test_two_shards_on_one_broker_do_not_disturb_each_other(
     for asset, session in sessions.items():
         assert {r["session"] for r in sub.on(f"{prefix}/{asset}/regime")} == {session}
     health = {i: sub.on(f"{prefix}/health/{i}")[-1] for i in status}
-    assert health["tapewatch-1of2"]["session"] == first.daemon.session
-    assert health["tapewatch-2of2"]["session"] == second.daemon.session
+    one, two = first.daemon.config.instance, second.daemon.config.instance
+    assert (one, two) == (f"{config.instance}-1of2", f"{config.instance}-2of2")
+    assert health[one]["session"] == first.daemon.session
+    assert health[two]["session"] == second.daemon.session
 
     # Stopping one shard marks only that instance offline; the other keeps publishing.
     await first.close()
-    await sub.wait_for(lambda s: s.on(status["tapewatch-1of2"])[-1]["state"] == "offline")
+    await sub.wait_for(lambda s: s.on(status[one])[-1]["state"] == "offline")
     count = len(sub.on(f"{prefix}/ETH/signals"))
     await sub.wait_for(lambda s: len(s.on(f"{prefix}/ETH/signals")) >= count + 3)
-    assert sub.on(status["tapewatch-2of2"])[-1]["state"] == "online"
+    assert sub.on(status[two])[-1]["state"] == "online"
     await second.close()

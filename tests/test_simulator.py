@@ -330,8 +330,11 @@ async def test_write_config_points_every_venue_at_the_simulator(
         "ETH": {"binance_spot": "ETHUSDT", "binance_usdm": "ETHUSDT", "coinbase": "ETH-USD"},
     }
     assert written["assets"] == MINIMAL_BASE_CONFIG["assets"]
-    for key in ("instance", "mqtt", "log_level"):
+    for key in ("mqtt", "log_level"):
         assert written[key] == base[key], key
+    # Its own instance and state: a real daemon on the base config never restores its state.
+    assert written["instance"] == f"{base['instance']}-sim"
+    assert written["state"] == {**base["state"], "dir": f"{base['state']['dir']}/sim"}
     # REST polls keep the shipped cadence in event time: at 5x, a fifth of it in wall time.
     for key, value in base["collector"].items():
         if key.endswith("_poll"):

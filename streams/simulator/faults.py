@@ -7,13 +7,18 @@ Counter keys (``Simulator.fault_counts``): every injection counts under its kind
 ``skip_depth:binance-spot:BTCUSDT``, ``stall:binance-usdm:btcusdt@depth@100ms``,
 ``reorder:coinbase:BTC-USD``; ``stall`` counts per stalled connection; ``drop``, ``rest_429``
 and ``rest_418`` count per socket cut or per refused response, ``malformed`` per frame as before
-(plus ``malformed:<kind>``).
+(plus ``malformed:<kind>``). ``hostile`` (see ``hostile``) counts per frame written, under
+``hostile``, ``hostile:<kind>`` and ``hostile:<venue>:<kind>``; a dead venue (not a scheduled
+fault: ``Simulator(dead_venues=...)``) counts each refused websocket under ``dead_venue`` and
+``dead_venue:<venue>:<path family>``, e.g. ``dead_venue:binance-usdm:market``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Final
+
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
 
 DROP: Final = "drop"
 MALFORMED: Final = "malformed"
@@ -23,9 +28,21 @@ DUPLICATE: Final = "duplicate"
 REORDER: Final = "reorder"
 REST_429: Final = "rest_429"
 REST_418: Final = "rest_418"
+HOSTILE: Final = "hostile"
 FAULTS: Final = frozenset(
-    {DROP, MALFORMED, STALL, SKIP_DEPTH, DUPLICATE, REORDER, REST_429, REST_418}
+    {DROP, MALFORMED, STALL, SKIP_DEPTH, DUPLICATE, REORDER, REST_429, REST_418, HOSTILE}
 )
+UNKNOWN_SYMBOLS: Final = 3000  # default symbols per hostile burst: the size of issue 9's report
+DEAD_VENUE: Final = "dead_venue"
+# ``Simulator(dead_venues=...)`` names -> the websocket path families refused: binance_wire's
+# SPOT, MARKET, PUBLIC and the retired root paths ("legacy", USDⓈ-M books), and /coinbase.
+DEAD_VENUES: Final = {
+    BINANCE_SPOT: ("spot",),
+    BINANCE_USDM: ("market", "public", "legacy"),
+    f"{BINANCE_USDM}/market": ("market",),
+    f"{BINANCE_USDM}/public": ("public", "legacy"),
+    COINBASE: ("coinbase",),
+}
 # Armed faults that wait for the next frame they apply to.
 ONE_SHOT: Final = frozenset({SKIP_DEPTH, DUPLICATE, REORDER})
 
@@ -33,6 +50,18 @@ ONE_SHOT: Final = frozenset({SKIP_DEPTH, DUPLICATE, REORDER})
 def count(counts: Counter[str], kind: str, venue: str, what: str) -> None:
     counts[kind] += 1
     counts[f"{kind}:{venue}:{what}"] += 1
+
+
+def count_sent(counts: Counter[str], tag: str) -> None:
+    """Count one faulty frame that was written to a socket. ``tag`` is a malformed kind
+    (``not_json``, ...) or a hostile frame's full key ``hostile:<venue>:<kind>``."""
+    if tag.startswith(f"{HOSTILE}:"):
+        counts[HOSTILE] += 1
+        counts[f"{HOSTILE}:{tag.rsplit(':', 1)[1]}"] += 1
+        counts[tag] += 1
+        return
+    counts[MALFORMED] += 1
+    counts[f"{MALFORMED}:{tag}"] += 1
 
 
 class StreamFaults:

@@ -17,6 +17,9 @@ Websockets:
   ``<BASE>-USD`` and for ``USDT-USD``, the USDT price of the adjusted premium; a socket with no
   valid subscribe within ``subscribe_timeout`` (5 s) is closed.
 
+Hostile input (``hostile``): well-formed frames with implausible content sent as extra frames,
+and ``dead_venues``, paths whose websocket upgrades are refused so that venue never connects.
+
 REST: see ``rest``. Event time runs ``speed`` times faster than the wall clock from the moment
 the first market client (a websocket of any venue, or a market-data REST request) arrives. The
 market comes from the pure ``MarketModel``; faults (``faults``) are injected here, on the wire.
@@ -29,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -59,15 +62,30 @@ from streams.simulator.coinbase_feed import (
     ProtocolError,
 )
 from streams.simulator.faults import (
+    DEAD_VENUE,
+    DEAD_VENUES,
     DROP,
     FAULTS,
+    HOSTILE,
     MALFORMED,
     ONE_SHOT,
     REST_418,
     REST_429,
     STALL,
+    UNKNOWN_SYMBOLS,
     StreamFaults,
     count,
+    count_sent,
+)
+from streams.simulator.hostile import (
+    HOSTILE_KINDS,
+    UNKNOWN_SYMBOL,
+    HostileTrades,
+    fake_symbols,
+    hostile_agg_trade_text,
+    hostile_market_trades,
+    tag,
+    unknown_symbol_frames,
 )
 from streams.simulator.market import (
     DEFAULT_SYMBOLS,
@@ -108,9 +126,17 @@ CONTROL_METHODS: Final = (
 # config.yaml's REST poll cadence (collector.*_poll), which config_overrides keeps in event time
 OI_POLL_S: Final = 10.0
 RATIOS_POLL_S: Final = 300.0
+# The shipped guards.max_ahead, widened by the speed in the configs written here.
+MAX_AHEAD_S: Final = 5.0
 MAX_ID_TEXT: Final = 36  # Binance accepts alphanumeric string ids up to 36 characters
+# A config pointed here runs as its own instance with its own state (see ``config_for``).
+SIM_SUFFIX: Final = "-sim"
+SIM_STATE_DIR: Final = "sim"
 # Socket families whose clients count as market clients (the scenario clock starts with one).
 _FAMILIES: Final = (SPOT, MARKET, PUBLIC, "legacy")
+# A burst of unknown symbols puts two frames per symbol on a spot socket at once: it must fit the
+# send queue with room to spare, or the burst would cut the client off instead of testing it.
+MAX_UNKNOWN_SYMBOLS: Final = CLIENT_QUEUE_FRAMES * 2 // 5
 
 Json = dict[str, Any]
 
@@ -255,6 +281,21 @@ def _deep_merge(base: Json, over: Json) -> Json:
     return out
 
 
+def _own_state(config: Json) -> Json:
+    """The ``instance`` and ``state`` keys of a config pointed at the simulator: ``-sim`` added
+    to the instance and ``sim`` under the state directory, once (a written config used as the
+    base again keeps them). tapewatch's defaults stand in for missing keys."""
+    instance = str(config.get("instance") or "tapewatch")
+    state = config.get("state")
+    state = dict(state) if isinstance(state, dict) else {}
+    state_dir = str(state.get("dir") or "state").rstrip("/") or "/"
+    if not instance.endswith(SIM_SUFFIX):
+        instance += SIM_SUFFIX
+    if Path(state_dir).name != SIM_STATE_DIR:
+        state_dir = str(Path(state_dir) / SIM_STATE_DIR)
+    return {"instance": instance, "state": {**state, "dir": state_dir}}
+
+
 class Simulator:
     """Binance spot, Binance USDⓈ-M and Coinbase market data on loopback, from one
     deterministic market, with injected faults."""
@@ -277,10 +318,19 @@ class Simulator:
         subscribe_timeout: float = SUBSCRIBE_TIMEOUT_S,
         premiums: Mapping[str, Premium] | None = None,
         symbols: Mapping[str, float] | None = None,
+        hostile_kinds: Sequence[str] = HOSTILE_KINDS,
+        hostile_rounds: int | None = None,
+        unknown_symbols: int = UNKNOWN_SYMBOLS,
+        dead_venues: Iterable[str] = (),
     ) -> None:
         """``fault_symbol`` is the Binance symbol (BTCUSDT) or Coinbase product (BTC-USD) of
         the asset whose streams the wire faults hit; ``premiums`` overrides the Coinbase
-        premium per phase name; ``stall_stream`` defaults to ``<symbol>@depth@100ms``."""
+        premium per phase name; ``stall_stream`` defaults to ``<symbol>@depth@100ms``.
+
+        The ``hostile`` fault injects one kind of ``hostile_kinds`` per ``fault_every``, in
+        turn, for ``hostile_rounds`` full turns (None: for ever), each unknown-symbol burst with
+        ``unknown_symbols`` new symbols; ``inject_hostile`` injects one kind on demand.
+        ``dead_venues`` (keys of ``DEAD_VENUES``) answer every websocket upgrade with 451."""
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         if not speed > 0:
@@ -290,6 +340,16 @@ class Simulator:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {sorted(FAULTS)}")
         if faults and not fault_every > 0:
             raise ValueError(f"fault_every must be positive, got {fault_every!r}")
+        bad_kinds = [k for k in hostile_kinds if k not in HOSTILE_KINDS]
+        if bad_kinds or not hostile_kinds:
+            raise ValueError(f"hostile_kinds must be some of {', '.join(HOSTILE_KINDS)}")
+        if hostile_rounds is not None and hostile_rounds < 0:
+            raise ValueError(f"hostile_rounds must be >= 0, got {hostile_rounds!r}")
+        if not 1 <= unknown_symbols <= MAX_UNKNOWN_SYMBOLS:
+            raise ValueError(f"unknown_symbols must be 1..{MAX_UNKNOWN_SYMBOLS}")
+        dead = frozenset(dead_venues)
+        if dead - set(DEAD_VENUES):
+            raise ValueError(f"dead_venues must be some of {', '.join(DEAD_VENUES)}")
         self.symbols = dict(DEFAULT_SYMBOLS if symbols is None else symbols)
         self.assets = assets_from_symbols(self.symbols)
         target = [a for a in self.assets if fault_symbol in (a.binance, a.coinbase)]
@@ -308,6 +368,11 @@ class Simulator:
         self.stall_stream = stall_stream or f"{self.fault_symbol.lower()}@{DEPTH_STREAM}"
         self.subscribe_timeout = subscribe_timeout
         self.premiums = dict(premiums or {})
+        self.hostile_kinds = tuple(hostile_kinds)
+        self.hostile_rounds = hostile_rounds
+        self.unknown_symbols = unknown_symbols
+        self.dead_venues = dead
+        self._dead_families = frozenset(f for name in dead for f in DEAD_VENUES[name])
         self.fault_counts: Counter[str] = Counter()
         self.rest = RestApi(self._market_state, self.now_ms, self.fault_counts, retry_after)
         self._requested_port = port
@@ -334,6 +399,13 @@ class Simulator:
             )
             for venue in (BINANCE_SPOT, BINANCE_USDM)
         }
+        self._hostile = {
+            BINANCE_SPOT: HostileTrades(BINANCE_SPOT, f"{self.fault_symbol.lower()}@aggTrade"),
+            BINANCE_USDM: HostileTrades(BINANCE_USDM, f"{self.fault_symbol.lower()}@aggTrade"),
+            COINBASE: HostileTrades(COINBASE, self.fault_product),
+        }
+        self._hostile_turn = 0  # scheduled hostile injections so far
+        self._fake_symbols_sent = 0  # every burst brings new names
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -457,6 +529,10 @@ class Simulator:
                 "open_interest_poll": f"{round(OI_POLL_S * 1000 / self.speed)}ms",
                 "ratios_poll": f"{round(RATIOS_POLL_S * 1000 / self.speed)}ms",
             },
+            # Event time here runs `speed` times the wall clock, so a frame's event time runs
+            # ahead of its receive time, and a delay in delivery shows `speed` times larger:
+            # widen the future-timestamp bound by the same factor.
+            "guards": {"max_ahead": f"{round(MAX_AHEAD_S * 1000 * max(1.0, self.speed))}ms"},
             **self._signals_and_rules(),
         }
 
@@ -488,9 +564,14 @@ class Simulator:
     def config_for(self, base: Json) -> Json:
         """``base`` (raw config data) pointed here: ``config_overrides()`` merged on top, and the
         assets exactly the simulated ones (a base asset this simulator does not serve would only
-        fail, symbol by symbol, for ever)."""
+        fail, symbol by symbol, for ever).
+
+        The instance and state directory are the simulator's own (``<instance>-sim`` in
+        ``<state.dir>/sim``): a real daemon on the base config must never restore the
+        simulated market's baselines, history cache, regimes or outbox."""
         overrides = self.config_overrides()
-        return {**_deep_merge(base, overrides), "assets": overrides["assets"]}
+        merged = _deep_merge(base, overrides)
+        return {**merged, "assets": overrides["assets"], **_own_state(merged)}
 
     def write_config(self, path: str | Path, base_config_path: str | Path = "config.yaml") -> None:
         """Write ``base_config_path`` pointed here (``config_for``) to ``path``.
@@ -558,16 +639,23 @@ class Simulator:
             self._last_price[tick.symbol] = f"{tick.price:.{spec.price_decimals}f}"
         for family, stream, raw in _lazy_frames(tick, spec, families):
             clients = [c for c in families[family] if stream in c.streams and not c.cut]
-            faults = self._stream_faults[BINANCE_SPOT if family == SPOT else BINANCE_USDM]
+            venue = BINANCE_SPOT if family == SPOT else BINANCE_USDM
+            faults = self._stream_faults[venue]
             payloads = (
                 faults.frames(stream, raw, bool(clients)) if faults.watches(stream) else [raw]
             )
+            hostile = self._hostile[venue]
+            kind = hostile.take(stream, bool(clients)) if hostile.pending else None
+            extra = None if kind is None else (hostile_agg_trade_text(kind, raw), tag(venue, kind))
             stall = stream == self.stall_stream
             for client in clients:
                 if stall and client.stalled:
                     continue
                 for payload in payloads:
                     self._enqueue(client, envelope(stream, payload) if client.combined else payload)
+                if extra is not None:  # after the real trade, which keeps its place and id
+                    text, key = extra
+                    self._enqueue(client, envelope(stream, text) if client.combined else text, key)
 
     def _publish_coinbase(self, tick: Tick, feed: CoinbaseFeed) -> None:
         if isinstance(tick, TradeTick):
@@ -599,13 +687,22 @@ class Simulator:
         end = feed.next_batch_end()
         if end is not None and end <= now_ms:
             sessions = [c for c in self._coinbase if c.session is not None and not c.cut]
+            hostile = self._hostile[COINBASE]
             for product, batch_end, events in feed.due_batches(now_ms):
                 stamp = _stamp(batch_end)
-                for client in sessions:
-                    session = client.session
-                    assert session is not None
-                    if session.wants("market_trades", product):
-                        self._send(client, session.trades(product, stamp, events))
+                readers = [
+                    c for c in sessions if c.session and c.session.wants("market_trades", product)
+                ]
+                for client in readers:
+                    assert client.session is not None
+                    self._send(client, client.session.trades(product, stamp, events))
+                kind = hostile.take(product, bool(readers)) if hostile.pending else None
+                if kind is not None:
+                    extra = hostile_market_trades(kind, events)
+                    for client in readers:
+                        assert client.session is not None
+                        text = client.session.frame("market_trades", stamp, extra)
+                        self._enqueue(client, text, tag(COINBASE, kind))
         while self._next_heartbeat_ms <= now_ms:
             at = self._next_heartbeat_ms
             self._next_heartbeat_ms += 1000
@@ -649,8 +746,7 @@ class Simulator:
                 return  # the reader side notices the loss and cleans up
             if fault is not None:
                 # Counted once on the wire, so tests can compare with what clients received.
-                self.fault_counts[MALFORMED] += 1
-                self.fault_counts[f"{MALFORMED}:{fault}"] += 1
+                count_sent(self.fault_counts, fault)
 
     # -- faults --------------------------------------------------------------------------------
     async def _fault_loop(self, fault: str, offset: float) -> None:
@@ -661,6 +757,7 @@ class Simulator:
             STALL: self._start_stall,
             REST_429: self.rest.arm_429,
             REST_418: self.rest.start_ban,
+            HOSTILE: self._hostile_tick,
         }.get(fault, lambda: self._arm(fault))
         while True:
             await asyncio.sleep(self.fault_every)
@@ -676,6 +773,62 @@ class Simulator:
         for client in self._coinbase:
             if client.session is not None:
                 client.session.armed.add(fault)
+
+    def _hostile_tick(self) -> None:
+        """One scheduled injection: the next of ``hostile_kinds`` in turn; none once
+        ``hostile_rounds`` turns are done. Before the first market client nothing is sent and
+        the turn waits, so ``hostile_rounds=1`` injects every kind exactly once."""
+        if self._model is None:
+            return
+        kinds = self.hostile_kinds
+        rounds = self.hostile_rounds
+        if rounds is not None and self._hostile_turn >= rounds * len(kinds):
+            return
+        kind = kinds[self._hostile_turn % len(kinds)]
+        self._hostile_turn += 1
+        self.inject_hostile(kind)
+
+    def inject_hostile(self, kind: str) -> None:
+        """Inject one hostile frame of ``kind`` (see ``hostile``) now, whatever the schedule.
+
+        ``unknown_symbol`` sends its burst at once to every Binance socket that carries trades
+        or books; a trade kind is armed on every venue that carries it and goes out right after
+        that venue's next real trade of the fault symbol that somebody reads."""
+        if kind not in HOSTILE_KINDS:
+            raise ValueError(f"unknown hostile kind {kind!r}; known: {', '.join(HOSTILE_KINDS)}")
+        if kind == UNKNOWN_SYMBOL:
+            self._unknown_symbol_burst()
+            return
+        for hostile in self._hostile.values():
+            hostile.arm(kind)
+
+    def _unknown_symbol_burst(self) -> None:
+        state = self._state
+        if state is None:
+            return  # no market client yet: nobody to send to
+        names = fake_symbols(self._fake_symbols_sent, self.unknown_symbols)
+        self._fake_symbols_sent += len(names)
+        now = self.now_ms()
+        for family, venue in ((SPOT, BINANCE_SPOT), (MARKET, BINANCE_USDM), (PUBLIC, BINANCE_USDM)):
+            clients = [c for c in self._binance[family] if not c.cut]
+            if not clients:
+                continue
+            # Priced like the fault symbol, in its venue's exact shapes: only the name is wrong.
+            spec = state.model.specs[(venue, self.fault_symbol)]
+            bid, ask = state.books[(venue, self.fault_symbol)].best()
+            trades, depths = unknown_symbol_frames(spec, names, now, bid, ask, first_id=1)
+            key = tag(venue, UNKNOWN_SYMBOL)
+            for client in clients:
+                # Only on the kind of stream the socket carries (USDⓈ-M trades on /market,
+                # books on /public), as if its own streams carried other symbols.
+                frames: list[tuple[str, str]] = []
+                if family != PUBLIC and any(s.endswith("@aggTrade") for s in client.streams):
+                    frames += trades
+                if family != MARKET and any(DEPTH_STREAM in s for s in client.streams):
+                    frames += depths
+                for stream, raw in frames:
+                    self._enqueue(client, envelope(stream, raw) if client.combined else raw, key)
+        log.info("fault: %d unknown symbols sent", len(names))
 
     def _start_stall(self) -> None:
         """Silence ``stall_stream`` on every Binance socket that carries it, and heartbeats on
@@ -758,16 +911,30 @@ class Simulator:
         if response is not None:
             return response
         if request.method == "GET" and request.path.rstrip("/") == "/coinbase":
-            return await self._serve_coinbase(request)
+            refused = self._refuse(COINBASE)
+            return refused if refused is not None else await self._serve_coinbase(request)
         route = _route_of(request.path) if request.method == "GET" else None
         if route is None:
             msg = f"Unknown path {request.method} {request.path}"
             return json_response(404, {"code": -1, "msg": msg})
         family, combined, path_streams = route
+        refused = self._refuse(family)
+        if refused is not None:
+            return refused
         streams = path_streams
         if combined:
             streams = [s for s in request.query.get("streams", "").split("/") if s]
         return await self._serve_binance(request, family, combined, streams)
+
+    def _refuse(self, family: str) -> web.Response | None:
+        """451 (Binance's answer to a restricted location, on REST) for a websocket of a dead
+        venue, so the client never connects; the scenario clock does not start for it."""
+        if family not in self._dead_families:
+            return None
+        venue = COINBASE if family == COINBASE else BINANCE_SPOT if family == SPOT else BINANCE_USDM
+        count(self.fault_counts, DEAD_VENUE, venue, family)
+        msg = "Service unavailable from a restricted location (simulated dead venue)"
+        return json_response(451, {"code": 0, "msg": msg})
 
     async def _open(self, request: web.Request) -> web.WebSocketResponse | None:
         ws = web.WebSocketResponse(heartbeat=self.heartbeat)
