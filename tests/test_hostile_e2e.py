@@ -29,20 +29,8 @@ from streams.simulator.hostile import (
 from streams.simulator.server import Simulator
 from tests.conftest import Mosquitto, Subscriber, free_port
 from tests.test_daemon import RunningDaemon, daemon_config
-
-SPOT, PERP, COINBASE = "binance-spot", "binance-usdm", "coinbase"
-PERP_SIGNALS = (
-    "taker_imbalance_perp",
-    "taker_buy_ratio",
-    "taker_sell_ratio",
-    "taker_buy_sell_ratio",
-    "liquidations_usd",
-    "liquidations_usd_long",
-    "liquidations_usd_short",
-    "funding_rate",
-    "mark_price",
-)
-COMBINED = ("taker_imbalance", "net_taker_usd")
+from tests.test_hostile_input import COINBASE, COMBINED, PERP, SPOT
+from tests.test_hostile_input import PERP_ONLY as PERP_SIGNALS
 
 
 def values(sub: Subscriber, topic: str) -> list[dict[str, Any]]:
