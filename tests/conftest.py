@@ -29,6 +29,30 @@ REPO = Path(__file__).parent.parent
 USDM_TAPE = DATA / "binance-usdm-2024-07-18-btc-eth-90s.tape.jsonl.zst"
 
 
+# The end-to-end tier: whole sessions through the simulator, the daemon and Mosquitto, or long
+# pure runs of every scenario. `pytest -m "not slow"` is the quick tier; CI runs both.
+SLOW_MODULES = frozenset(
+    {
+        "test_narratives_e2e",
+        "test_scenario_regimes",
+        "test_outbox_e2e",
+        "test_faults",
+        "test_hostile_e2e",
+        "test_regime_restart",
+        "test_state_origin",
+        "test_daemon",
+        "test_backfill",
+        "test_simulator_faults",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -163,10 +187,13 @@ async def subscribe(mosquitto: Mosquitto) -> AsyncIterator[Any]:
 @pytest.fixture
 async def start_simulator() -> AsyncIterator[Any]:
     """``sim = await start_simulator(speed=5.0, ...)``: a simulator on a free port, stopped at
-    the end of the test."""
+    the end of the test. It is paced (``pace=True`` unless a test says otherwise): on a busy
+    machine its event clock waits for the daemon instead of cutting it off, so tests depend on
+    event time, not on how fast the machine runs."""
     started: list[Simulator] = []
 
     async def start(**kw: Any) -> Simulator:
+        kw.setdefault("pace", True)
         sim = Simulator(port=0, **kw)
         await sim.start()
         started.append(sim)

@@ -271,6 +271,11 @@ def _job(scenario: str) -> Run:
     return run_scenario(scenario, end)
 
 
+# Six scenario runs of up to an hour of event time each, in two processes: about 45 s on an
+# idle machine, several times that when the other core is busy. Only a hang should time out.
+pytestmark = pytest.mark.timeout(900)
+
+
 @pytest.fixture(scope="module")
 def runs() -> dict[str, Run]:
     jobs = ["tour", *TOUR]  # the longest first, so the two workers finish together

@@ -111,6 +111,10 @@ log = logging.getLogger("tapewatch.simulator")
 GENERATE_EVERY_S: Final = 0.05  # wall time between two advances of the market
 HEARTBEAT_S: Final = 20.0  # server pings; aiohttp closes a socket whose pong is late
 CLIENT_QUEUE_FRAMES: Final = 10_000  # a client this far behind is cut off, as Binance does
+# With ``pace``, the event clock stands still while a client has more than PACE_HOLD frames
+# waiting, and goes on once every client is back under PACE_RESUME.
+PACE_HOLD: Final = 2_000
+PACE_RESUME: Final = 500
 SHUTDOWN_GRACE_S: Final = 2.0
 SUBSCRIBE_TIMEOUT_S: Final = 5.0  # Coinbase closes a socket that has not subscribed by then
 STALL_SECONDS: Final = 30.0
@@ -322,6 +326,7 @@ class Simulator:
         hostile_rounds: int | None = None,
         unknown_symbols: int = UNKNOWN_SYMBOLS,
         dead_venues: Iterable[str] = (),
+        pace: bool = False,
     ) -> None:
         """``fault_symbol`` is the Binance symbol (BTCUSDT) or Coinbase product (BTC-USD) of
         the asset whose streams the wire faults hit; ``premiums`` overrides the Coinbase
@@ -330,7 +335,12 @@ class Simulator:
         The ``hostile`` fault injects one kind of ``hostile_kinds`` per ``fault_every``, in
         turn, for ``hostile_rounds`` full turns (None: for ever), each unknown-symbol burst with
         ``unknown_symbols`` new symbols; ``inject_hostile`` injects one kind on demand.
-        ``dead_venues`` (keys of ``DEAD_VENUES``) answer every websocket upgrade with 451."""
+        ``dead_venues`` (keys of ``DEAD_VENUES``) answer every websocket upgrade with 451.
+
+        ``pace``: instead of cutting off a client that falls behind (what an exchange does),
+        hold the event clock until it catches up. The market then runs as fast as its slowest
+        client can follow, never faster than ``speed``: what a test on a busy machine needs,
+        so that its outcome depends on event time, not on how fast the machine is."""
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         if not speed > 0:
@@ -372,6 +382,9 @@ class Simulator:
         self.hostile_rounds = hostile_rounds
         self.unknown_symbols = unknown_symbols
         self.dead_venues = dead
+        self.pace = pace
+        self._hold_since: float | None = None  # monotonic time the paced clock stopped
+        self._held_s = 0.0  # wall time the paced clock has stood still, in all
         self._dead_families = frozenset(f for name in dead for f in DEAD_VENUES[name])
         self.fault_counts: Counter[str] = Counter()
         self.rest = RestApi(self._market_state, self.now_ms, self.fault_counts, retry_after)
@@ -468,8 +481,14 @@ class Simulator:
         """Event time: the wall clock until the scenario starts, then ``speed`` ms per wall ms."""
         if self._model is None:
             return int(time.time() * 1000)
-        elapsed_ms = (time.monotonic() - self._start_mono) * 1000.0
+        mono = self._hold_since if self._hold_since is not None else time.monotonic()
+        elapsed_ms = (mono - self._start_mono - self._held_s) * 1000.0
         return self._start_wall_ms + int(elapsed_ms * self.speed)
+
+    def elapsed_ms(self) -> int:
+        """Event time since the scenario started (0 before its first client): how far the
+        market has progressed, whatever the wall clock or the machine's load did."""
+        return 0 if self._model is None else self.now_ms() - self._start_wall_ms
 
     def _market_state(self) -> MarketState:
         self._start_scenario()
@@ -610,9 +629,21 @@ class Simulator:
     async def _generate(self) -> None:
         assert self._model is not None
         while True:
-            now = self.now_ms()
-            self._publish(self._model.advance(now), now)
+            if self.pace:
+                self._pace()
+            if self._hold_since is None:
+                now = self.now_ms()
+                self._publish(self._model.advance(now), now)
             await asyncio.sleep(GENERATE_EVERY_S)
+
+    def _pace(self) -> None:
+        """Stop or restart the event clock by the longest client backlog (``pace``)."""
+        backlog = max((s.queue.qsize() for s in self._sockets if not s.cut), default=0)
+        if self._hold_since is None and backlog > PACE_HOLD:
+            self._hold_since = time.monotonic()
+        elif self._hold_since is not None and backlog < PACE_RESUME:
+            self._held_s += time.monotonic() - self._hold_since
+            self._hold_since = None
 
     def _publish(self, ticks: Iterable[Tick], now_ms: int) -> None:
         state = self._state
