@@ -157,3 +157,17 @@ def fill_synthetic(pipeline: Pipeline, end_ms: int) -> int:
         )
         history.fill(buckets, rows)
     return added
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.parse_args()  # --help prints the above
+    parser.exit(
+        2,
+        "bench/_support.py is not a bench: run pipeline.py, latency.py, memory.py or "
+        "backfill.py (each takes --help)\n",
+    )

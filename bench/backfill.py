@@ -65,9 +65,13 @@ async def once(sim: Simulator, days: int, state: Path) -> tuple[Backfill, dict[s
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--days", type=int, default=90)
-    parser.add_argument("--assets", default="BTC,ETH,SOL")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--days", type=int, default=90, help="days of history to fetch [90]")
+    parser.add_argument(
+        "--assets", default="BTC,ETH,SOL", help="comma-separated simulated assets [BTC,ETH,SOL]"
+    )
     args = parser.parse_args()
     symbols = {f"{a}USDT": PRICES.get(a, 100.0) for a in args.assets.split(",")}
     sim = Simulator(port=0, symbols=symbols)

@@ -208,11 +208,15 @@ class Marks:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--speed", type=float, default=20.0, help="simulator speed [20]")
     parser.add_argument("--seconds", type=float, default=60.0, help="measured [60]")
     parser.add_argument("--warmup", type=float, default=10.0, help="not measured [10]")
-    parser.add_argument("--assets", default="BTC,ETH,SOL")
+    parser.add_argument(
+        "--assets", default="BTC,ETH,SOL", help="comma-separated simulated assets [BTC,ETH,SOL]"
+    )
     parser.add_argument(
         "--tick",
         type=float,

@@ -254,12 +254,20 @@ def daemon_phase(state_dir: Path, assets: list[str], run_s: float, first_start: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--assets", default="BTC,ETH,SOL")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--assets", default="BTC,ETH,SOL", help="comma-separated assets [BTC,ETH,SOL]"
+    )
     parser.add_argument(
         "--live", type=float, default=75.0, help="seconds of the daemon, 0: none [75]"
     )
-    parser.add_argument("--first-start", action="store_true")
+    parser.add_argument(
+        "--first-start",
+        action="store_true",
+        help="instead of --live: a daemon without checkpoint backfills 90 days (peak RSS)",
+    )
     parser.add_argument("--child", metavar="STATE_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     assets = args.assets.split(",")

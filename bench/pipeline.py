@@ -9,8 +9,8 @@ Frames are loaded into memory first, so the figures exclude tape decompression. 
 
 from __future__ import annotations
 
+import argparse
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,17 @@ def _best_of(n: int, fn) -> float:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    paths = [Path(p) for p in sys.argv[1:]] or [DEFAULT_TAPE]
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "tapes",
+        nargs="*",
+        type=Path,
+        metavar="TAPE",
+        help=f"tapes to load [{DEFAULT_TAPE.relative_to(REPO)}]",
+    )
+    paths = parser.parse_args().tapes or [DEFAULT_TAPE]
     frames = _load(paths)
     trades = [f for f in frames if '@trade"' in f[2][:40] or '@aggTrade"' in f[2][:40]]
     # The recorded depth snapshots (REST bodies) come with the depth frames, in tape order, so

@@ -6,19 +6,22 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import signal
 import socket
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 import yaml
 
 from monitor import __version__
 from monitor.config import (
+    ENV_MQTT_URL,
     Config,
     ConfigError,
     check_config,
@@ -28,12 +31,14 @@ from monitor.config import (
     parse_shard,
     shard,
 )
-from streams.tape import TapeError
+from monitor.defaults import BUILT_IN_NAME, default_config, default_config_data
 from streams.tasks import stop_tasks
 
 log = logging.getLogger("tapewatch")
 
 DEFAULT_CONFIG = "config.yaml"
+# What a process killed by SIGPIPE reports to its shell: `replay ... | head` ends like `cat`.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:
@@ -52,6 +57,15 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _fail(command: str, message: str) -> NoReturn:
+    """Stop with one line on stderr that names the problem (exit status 1)."""
+    raise SystemExit(f"tapewatch {command}: {message}")
+
+
+def _note(command: str, message: str) -> None:
+    print(f"tapewatch {command}: {message}", file=sys.stderr, flush=True)
+
+
 def _load(path: str) -> Config:
     if not Path(path).exists():
         raise SystemExit(
@@ -65,6 +79,34 @@ def _load(path: str) -> Config:
         raise SystemExit(f"{path}: invalid configuration:\n{lines}") from None
 
 
+def _config(command: str, path: str | None) -> tuple[Config, str]:
+    """The config of a command that only reads (replay, tail) and where it came from: ``path``,
+    else ./config.yaml, else the built-in one (said on stderr), so that these commands also
+    work outside a checkout."""
+    if path is None:
+        if not Path(DEFAULT_CONFIG).exists():
+            _note(
+                command,
+                f"no {DEFAULT_CONFIG} in {Path.cwd()}: using {BUILT_IN_NAME}; "
+                "--config FILE picks another",
+            )
+            try:
+                return default_config(), "the built-in default config"
+            except ConfigError as err:  # only the environment (TAPEWATCH_MQTT_URL) can be wrong
+                _fail(command, "; ".join(err.errors))
+        path = DEFAULT_CONFIG
+    return _load(path), path
+
+
+def _cannot_write(path: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        parent = Path(path).parent
+        return f"cannot write {path}: no directory {str(parent)!r} (create it first)"
+    if isinstance(exc, IsADirectoryError):
+        return f"cannot write {path}: it is a directory (name a file in it)"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
 def _install_stop(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -76,13 +118,17 @@ def _install_stop(stop: asyncio.Event) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import Daemon
 
+    if args.shard:  # checked before the config, which may be fine while the flag is not
+        try:
+            which = parse_shard(args.shard)
+        except ValueError as exc:
+            _fail("run", str(exc))
     config = _load(args.config)
     if args.shard:
         try:
-            config = shard(config, *parse_shard(args.shard))
-        except (ValueError, ConfigError) as exc:
-            errors = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
-            raise SystemExit("\n".join(errors)) from None
+            config = shard(config, *which)
+        except ConfigError as exc:
+            _fail("run", "; ".join(exc.errors))
     _setup_logging(config.log_level)
 
     async def main() -> int:
@@ -100,7 +146,12 @@ def cmd_record(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     _setup_logging(config.log_level)
-    recorder = Recorder(args.out, max_bytes=int(args.rotate_mb * 2**20), note="tapewatch record")
+    try:
+        recorder = Recorder(
+            args.out, max_bytes=max(1, int(args.rotate_mb * 2**20)), note="tapewatch record"
+        )
+    except OSError as exc:  # before any socket opens: nothing to record into
+        _fail("record", _cannot_write(args.out, exc))
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -142,19 +193,43 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from monitor.replay import replay_to_jsonl
+    from monitor.replay import Replay
+    from streams.tape import TapeError, merge
 
-    config = _load(args.config)
-    _setup_logging(config.log_level)
-    if args.out is None:
-        raise SystemExit("replay needs --out FILE.jsonl (publishing a replay to MQTT comes later)")
+    outs = {Path(args.out).resolve()}
+    for tape in args.tapes:
+        if Path(tape).resolve() in outs:
+            _fail("replay", f"--out {args.out} is one of the tapes: it would be overwritten")
     try:
-        with open(args.out, "wb") as out:
-            health = replay_to_jsonl(args.tapes, config, out)
-    except (TapeError, FileNotFoundError) as err:
-        raise SystemExit(f"replay: {err}") from None
-    frames = sum(health.frames.values())
-    malformed = sum(health.malformed.values())
+        records = merge(args.tapes)  # reads every header: a file that is no tape fails here
+    except TapeError as err:
+        _fail("replay", str(err))
+    config, origin = _config("replay", args.config)
+    _setup_logging(config.log_level)
+    try:
+        out: IO[bytes] = open(args.out, "wb")  # noqa: SIM115 (closed below, broken pipe or not)
+    except OSError as exc:
+        _fail("replay", _cannot_write(args.out, exc))
+    replay = Replay(config)
+    try:
+        with out:
+            replay.to_jsonl(records, out)
+    except BrokenPipeError:
+        # The reader has gone (`| head`): stop quietly, as any filter does on SIGPIPE.
+        return EXIT_BROKEN_PIPE
+    except TapeError as err:
+        _fail("replay", str(err))
+    if not replay.heard_configured():
+        skipped = replay.unknown_symbol_events()
+        others = f"; {skipped} events of other symbols were skipped" if skipped else ""
+        _fail(
+            "replay",
+            f"the tape(s) hold none of the configured symbols "
+            f"({', '.join(replay.configured_symbols())}, from {origin}){others}: "
+            "pass --config with the tape's assets",
+        )
+    frames = sum(replay.health.frames.values())
+    malformed = sum(replay.health.malformed.values())
     print(f"replayed {frames} frames ({malformed} malformed) into {args.out}", file=sys.stderr)
     return 0
 
@@ -163,18 +238,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from streams.simulator.server import Simulator, serve_forever
 
     _setup_logging("info")
-    sim = Simulator(
-        host="127.0.0.1",
-        port=args.port,
-        scenario=args.scenario,
-        speed=args.speed,
-        seed=args.seed,
-        faults=frozenset(args.fault or ()),
-        fault_every=args.fault_every,
-        fault_symbol=args.fault_symbol,
-        unknown_symbols=args.unknown_symbols,
-        dead_venues=args.dead_venue or (),
-    )
+    try:
+        sim = Simulator(
+            host="127.0.0.1",
+            port=args.port,
+            scenario=args.scenario,
+            speed=args.speed,
+            seed=args.seed,
+            faults=frozenset(args.fault or ()),
+            fault_every=args.fault_every,
+            fault_symbol=args.fault_symbol,
+            unknown_symbols=args.unknown_symbols,
+            dead_venues=args.dead_venue or (),
+        )
+    except ValueError as exc:  # what the parser cannot check alone, e.g. the fault symbol
+        _fail("simulate", str(exc))
 
     async def main() -> int:
         task = asyncio.create_task(serve_forever(sim, args.write_config, args.config))
@@ -192,10 +270,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from monitor.tail import tail
+    import aiomqtt
 
-    config = _load(args.config)
+    from monitor.tail import BrokerUnreachable, tail
+
+    config, origin = _config("tail", args.config)
     mqtt = config.mqtt
+    asset = args.asset
+    if asset is not None:
+        # Asset names are upper-case in every config (BTC): `--asset btc` means that one.
+        asset = asset if asset in config.assets else asset.upper()
+        if asset not in config.assets:
+            _fail(
+                "tail",
+                f"no asset {args.asset!r} is configured in {origin}, so none is published "
+                f"under that name (configured: {', '.join(sorted(config.assets))}); --config "
+                "names the config of the instance to watch",
+            )
+    where = f"{mqtt.url} ({'env ' + ENV_MQTT_URL if os.environ.get(ENV_MQTT_URL) else origin})"
 
     async def main() -> int:
         task = asyncio.create_task(
@@ -203,7 +295,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 mqtt.host,
                 mqtt.port,
                 mqtt.prefix,
-                args.asset or "+",
+                asset or "+",
                 live=False if args.plain else None,
                 username=mqtt.username,
                 password=mqtt.password,
@@ -216,8 +308,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
             [task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
         )
         await stop_tasks([task])
-        if task in done and task.exception():
-            raise SystemExit(f"tail: {task.exception()}")
+        error = task.exception() if task in done else None
+        if isinstance(error, BrokerUnreachable):
+            _fail("tail", f"cannot connect to the MQTT broker at {where}: {error}")
+        if isinstance(error, aiomqtt.MqttError):
+            _fail("tail", f"lost the MQTT broker at {where}: {error}")
+        if error is not None:
+            raise error
         return 0
 
     return _run_async(main())
@@ -235,13 +332,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streams.simulator.server import Simulator
 
     _setup_logging("warning")
+    # The simulator takes the base's rules and MQTT prefix, and replaces assets and endpoints.
+    base: dict[str, Any]
+    if args.config is None and not Path(DEFAULT_CONFIG).exists():
+        _note("demo", f"no {DEFAULT_CONFIG} in {Path.cwd()}: using {BUILT_IN_NAME} as the base")
+        base = default_config_data()
+    else:
+        path = args.config or DEFAULT_CONFIG
+        _load(path)  # one line per problem, before anything starts
+        base = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
     async def main(state_dir: str) -> int:
         sim = Simulator(port=0, scenario=args.scenario, speed=args.speed)
         await sim.start()
-        base: dict[str, Any] = {}
-        if Path(args.config).exists():
-            base = yaml.safe_load(Path(args.config).read_text()) or {}
         port = _free_port()
         merged = sim.config_for(base)
         merged = deep_merge(
@@ -295,15 +398,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line that names the problem; the usage is one --help away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(unit: str) -> Callable[[str], float]:
+    """A converter for a finite number above 0 (0 seconds of demo, a speed of 0 or a 0 MB
+    segment cannot mean anything)."""
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unit}, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be more than 0 ({unit}), got {text!r}")
+        return value
+
+    return convert
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 (any free port) to 65535, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from streams.simulator.faults import DEAD_VENUES, FAULTS, UNKNOWN_SYMBOLS
+    from streams.simulator.scenarios import SCENARIOS
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="tapewatch",
         description="Real-time crypto market-flow monitor: signals and regimes over MQTT.",
     )
     p.add_argument("--version", action="version", version=f"tapewatch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    scenarios = list(SCENARIOS)
+    scenario_help = f"market scenario: {', '.join(scenarios)} [sell_wave]"
+    built_in = f"[{DEFAULT_CONFIG}, else the built-in default]"
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", default=DEFAULT_CONFIG, help="config file [config.yaml]")
@@ -316,19 +466,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="simulator + daemon + broker + live view, offline")
-    demo.add_argument("--scenario", default="sell_wave")
-    demo.add_argument("--duration", type=float, default=60.0, help="seconds [60]")
-    demo.add_argument("--speed", type=float, default=1.0, help="event-time speed-up [1]")
-    demo.add_argument("--config", default=DEFAULT_CONFIG, help="base config [config.yaml]")
+    demo.add_argument(
+        "--scenario", default="sell_wave", choices=scenarios, metavar="NAME", help=scenario_help
+    )
+    demo.add_argument(
+        "--duration", type=_positive("seconds"), default=60.0, metavar="S", help="seconds [60]"
+    )
+    demo.add_argument(
+        "--speed",
+        type=_positive("a speed-up factor"),
+        default=1.0,
+        metavar="X",
+        help="event-time speed-up [1]",
+    )
+    demo.add_argument("--config", metavar="FILE", help=f"base config {built_in}")
     demo.add_argument(
         "--plain", action="store_true", help="print lines instead of the live view on a terminal"
     )
     demo.set_defaults(func=cmd_demo)
 
     sim = sub.add_parser("simulate", help="run the exchange simulator on loopback")
-    sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--scenario", default="sell_wave")
-    sim.add_argument("--speed", type=float, default=1.0)
+    sim.add_argument("--port", type=_port, default=8765, help="0: any free port [8765]")
+    sim.add_argument(
+        "--scenario", default="sell_wave", choices=scenarios, metavar="NAME", help=scenario_help
+    )
+    sim.add_argument(
+        "--speed",
+        type=_positive("a speed-up factor"),
+        default=1.0,
+        metavar="X",
+        help="event-time speed-up [1]",
+    )
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--write-config", metavar="FILE", help="write a config pointing at it")
     sim.add_argument(
@@ -347,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--unknown-symbols",
-        type=int,
+        type=_count,
         default=UNKNOWN_SYMBOLS,
         metavar="N",
         help=f"new symbols in each burst of the hostile fault [{UNKNOWN_SYMBOLS}]",
@@ -364,29 +532,47 @@ def build_parser() -> argparse.ArgumentParser:
         default="BTCUSDT",
         help="symbol the wire faults hit (Binance symbol or Coinbase product) [BTCUSDT]",
     )
-    sim.add_argument("--fault-every", type=float, default=5.0, help="seconds between faults")
+    sim.add_argument(
+        "--fault-every",
+        type=_positive("seconds"),
+        default=5.0,
+        help="seconds between faults [5]",
+    )
     sim.set_defaults(func=cmd_simulate)
 
     rep = sub.add_parser("replay", help="replay tapes through the pipeline at full speed")
-    rep.add_argument("tapes", nargs="+", metavar="TAPE")
-    rep.add_argument("--config", default=DEFAULT_CONFIG)
-    rep.add_argument("--out", metavar="FILE.jsonl", help="write would-be MQTT messages here")
+    rep.add_argument(
+        "tapes",
+        nargs="+",
+        metavar="TAPE",
+        help="tape files, plain or .zst (the segments of a recording merge in order)",
+    )
+    rep.add_argument("--config", metavar="FILE", help=f"config file {built_in}")
+    rep.add_argument(
+        "--out", required=True, metavar="FILE.jsonl", help="write would-be MQTT messages here"
+    )
     rep.set_defaults(func=cmd_replay)
 
     rec = sub.add_parser("record", help="record raw exchange traffic to a tape")
     rec.add_argument("--out", required=True, metavar="TAPE", help="e.g. rec.tape.jsonl.zst")
-    rec.add_argument("--duration", type=float, help="seconds (default: until interrupted)")
+    rec.add_argument(
+        "--duration",
+        type=_positive("seconds"),
+        help="seconds (default: until interrupted)",
+    )
     rec.add_argument(
         "--rotate-mb",
-        type=float,
+        type=_positive("megabytes"),
         default=256.0,
         help="start a new tape segment after this many uncompressed MB [256]",
     )
-    rec.add_argument("--config", default=DEFAULT_CONFIG)
+    rec.add_argument("--config", default=DEFAULT_CONFIG, help="config file [config.yaml]")
     rec.set_defaults(func=cmd_record)
 
     tl = sub.add_parser("tail", help="live view of regimes and signals from the broker")
-    tl.add_argument("--config", default=DEFAULT_CONFIG)
+    tl.add_argument(
+        "--config", metavar="FILE", help=f"config file: broker, prefix and assets {built_in}"
+    )
     tl.add_argument("--asset", help="one asset (default: all)")
     tl.add_argument(
         "--plain",
@@ -403,7 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handler
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

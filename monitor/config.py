@@ -1126,6 +1126,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not sep or not index.strip().isdigit() or not count.strip().isdigit():
         raise ValueError(f"--shard expects I/N such as 1/3, got {text!r}")
     i, n = int(index), int(count)
+    if n < 1:
+        raise ValueError(f"--shard {text}: N must be at least 1 (N is the number of shards)")
     if not 1 <= i <= n:
         raise ValueError(f"--shard {text}: I must be between 1 and N")
     return i, n

@@ -40,13 +40,14 @@ class Recorder:
 
     def _open(self) -> TapeWriter:
         path = segment_path(self.path, self.segment)
-        log.info("recording to %s", path)
-        return TapeWriter(
+        writer = TapeWriter(
             path,
             note=self.note,
             sources=("binance-spot", "binance-usdm", "coinbase"),
             segment=self.segment,
         )
+        log.info("recording to %s", path)  # once it is open: a path that fails says so alone
+        return writer
 
     def write(self, item: QueueItem) -> None:
         if isinstance(item, Frame):

@@ -11,6 +11,7 @@ per ``signals_every_s`` per asset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import sys
 import time
@@ -25,8 +26,16 @@ from rich.live import Live
 from monitor.dashboard import KINDS, PlainLog, TailState, Update, render
 from streams.tasks import stop_tasks
 
-
 # -- I/O part -----------------------------------------------------------------------------------
+# TCP connect and CONNACK together: paho bounds the first (5 s) but aiomqtt waits for the second
+# for ever, so a port that accepts and never answers would hang `tail` without this.
+CONNECT_TIMEOUT_S = 10.0
+
+
+class BrokerUnreachable(Exception):
+    """No MQTT session: connection refused, host unreachable, CONNACK refused or not in time."""
+
+
 def _wall_ms() -> int:
     return int(time.time() * 1000)
 
@@ -55,12 +64,14 @@ async def tail(
     tls_context: ssl.SSLContext | None = None,
     signals_every_s: float = 10.0,
     refresh_per_second: float = 4.0,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> None:
     """Show ``prefix``'s regimes and signals until cancelled.
 
     ``live``: redraw a rich view in place (True), print plain lines (False), or decide by
     whether ``out`` (default stdout) is a terminal (None). ``counts`` tallies the messages
-    received per kind (used by ``demo``); ``ready`` is set once subscribed.
+    received per kind (used by ``demo``); ``ready`` is set once subscribed. Raises
+    ``BrokerUnreachable`` when no session opens within ``connect_timeout_s``.
     """
     out = out if out is not None else sys.stdout
     if live is None:
@@ -68,13 +79,20 @@ async def tail(
     counts = counts if counts is not None else Counter()
     prefix = prefix.rstrip("/")
     state = TailState(prefix, asset)
-    async with aiomqtt.Client(
+    client = aiomqtt.Client(
         host,
         port,
         username=username,
         password=password,
         tls_context=tls_context,
-    ) as client:
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await asyncio.wait_for(stack.enter_async_context(client), connect_timeout_s)
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnreachable(str(exc)) from None
+        except TimeoutError:
+            raise BrokerUnreachable(f"no answer within {connect_timeout_s:g} s") from None
         for pattern in (
             f"{prefix}/{asset}/regime",
             f"{prefix}/{asset}/events",

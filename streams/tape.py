@@ -13,7 +13,7 @@ have seen them in.
 from __future__ import annotations
 
 import heapq
-import io
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,8 @@ import orjson
 import zstandard
 
 TAPE_VERSION = 1
+
+log = logging.getLogger("tapewatch.tape")
 
 
 class TapeError(Exception):
@@ -38,53 +40,187 @@ class TapeRecord:
     ctl: dict[str, Any] | None = None  # set for collector control records only
 
 
-def _open_text(path: Path) -> IO[str]:
-    raw = path.open("rb")
-    if path.suffix == ".zst":
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-        return io.TextIOWrapper(stream, encoding="utf-8")
-    return io.TextIOWrapper(raw, encoding="utf-8")
+# What a tape's first bytes may be. zstd is read whatever the file is called; the others are
+# named in the error, because "line 1 is not JSON" says nothing useful about a .gz.
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+OTHER_COMPRESSIONS = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+}
+CHUNK = 1 << 16
+HEADER_MAX = 1 << 20  # a tape header is a few hundred bytes
+
+
+class _Source:
+    """A tape file's bytes, decompressed when zstd, in chunks.
+
+    ``truncated`` is set once the chunks are exhausted if the file ended inside a zstd frame:
+    what a recorder killed mid-write leaves, and which zstd itself does not report.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.truncated = False
+
+    def _open(self) -> IO[bytes]:
+        try:
+            return self.path.open("rb")
+        except IsADirectoryError:
+            raise TapeError(
+                f"{self.path}: is a directory, not a tape (pass the tape files in it)"
+            ) from None
+        except FileNotFoundError:
+            raise TapeError(f"{self.path}: no such file") from None
+        except OSError as exc:
+            raise TapeError(f"{self.path}: cannot read it: {exc.strerror or exc}") from None
+
+    def chunks(self) -> Iterator[bytes]:
+        with self._open() as raw:
+            head = raw.read(CHUNK)
+            if head.startswith(ZSTD_MAGIC):
+                yield from self._zstd(head, raw)
+                return
+            for magic, name in OTHER_COMPRESSIONS.items():
+                if head.startswith(magic):
+                    raise TapeError(
+                        f"{self.path}: {name}-compressed, not a tape: tapes are JSON Lines, "
+                        f"plain or zstd-compressed (.zst); decompress it first"
+                    )
+            if self.path.suffix == ".zst" and head:
+                raise TapeError(f"{self.path}: not zstd data, although named .zst")
+            while head:
+                yield head
+                head = raw.read(CHUNK)
+
+    def _zstd(self, head: bytes, raw: IO[bytes]) -> Iterator[bytes]:
+        dctx = zstandard.ZstdDecompressor()
+        frame = dctx.decompressobj()
+        in_frame = False  # bytes of the current frame fed, and its end not reached yet
+        chunk = head
+        while chunk:
+            while chunk:
+                try:
+                    out = frame.decompress(chunk)
+                except zstandard.ZstdError as exc:
+                    raise TapeError(f"{self.path}: corrupt zstd data ({exc})") from None
+                if out:
+                    yield out
+                if frame.eof:  # several frames may follow each other (concatenated files)
+                    chunk, frame, in_frame = frame.unused_data, dctx.decompressobj(), False
+                else:
+                    chunk, in_frame = b"", True
+            chunk = raw.read(CHUNK)
+        self.truncated = in_frame
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, bool]]:
+    """(line without its newline, whether the newline was there), in file order."""
+    rest = b""
+    header = True  # no line yet
+    for chunk in chunks:
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line, True
+        header = header and not lines
+        if header and len(rest) > HEADER_MAX:
+            # A large file without a single newline (an image, an archive) is no tape: say so
+            # now rather than read all of it into memory looking for the end of line 1.
+            yield rest[:HEADER_MAX], False
+            return
+    if rest:
+        yield rest, False
+
+
+def _header(path: Path, line: bytes | None) -> dict[str, Any]:
+    if line is None:
+        raise TapeError(f"{path}: empty file, not a tape")
+    try:
+        header = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise TapeError(
+            f"{path}: not a tape: line 1 is not a JSON tape header "
+            f'(a tape starts with {{"tape": {TAPE_VERSION}, ...}})'
+        ) from None
+    if not isinstance(header, dict) or header.get("tape") != TAPE_VERSION:
+        shown = line[:80].decode("utf-8", "replace")
+        raise TapeError(f"{path}: not a tape v{TAPE_VERSION} file (header {shown!r})")
+    return header
+
+
+def _record(line: bytes) -> TapeRecord:
+    obj = orjson.loads(line)
+    return TapeRecord(float(obj["ts"]), obj["src"], obj["msg"], obj.get("url"), obj.get("ctl"))
 
 
 def read_tape(path: str | Path) -> Iterator[TapeRecord]:
+    """The records of one tape, in file order.
+
+    A tape whose end is cut (a recorder killed mid-write: a last line without its newline that
+    does not parse, or a zstd stream that stops inside a frame) yields every complete record
+    and logs one WARNING; any other unreadable line is a ``TapeError``.
+    """
     path = Path(path)
-    with _open_text(path) as fh:
-        header_line = fh.readline()
+    source = _Source(path)
+    lines = _lines(source.chunks())
+    first = next(lines, None)
+    _header(path, None if first is None else first[0])
+    lineno = 1
+    cut: bytes | None = None
+    for lineno, (line, complete) in enumerate(lines, start=2):
+        if not line.strip():
+            continue
         try:
-            header = orjson.loads(header_line)
-        except orjson.JSONDecodeError:
-            raise TapeError(f"{path}: line 1 is not a JSON tape header") from None
-        if not isinstance(header, dict) or header.get("tape") != TAPE_VERSION:
-            raise TapeError(
-                f"{path}: not a tape v{TAPE_VERSION} file (header {header_line[:80]!r})"
-            )
-        for lineno, line in enumerate(fh, start=2):
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-                yield TapeRecord(
-                    float(obj["ts"]), obj["src"], obj["msg"], obj.get("url"), obj.get("ctl")
-                )
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise TapeError(f"{path}:{lineno}: bad tape record ({exc})") from None
+            record = _record(line)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            if not complete:  # only the very last line can lack its newline
+                cut = line
+                break
+            raise TapeError(f"{path}:{lineno}: bad tape record ({exc})") from None
+        yield record
+    if cut is not None:
+        ends = " and the zstd stream ends inside a frame" if source.truncated else ""
+        log.warning(
+            "%s: line %d is cut short (%d bytes without an end of line%s), as a recording "
+            "stopped mid-write leaves it; it is skipped and the lines before it are read",
+            path,
+            lineno,
+            len(cut),
+            ends,
+        )
+    elif source.truncated:
+        log.warning(
+            "%s: the zstd stream ends inside a frame after line %d, as a recording stopped "
+            "mid-write leaves it; the lines up to there are read",
+            path,
+            lineno,
+        )
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
-    with _open_text(Path(path)) as fh:
-        try:
-            header = orjson.loads(fh.readline())
-        except orjson.JSONDecodeError:
-            raise TapeError(f"{path}: line 1 is not a JSON tape header") from None
-    if not isinstance(header, dict) or header.get("tape") != TAPE_VERSION:
-        raise TapeError(f"{path}: not a tape v{TAPE_VERSION} file")
-    return header
+    """The header of a tape; ``TapeError`` if the file is not one."""
+    path = Path(path)
+    chunks = _Source(path).chunks()
+    try:
+        first = next(_lines(chunks), None)
+    finally:
+        chunks.close()  # closes the file now, not whenever the generator is collected
+    return _header(path, None if first is None else first[0])
+
+
+def _segment(path: str | Path) -> int:
+    segment = read_header(path).get("segment", 0)
+    if not isinstance(segment, int) or isinstance(segment, bool):
+        raise TapeError(f"{path}: header has segment {segment!r}, not a whole number")
+    return segment
 
 
 def merge(paths: Iterable[str | Path]) -> Iterator[TapeRecord]:
     """Records of all tapes in receive-time order. Equal times keep input order, and segments
-    of one rotated recording are put in segment order first, however a shell glob sorted them."""
-    ordered = sorted(paths, key=lambda p: int(read_header(p).get("segment", 0)))
+    of one rotated recording are put in segment order first, however a shell glob sorted them.
+    Every header is read here, so a file that is not a tape fails before any record is read."""
+    ordered = sorted(paths, key=_segment)
     return heapq.merge(*(read_tape(p) for p in ordered), key=lambda r: r.ts)
 
 
