@@ -15,6 +15,12 @@ missing. The cache records the venue endpoints it was fetched from: a cache from
 (the simulator's history, say) is set aside, never mixed into a real market's baselines.
 Requests go through the venues' ``RestClient``s, which keep Binance's weight budget and
 Coinbase's request rate.
+
+A venue that cannot be reached (no network, DNS down: ``HostUnreachable``), or whose every
+request of a round failed, ends that venue group's pass after that round, the newest day on a
+first run: walking back through 90 days of requests that all fail would only make noise. The
+group tries again after ``retry_initial`` seconds, doubling up to ``retry_cap``, says so once,
+and says when it resumes; the cache makes the days already fetched cost nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +55,8 @@ from streams.history import (
     parse_klines,
     parse_open_interest_history,
 )
-from streams.rest import RestClient, RestError
+from streams.reporting import duration
+from streams.rest import HostUnreachable, RestClient, RestError
 
 log = logging.getLogger("tapewatch.backfill")
 
@@ -60,6 +67,9 @@ OI_KEPT_MS = 30 * DAY_MS  # Binance serves open-interest history for the last 30
 CANDLES_PATH = "/api/v3/brokerage/market/products/{product}/candles"
 LEAD_KINDS = ("perp", "spot")  # the rolling metrics' inputs
 SAVE_EVERY_S = 10.0  # cache writes: often enough to resume, rare enough to cost nothing
+# A group whose venue cannot be reached tries again after 1 min, then 2, 4, ... up to 30 min.
+RETRY_INITIAL_S = 60.0
+RETRY_CAP_S = 1800.0
 
 Data = Bars | Points
 
@@ -171,9 +181,19 @@ class Backfill:
     """Fetches history for every asset of ``config`` and fills ``engine`` as it goes."""
 
     def __init__(
-        self, config: Config, engine: SignalEngine, rest: dict[str, RestClient], now_ms: int
+        self,
+        config: Config,
+        engine: SignalEngine,
+        rest: dict[str, RestClient],
+        now_ms: int,
+        retry_initial: float = RETRY_INITIAL_S,
+        retry_cap: float = RETRY_CAP_S,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.config = config
+        self.retry_initial = retry_initial
+        self.retry_cap = retry_cap
+        self._sleep = sleep  # the wait between passes; injectable, so tests need not wait
         self.engine = engine
         self.rest = rest
         self.span_ms = round(config.signals.baseline_window * 1000)
@@ -191,8 +211,10 @@ class Backfill:
         self.progress = Progress()
         self.added: dict[str, dict[str, int]] = {name: {} for name in self.plans}
         self._saved_at = time.monotonic()
+        self._saved_requests = 0  # progress.requests at the last save
         self._done: set[str] = set()  # venue groups whose rounds are all done
         self.finished: dict[str, float] = {}  # venue group -> seconds it took
+        self.stopped: dict[str, str] = {}  # venue group -> why its pass stopped, until resumed
 
     # -- cache ----------------------------------------------------------------------------------
     def _path(self, asset: str) -> Path:
@@ -259,6 +281,7 @@ class Backfill:
             except OSError as exc:
                 log.error("could not write the history cache %s: %s", self._path(asset), exc)
         self._saved_at = time.monotonic()
+        self._saved_requests = self.progress.requests
 
     # -- running --------------------------------------------------------------------------------
     def rounds(self) -> list[tuple[int, int]]:
@@ -303,33 +326,78 @@ class Backfill:
     async def _run_rounds(
         self, group: str, rounds: list[tuple[int, int]], member: Callable[[Series], bool]
     ) -> None:
+        """The group's rounds; a pass that meets an unreachable venue is tried again later."""
         series = [(a, s) for a, plans in self.plans.items() for s in plans if member(s)]
         if not series:
             self._done.add(group)
             self.finished[group] = 0.0
             return
+        delay = self.retry_initial
+        while True:
+            why = await self._pass(group, rounds, series)
+            if why is None:
+                return
+            level = logging.WARNING if group not in self.stopped else logging.DEBUG
+            self.stopped[group] = why
+            if self.progress.requests > self._saved_requests:
+                self.save()  # the wait may be long: keep what was fetched until now
+            log.log(
+                level,
+                "backfill %s: %s; retrying in %s, then up to every %s",
+                group,
+                why,
+                duration(delay),
+                duration(self.retry_cap),
+            )
+            await self._sleep(delay)
+            delay = min(self.retry_cap, 2 * delay)
+
+    async def _pass(
+        self, group: str, rounds: list[tuple[int, int]], series: list[tuple[str, Series]]
+    ) -> str | None:
+        """The rounds in order; returns None when all ran, or why the pass stopped early."""
         for i, (start, end) in enumerate(rounds, 1):
-            before = self.progress.requests
+            before, failed = self.progress.requests, self.progress.failed
             jobs = [self._fetch(a, s, start, end, first=i == 1) for a, s in series]
-            await asyncio.gather(*jobs)
-            if i == len(rounds):
+            errors = [e for e in await asyncio.gather(*jobs) if e is not None]
+            # An unreachable host fails every older day the same way; so does a venue that
+            # answered no request of the round. Other failures (one bad symbol) leave a hole in
+            # that series only, fetched again at the next start. (The host reporter has said
+            # why a host cannot be reached; failures of a venue that answered were logged.)
+            unreachable = sorted({e.host for e in errors if isinstance(e, HostUnreachable)})
+            why = None
+            if unreachable:
+                why = f"cannot reach {', '.join(unreachable)}; stopped at day {i} of {len(rounds)}"
+            elif self.progress.failed > failed and self.progress.requests == before:
+                why = f"no request of day {i} of {len(rounds)} succeeded; stopped there"
+            elif group in self.stopped:
+                del self.stopped[group]
+                log.info("backfill %s: the venue answers again; resumed at day %d", group, i)
+            last = i == len(rounds) and why is None
+            if last:
                 self._done.add(group)
                 self.finished[group] = self.elapsed
-            if self.progress.requests > before or i == len(rounds):
+            if self.progress.requests > before or last:
                 self.fill()
                 self._report(group, i, len(rounds))
             if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
                 self.save()
+            if why is not None:
+                return why
+        return None
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.progress.started
 
-    async def _fetch(self, asset: str, s: Series, start: int, end: int, first: bool) -> None:
+    async def _fetch(
+        self, asset: str, s: Series, start: int, end: int, first: bool
+    ) -> RestError | None:
+        """Fetch what the series lacks of [start, end); returns the error that stopped it."""
         entry = self.stored[asset][s.kind]
         if s.whole:
             if not first:
-                return
+                return None
             start = self.start_ms
         start = max(start, self.start_ms if s.lead else self.window_start_ms)
         if s.kept_ms is not None:
@@ -340,19 +408,30 @@ class Backfill:
             forward = entry.hi > entry.lo and lo >= entry.hi
             for page_lo, page_hi in _pages(lo, hi, s.page_ms, forward):
                 try:
+                    # An unreachable host is not retried here: the pass stops and the group
+                    # tries again on its own, slower schedule.
                     resp = await client.get_retrying(
-                        s.path, s.params(page_lo, page_hi), weight=s.weight
+                        s.path, s.params(page_lo, page_hi), weight=s.weight, retry_unreachable=False
                     )
                     rows = s.parse(resp.text)
                 except (RestError, MalformedFrame) as exc:
-                    # Leave the range uncovered: the next start fetches it again.
+                    # Leave the range uncovered: the next start (or pass) fetches it again.
                     self.progress.failed += 1
-                    log.warning("backfill %s %s %s: %s", asset, s.kind, s.symbol, exc)
-                    return
+                    unreachable = isinstance(exc, HostUnreachable)  # the reporter said it
+                    log.log(
+                        logging.DEBUG if unreachable else logging.WARNING,
+                        "backfill %s %s %s: %s",
+                        asset,
+                        s.kind,
+                        s.symbol,
+                        exc,
+                    )
+                    return exc if isinstance(exc, RestError) else RestError(str(exc))
                 self.progress.requests += 1
                 self.progress.rows += len(rows)
                 entry.data = entry.data.merged(rows.between(page_lo, page_hi))  # type: ignore[arg-type]
                 entry.extend(page_lo, page_hi)
+        return None
 
     def history(self, asset: str) -> AssetHistory:
         """The asset's fetched history within the baseline window. Until the last round, the

@@ -1,36 +1,88 @@
 """The embedded MQTT broker, so ``tapewatch run`` works on a machine with no broker installed.
 
 ``mqtt.broker: auto`` (the default) first asks the configured address whether an MQTT broker
-answers (a real CONNECT/CONNACK, not just an open port); only if none does, and the address is
-on this machine, does it start amqtt in-process there. ``embedded`` always starts it and
-``external`` never does. Subscribers connect to the embedded broker like to any other.
+answers, with the configured credentials and TLS: a real CONNECT/CONNACK, not just an open port.
+It starts amqtt in-process there only when nothing listens at all (the TCP connection itself is
+refused) and the URL is one the embedded broker can honestly stand in for: plain ``mqtt://``, a
+loopback address, no credentials. Everything else means a real broker belongs there, perhaps a
+secured one that is down or refuses us: starting an anonymous broker on its port would squat it
+(the real one could not start, and anyone could read the topics), so the daemon leaves the port
+alone and its publisher keeps retrying. ``embedded`` always starts it and ``external`` never
+does. Subscribers connect to the embedded broker like to any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import ipaddress
 import logging
+from dataclasses import dataclass
 
 import aiomqtt
+from aiomqtt import ProtocolVersion
 
 from monitor.config import MqttConfig
 
 log = logging.getLogger("tapewatch.broker")
 
 STOP_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 5.0
 
 
 class BrokerError(Exception):
     pass
 
 
-async def broker_answers(host: str, port: int, timeout: float = 2.0) -> bool:
+class Answer(enum.Enum):
+    ACCEPTED = "accepted"  # CONNACK: accepted
+    REFUSED = "refused"  # a broker answered and refused the CONNECT (credentials, authorisation)
+    NOTHING = "nothing"  # the TCP connection was refused: nothing listens on that port
+    # Something listens but gave no CONNACK (a TLS failure, silence), or the address is unreachable.
+    UNCLEAR = "unclear"
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    answer: Answer
+    detail: str = ""
+
+
+async def probe(config: MqttConfig, timeout: float = PROBE_TIMEOUT_S) -> Probe:
+    """What listens at the configured address, asked the way the publisher will ask: with the
+    configured credentials and TLS (an anonymous, plain probe gets refused by a secured broker
+    and would take it for absent)."""
+    # A plain TCP connect first: only "connection refused" proves that nothing listens. The
+    # MQTT client below folds every socket error into one message-only MqttError.
     try:
-        async with aiomqtt.Client(host, port, timeout=timeout, identifier=None):
-            return True
-    except aiomqtt.MqttError:
-        return False
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_connection(config.host, config.port)
+    except ConnectionRefusedError as exc:
+        return Probe(Answer.NOTHING, str(exc))
+    except (OSError, TimeoutError) as exc:
+        return Probe(Answer.UNCLEAR, str(exc) or type(exc).__name__)
+    writer.close()
+    with contextlib.suppress(OSError):  # reset on close: it was there, all we wanted to know
+        await writer.wait_closed()
+    try:
+        # MQTT 3.1.1: every broker answers it (the publisher finds MQTT 5 by itself later).
+        async with aiomqtt.Client(
+            config.host,
+            config.port,
+            identifier=None,
+            username=config.username,
+            password=config.password,
+            tls_context=config.ssl_context(),
+            protocol=ProtocolVersion.V311,
+            timeout=timeout,
+        ):
+            return Probe(Answer.ACCEPTED)
+    except aiomqtt.MqttCodeError as exc:
+        # A CONNACK with an error code (bad credentials, not authorised, ...): a broker IS there.
+        return Probe(Answer.REFUSED, str(exc))
+    except aiomqtt.MqttError as exc:
+        return Probe(Answer.UNCLEAR, str(exc))
 
 
 def _is_local(host: str) -> bool:
@@ -40,6 +92,21 @@ def _is_local(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def why_not_embedded(config: MqttConfig) -> str | None:
+    """Why ``auto`` must not put an embedded broker at this URL; None when it may.
+
+    The embedded broker is anonymous and plain: it may only stand in for a broker that would be
+    the same (loopback, no TLS, no credentials). A URL with TLS or credentials names a secured
+    broker, which may just be down, and whose port must stay free for it."""
+    if config.tls:
+        return "it uses TLS (mqtts://)"
+    if config.username is not None or config.password is not None:
+        return "credentials are configured (TAPEWATCH_MQTT_USERNAME)"
+    if not _is_local(config.host):
+        return "it is not a loopback address"
+    return None
 
 
 class EmbeddedBroker:
@@ -81,23 +148,52 @@ class EmbeddedBroker:
 
 
 async def ensure_broker(config: MqttConfig) -> EmbeddedBroker | None:
-    """Start the embedded broker if the config asks for one; None when an external one is used."""
+    """Start the embedded broker if the config asks for one; None when an external one is used
+    (the publisher then connects, and keeps retrying, on its own)."""
     if config.broker == "external":
         return None
-    if config.broker == "auto":
-        if await broker_answers(config.host, config.port):
-            log.info("using the MQTT broker already answering on %s:%d", config.host, config.port)
-            return None
-        if not _is_local(config.host):
-            log.warning(
-                "no MQTT broker answers on %s:%d yet; it is not a local address, so no embedded "
-                "broker is started (waiting for it)",
-                config.host,
-                config.port,
-            )
-            return None
-    if config.tls:
-        raise BrokerError("the embedded broker does not serve TLS: use an mqtt:// URL")
+    if config.broker == "embedded":
+        if config.tls:
+            raise BrokerError("the embedded broker does not serve TLS: use an mqtt:// URL")
+        broker = EmbeddedBroker(config.host, config.port)
+        await broker.start()
+        return broker
+    found = await probe(config)
+    if found.answer is Answer.ACCEPTED:
+        log.info("using the MQTT broker already answering at %s", config.url)
+        return None
+    if found.answer is Answer.REFUSED:
+        log.warning(
+            "the MQTT broker at %s refused tapewatch's CONNECT (%s): check "
+            "TAPEWATCH_MQTT_USERNAME/TAPEWATCH_MQTT_PASSWORD and the broker's ACL; no embedded "
+            "broker is started beside a running one, tapewatch keeps retrying it",
+            config.url,
+            found.detail,
+        )
+        return None
+    if found.answer is Answer.UNCLEAR:
+        log.warning(
+            "no MQTT answer from %s (%s); something may be listening there, so no embedded "
+            "broker is started: tapewatch keeps retrying it",
+            config.url,
+            found.detail,
+        )
+        return None
+    reason = why_not_embedded(config)
+    if reason is not None:
+        log.warning(
+            "no MQTT broker listens at %s yet; broker: auto starts an embedded broker only for "
+            "a plain mqtt:// loopback URL without credentials, and here %s: tapewatch keeps "
+            "retrying until that broker is up",
+            config.url,
+            reason,
+        )
+        return None
     broker = EmbeddedBroker(config.host, config.port)
-    await broker.start()
+    try:
+        await broker.start()
+    except BrokerError as exc:
+        # The port was free a moment ago: a broker started meanwhile. It is theirs: use it.
+        log.warning("%s; a broker started there meanwhile: tapewatch connects to it", exc)
+        return None
     return broker

@@ -59,12 +59,15 @@ from streams.connection import (
 )
 from streams.continuity import TradeGap
 from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
-from streams.rest import RestClient, RestError
+from streams.reporting import HostReporter, venues_report
+from streams.rest import HostUnreachable, RestClient, RestError
 from streams.tasks import stop_tasks
 
 log = logging.getLogger("tapewatch.daemon")
 
 HEALTH_INTERVAL_S = 10.0
+# Retained health expires (MQTT 5) after three missed reports: a dead daemon's health goes.
+HEALTH_EXPIRY_S = round(3 * HEALTH_INTERVAL_S)
 AGG_TRADES_PAGE = 1000
 COINBASE_TRADES_MAX = 1000
 # Request weights (reference §3): depth by limit, aggTrades flat.
@@ -129,12 +132,21 @@ class Daemon:
                 latency=self.health.publish_latency,
             )
         self.queue = FrameQueue(config.collector.queue_size)
+        # One reporter for every socket and REST client: an unreachable host is one log line
+        # (then reminders at a falling rate), however many of them use it.
+        self.hosts = HostReporter()
         self.connections = self._connections()
         venues = config.venues
         self.rest = {
-            BINANCE_SPOT: RestClient(BINANCE_SPOT, venues.binance_spot.rest, weight_limit=6000),
-            BINANCE_USDM: RestClient(BINANCE_USDM, venues.binance_usdm.rest, weight_limit=2400),
-            COINBASE: RestClient(COINBASE, venues.coinbase.rest, requests_per_second=10),
+            BINANCE_SPOT: RestClient(
+                BINANCE_SPOT, venues.binance_spot.rest, weight_limit=6000, hosts=self.hosts
+            ),
+            BINANCE_USDM: RestClient(
+                BINANCE_USDM, venues.binance_usdm.rest, weight_limit=2400, hosts=self.hosts
+            ),
+            COINBASE: RestClient(
+                COINBASE, venues.coinbase.rest, requests_per_second=10, hosts=self.hosts
+            ),
         }
         self.broker: EmbeddedBroker | None = None
         self.broker_ready = asyncio.Event()  # set once an embedded broker (if any) listens
@@ -169,6 +181,7 @@ class Daemon:
             Backoff(col.backoff_initial, col.backoff_max),
             silence_timeout=col.silence_timeout,
             stall_timeout=col.stall_timeout,
+            hosts=self.hosts,
             **kw,
         )
 
@@ -499,8 +512,14 @@ class Daemon:
                 return
             except RestError as exc:
                 delay = backoff.next_delay()
-                log.warning(
-                    "%s %s: snapshot failed (%s); again in %.1fs", req.venue, req.symbol, exc, delay
+                log.log(
+                    # An unreachable host is reported once per host, not per symbol and attempt.
+                    logging.DEBUG if isinstance(exc, HostUnreachable) else logging.WARNING,
+                    "%s %s: snapshot failed (%s); again in %.1fs",
+                    req.venue,
+                    req.symbol,
+                    exc,
+                    delay,
                 )
                 await asyncio.sleep(delay)
 
@@ -577,9 +596,10 @@ class Daemon:
                     log.info("%s %s: polling works again", path, params.get("symbol"))
                 failing = False
             except RestError as exc:
-                if not failing:
+                # An unreachable host is reported once per host, not once per poll.
+                if not failing and not isinstance(exc, HostUnreachable):
                     log.warning("%s: poll failed (%s); retrying every %gs", path, exc, every)
-                failing = True
+                    failing = True
             await asyncio.sleep(every)
 
     async def _report_health(self) -> None:
@@ -590,7 +610,9 @@ class Daemon:
             now = wall_ms()
             report = self.pipeline.health_report(now)
             report["rest"] = {venue: client.stats() for venue, client in self.rest.items()}
+            report["venues"] = venues_report(self.connections, self.rest)
             report["queue_dropped"] = self.queue.dropped
             report["outbox_lost"] = self.outbox_lost
-            self.publisher.publish(self.pipeline.builder.health(report, now))
+            report["commands"] = self.publisher.command_stats()
+            self.publisher.publish(self.pipeline.builder.health(report, now, HEALTH_EXPIRY_S))
             await asyncio.sleep(HEALTH_INTERVAL_S)

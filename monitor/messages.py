@@ -148,7 +148,9 @@ class MessageBuilder:
             "ts_pub": ts_pub,
         }
 
-    def health(self, report: dict[str, Any], ts_pub: int) -> OutMessage:
+    def health(self, report: dict[str, Any], ts_pub: int, expiry_s: int) -> OutMessage:
+        """Retained, with a message expiry (MQTT 5; a few report intervals): the health of a
+        daemon that died expires at the broker instead of looking current."""
         topic = self.topics.health()
         payload = {
             "instance": self.topics.instance,
@@ -157,4 +159,4 @@ class MessageBuilder:
             "seq": self._next_seq(topic),
             **report,
         }
-        return OutMessage(topic, payload, qos=0, retain=True)
+        return OutMessage(topic, payload, qos=0, retain=True, expiry=expiry_s)

@@ -16,12 +16,20 @@
 - One QoS >= 1 message is in flight at a time, so the broker receives them in publish order
   (events from the outbox and in-memory regime messages stay interleaved as published).
 - A message on ``<prefix>/cmd/rebirth`` republishes the status and every retained message.
+  The command topic is open to whoever the broker lets publish there, so it is bounded: on
+  MQTT 5 the CONNECT announces a Maximum Packet Size (the broker never sends us more), payloads
+  over ``MAX_COMMAND_BYTES`` and retained (stale) commands are ignored, rebirths are coalesced to
+  at most one per ``REBIRTH_MIN_INTERVAL_S``, and repeats cost one log line per window.
+- A lost broker is retried every few seconds at most (``RECONNECT_INITIAL_S`` ..
+  ``RECONNECT_MAX_S``, full jitter): the broker is ours to reach, not a rate-limited exchange, so
+  events flow again within seconds of its return. The log says so at a falling rate.
 - A QoS >= 1 message published with ``received_ms`` (the wall-clock receive time of the frame
   that caused it) adds its delivery latency, receive to PUBACK, to ``latency``: what the health
   report's ``publish_latency_ms`` shows.
-- MQTT 5 when the broker speaks it: every message says ``content-type: application/json`` and
-  signals carry a message expiry (a dead daemon's retained signals expire). A broker that
-  refuses MQTT 5 is spoken to in 3.1.1, with the same topics and payloads.
+- MQTT 5 when the broker speaks it: every message (the will and the clean-stop ``offline``
+  included) says ``content-type: application/json``, and signals and health carry a message
+  expiry (a dead daemon's retained signals and health expire). A broker that refuses MQTT 5 is
+  spoken to in 3.1.1, with the same topics and payloads.
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiomqtt
@@ -48,9 +59,68 @@ from streams.tasks import stop_tasks
 
 log = logging.getLogger("tapewatch.mqtt")
 
+# Reconnect back-off towards the broker: full jitter up to a cap of a few seconds, so events
+# flow again within seconds of the broker's return (the exchanges keep their own, longer policy).
+RECONNECT_INITIAL_S = 0.25
+RECONNECT_MAX_S = 2.0
+# A broker that answers but refuses the CONNECT (credentials, authorisation) is not coming back by
+# itself: an operator fixes its password file or ACL. Asked again at a calmer pace, so its log
+# does not fill with our refusals.
+REFUSED_INITIAL_S = 2.0
+REFUSED_MAX_S = 30.0
+# A command is a topic and a word or two; anything bigger is not a command. The packet limit
+# announced on MQTT 5 leaves room for the topic, properties and headers around such a payload.
+MAX_COMMAND_BYTES = 1024
+MAX_PACKET_BYTES = 16 * 1024
+# At most this many commands unacknowledged in flight from the broker (MQTT 5 Receive Maximum):
+# a flood waits in, and is bounded by, the broker's own per-client queue.
+RECEIVE_MAXIMUM = 20
+REBIRTH_MIN_INTERVAL_S = 5.0  # at most one rebirth per window; requests within it coalesce
+REPEAT_LOG_WINDOW_S = 60.0  # ignored commands: the first is logged, then one summary per window
+
 # A queued QoS >= 1 message: its row in the outbox (None: held in memory only), the message, and
 # the receive time (wall ms) of the frame that caused it (None: not measured).
 Queued = tuple[int | None, OutMessage, int | None]
+
+
+@dataclass(slots=True)
+class CommandStats:
+    """What arrived on the command topic since the start (the health report shows it)."""
+
+    received: int = 0  # every message on the command topic
+    ignored: int = 0  # too big or retained (stale): no effect
+    rebirths: int = 0  # rebirths performed; the other requests were coalesced into them
+
+
+class RepeatLog:
+    """One WARNING for the first occurrence, then at most one summary line per window while
+    more keep coming: a flood of bad commands costs a line a minute, not a line a message."""
+
+    def __init__(self, what: str, window_s: float = REPEAT_LOG_WINDOW_S) -> None:
+        self.what = what
+        self.window_s = window_s
+        self._more = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def hit(self, detail: str) -> None:
+        if self._timer is None:
+            log.warning("mqtt: %s (%s)", self.what, detail)
+            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._summary)
+        else:
+            self._more += 1
+
+    def _summary(self) -> None:
+        if self._more == 0:
+            self._timer = None  # quiet for a whole window: the next one is logged at once
+            return
+        log.warning("mqtt: %s: %d more in the last %gs", self.what, self._more, self.window_s)
+        self._more = 0
+        self._timer = asyncio.get_running_loop().call_later(self.window_s, self._summary)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class Publisher:
@@ -75,7 +145,13 @@ class Publisher:
         self._retained: dict[str, OutMessage] = {}  # everything retained, for rebirth
         self._max_queued = max_queued
         self._wake = asyncio.Event()
-        self._rebirth = asyncio.Event()
+        self._rebirth = asyncio.Event()  # set: the drain republishes birth and retained state
+        self.commands = CommandStats()
+        self._rebirth_asked = 0  # requests since the last rebirth performed
+        self._last_rebirth = -math.inf  # monotonic time of the last one
+        self._rebirth_timer: asyncio.TimerHandle | None = None  # a coalesced rebirth, scheduled
+        self._too_big = RepeatLog(f"ignored a command payload over {MAX_COMMAND_BYTES} bytes")
+        self._stale = RepeatLog("ignored a retained (stale) command")
         self.connected = asyncio.Event()
         self._idle = asyncio.Event()  # set while nothing waits to be sent
         self._acked = asyncio.Event()  # set while no QoS >= 1 message waits for its PUBACK
@@ -84,6 +160,8 @@ class Publisher:
         self.published = 0
         self.connects = 0
         self._client: aiomqtt.Client | None = None
+        self._down_since: float | None = None  # monotonic time the broker was first missed
+        self._failures = 0  # failed attempts since then
         self.latency = latency if latency is not None else LatencyWindow()
         self.outbox: Outbox | None = None
         # MQTT 5 first; a broker that refuses it gets 3.1.1 (``protocol``: what is in use).
@@ -165,11 +243,16 @@ class Publisher:
         try:
             await self._run()
         finally:
+            for timer in (self._too_big, self._stale):
+                timer.cancel()
+            if self._rebirth_timer is not None:
+                self._rebirth_timer.cancel()
             if self.outbox is not None:
                 self.outbox.close()
 
     async def _run(self) -> None:
-        backoff = Backoff(0.5, 30.0)
+        backoff = Backoff(RECONNECT_INITIAL_S, RECONNECT_MAX_S)
+        refused = Backoff(REFUSED_INITIAL_S, REFUSED_MAX_S)
         while True:
             connected = False
             try:
@@ -178,13 +261,18 @@ class Publisher:
                     self._client = client
                     self.protocol = self._protocol
                     self.connects += 1
+                    failed, down_for = self._failures, self._down_for()
                     backoff.reset()
+                    refused.reset()
                     log.info(
-                        "mqtt: connected to %s:%d (MQTT %s)",
+                        "mqtt: connected to %s:%d (MQTT %s)%s",
                         self.config.host,
                         self.config.port,
                         _version(self._protocol),
+                        f" after {failed} failed attempt(s) over {down_for:.1f}s" if failed else "",
                     )
+                    self._down_since = None
+                    self._failures = 0
                     await client.subscribe(self.rebirth_topic, qos=1)
                     await self._send(client, self.birth)
                     self.connected.set()
@@ -201,17 +289,37 @@ class Publisher:
                     log.info("mqtt: %s; trying MQTT %s", exc, _version(other))
                     self._protocol = other
                     continue
-                await self._lost(exc, backoff)
+                # A CONNACK with an error code before we were in: refused, not unreachable.
+                refusal = not connected and isinstance(exc, aiomqtt.MqttCodeError)
+                await self._lost(exc, refused if refusal else backoff)
 
     def prefer_v311(self) -> None:
         """Start with MQTT 3.1.1 (for a broker known not to speak 5, like the embedded one)."""
         self._protocol = ProtocolVersion.V311
 
+    def _down_for(self) -> float:
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
+
     async def _lost(self, exc: aiomqtt.MqttError, backoff: Backoff) -> None:
         self.connected.clear()
         self._client = None
+        if self._down_since is None:
+            self._down_since = time.monotonic()
         delay = backoff.next_delay()
-        log.warning("mqtt: %s; reconnecting in %.1fs", exc, delay)
+        self._failures += 1
+        # Retried every few seconds for as long as it takes: a WARNING on attempts 1, 2, 4, 8...
+        # (a falling rate: about one an hour after a day), the others at DEBUG.
+        attempt = self._failures
+        level = logging.WARNING if attempt & (attempt - 1) == 0 else logging.DEBUG
+        log.log(
+            level,
+            "mqtt: %s at %s (attempt %d, failing for %.0fs); reconnecting in %.1fs",
+            exc,
+            self.config.url,
+            attempt,
+            self._down_for(),
+            delay,
+        )
         await asyncio.sleep(delay)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
@@ -240,7 +348,12 @@ class Publisher:
             await asyncio.wait_for(self._idle.wait(), timeout)
         try:
             await client.publish(
-                self.will.topic, self.will.payload_bytes(), qos=1, retain=True, timeout=timeout
+                self.will.topic,
+                self.will.payload_bytes(),
+                qos=1,
+                retain=True,
+                properties=self._properties(self.will),  # as the will: with its content type
+                timeout=timeout,
             )
         except aiomqtt.MqttError as exc:
             log.warning("mqtt: could not publish offline status: %s", exc)
@@ -264,7 +377,23 @@ class Publisher:
                 properties=self._properties(self.will, PacketTypes.WILLMESSAGE),
             ),
             timeout=10,
+            properties=self._connect_properties(),
+            queue_type=_handled_on_arrival(self._command),
         )
+
+    def _connect_properties(self) -> Properties | None:
+        """MQTT 5: what we accept from the broker. It must not send a packet over
+        ``MAX_PACKET_BYTES`` (it drops such a message for us: a 100 MB "command" never reaches
+        this process) nor more than ``RECEIVE_MAXIMUM`` unacknowledged QoS 1 messages."""
+        if self._protocol != ProtocolVersion.V5:
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        props.MaximumPacketSize = MAX_PACKET_BYTES
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        return props
+
+    def command_stats(self) -> dict[str, int]:
+        return asdict(self.commands)
 
     def _properties(self, msg: OutMessage, packet: int = PacketTypes.PUBLISH) -> Properties | None:
         """MQTT 5 extras: the payload's content type, and a message expiry for signals, so a
@@ -317,11 +446,77 @@ class Publisher:
             await self._wake.wait()
 
     async def _listen(self, client: aiomqtt.Client) -> None:
+        """Commands are handled as paho reads them (``_handled_on_arrival``): nothing is ever
+        queued, so this only waits for the connection to end, which ``client.messages``
+        reports as an MqttError."""
         async for message in client.messages:
-            if message.topic.matches(self.rebirth_topic):
-                log.info("mqtt: rebirth requested")
-                self._rebirth.set()
-                self._wake.set()
+            self._command(message)  # not reached while the queue type keeps nothing
+
+    def _command(self, message: aiomqtt.Message) -> None:
+        """Act on one message from the command topic, cheaply and with bounded effect. The
+        payload is never kept or logged: only its size is looked at."""
+        if not message.topic.matches(self.rebirth_topic):
+            return  # nothing else is subscribed; a broker may still send what it likes
+        self.commands.received += 1
+        payload = message.payload
+        size = len(payload) if isinstance(payload, bytes | bytearray | str) else 0
+        if size > MAX_COMMAND_BYTES:
+            # MQTT 3.1.1 has no packet limit to announce: the client had to read it all.
+            self.commands.ignored += 1
+            self._too_big.hit(f"{size} bytes on {message.topic}")
+            return
+        if message.retain:
+            # A retained command is an old one replayed by the broker at subscribe time; the
+            # (re)connect publishes the birth anyway.
+            self.commands.ignored += 1
+            self._stale.hit(f"on {message.topic}")
+            return
+        self._ask_rebirth()
+
+    def _ask_rebirth(self) -> None:
+        """At once if the last rebirth is ``REBIRTH_MIN_INTERVAL_S`` old, else once at the end
+        of that window however many requests arrive meanwhile."""
+        self._rebirth_asked += 1
+        if self._rebirth_timer is not None:
+            return  # coalesced into the one already scheduled
+        wait = self._last_rebirth + REBIRTH_MIN_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            self._do_rebirth()
+        else:
+            self._rebirth_timer = asyncio.get_running_loop().call_later(wait, self._do_rebirth)
+
+    def _do_rebirth(self) -> None:
+        self._rebirth_timer = None
+        self._last_rebirth = time.monotonic()
+        self.commands.rebirths += 1
+        asked, self._rebirth_asked = self._rebirth_asked, 0
+        if asked == 1:
+            log.info("mqtt: rebirth requested")
+        else:
+            # One line per rebirth, so at most one per window whatever the request rate.
+            log.info("mqtt: rebirth: %d requests coalesced into one", asked)
+        self._rebirth.set()
+        self._wake.set()
+
+
+def _handled_on_arrival(
+    handle: Callable[[aiomqtt.Message], None],
+) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """An incoming-message queue type for aiomqtt that keeps nothing: each message is handed
+    to ``handle`` the moment paho has read it (on the event loop's thread), then dropped.
+
+    Why not aiomqtt's queue and ``client.messages``: its iterator costs a task and a few loop
+    turns per message while paho reads one message per turn, so under a flood of commands the
+    queue only grows (100,000 small commands took a daemon from 67 to 450 MB)."""
+
+    class Handled(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            handle(item)
+
+        async def put(self, item: aiomqtt.Message) -> None:
+            handle(item)
+
+    return Handled
 
 
 def _version(protocol: ProtocolVersion) -> str:

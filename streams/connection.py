@@ -8,6 +8,10 @@ rotates the socket before Binance's 24 h cut, and reconnects at once on ``server
 Frames go into a ``FrameQueue`` that never blocks the reader: when the consumer falls behind the
 oldest frame is dropped and counted, because a reader that stops reading gets disconnected by the
 exchange, which loses more than the queue would have.
+
+A host that cannot be resolved or reached is reported through a ``HostReporter`` (one line, then
+reminders at a falling rate, then a recovery line), not once per attempt: offline, attempts come
+several a second at first.
 """
 
 from __future__ import annotations
@@ -16,14 +20,18 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+
+from streams.reporting import HostReporter, describe_connect_error, host_of, wall_ms
 
 log = logging.getLogger("tapewatch.connection")
 
@@ -47,6 +55,7 @@ class LinkStats:
     stalls: int = 0  # times a watched stream went silent while the socket stayed open
     stalled: tuple[str, ...] = ()  # the streams of the last stall
     down_since: float | None = None  # monotonic time the socket was lost (None while up)
+    since_ms: int | None = None  # wall time the current state (connected or not) began
     last_outage_s: float | None = None  # how long the last loss lasted until reconnected
     max_outage_s: float = 0.0
 
@@ -147,6 +156,7 @@ class Connection:
         stream_of: Callable[[str | bytes], str | None] | None = None,
         stall_timeout: float = 10.0,
         carries_trades: bool = True,
+        hosts: HostReporter | None = None,
     ) -> None:
         self.name = name
         self.venue = venue
@@ -165,6 +175,19 @@ class Connection:
         self.carries_trades = carries_trades
         self._ws: ClientConnection | None = None
         self._restart_reason: str | None = None
+        # Shared by a daemon's connections and REST clients: one line per host, not per socket.
+        self.hosts = hosts if hosts is not None else HostReporter()
+        self.host = host_of(url)
+        parts = urlsplit(url)
+        self._hostname = parts.hostname
+        try:
+            port = parts.port
+        except ValueError:  # a malformed port: connect() says so (InvalidURI)
+            port = None
+        self._port = port or (443 if parts.scheme == "wss" else 80)
+        self._proxied = _proxied(url)
+        self._unreachable = False  # the last session ended because the host was not reached
+        self._opened = False  # the current session's socket opened
 
     def request_reconnect(self, reason: str) -> None:
         """Close the current socket; ``run`` reconnects at once (e.g. to re-subscribe)."""
@@ -181,6 +204,7 @@ class Connection:
             self.health.last_error = reason
             if self.health.down_since is None:
                 self.health.down_since = time.monotonic()
+                self.health.since_ms = wall_ms()
             self.queue.put(
                 Control(
                     self.venue,
@@ -192,15 +216,29 @@ class Connection:
                 self.backoff.reset()
             planned = reason == "rotate" or reason.startswith("requested")
             delay = 0.0 if planned else self.backoff.next_delay()
-            log.warning("%s: %s; reconnecting in %.1fs", self.name, reason, delay)
+            if self._unreachable:
+                # The reporter says it once per host; each attempt only at debug level.
+                self.hosts.failed(self.host, reason)
+                log.debug("%s: %s; reconnecting in %.1fs", self.name, reason, delay)
+            else:
+                log.warning("%s: %s; reconnecting in %.1fs", self.name, reason, delay)
             self.health.reconnects += 1
             await asyncio.sleep(delay)
 
     async def _session(self) -> str:
         """One socket's life; returns why it ended."""
+        self._unreachable = self._opened = False
         try:
+            # Resolve first: uvloop's create_connection, cancelled (at shutdown) while it
+            # resolves a name that then fails, leaves a "Future exception was never retrieved"
+            # ERROR behind (MagicStack/uvloop#437); its getaddrinfo does not. Offline, every
+            # attempt fails here, and the second lookup in connect() is then never made.
+            if not self._proxied:  # through a proxy, the proxy resolves the name
+                await asyncio.get_running_loop().getaddrinfo(
+                    self._hostname, self._port, type=socket.SOCK_STREAM
+                )
             async with connect(self.url, max_size=2**23, open_timeout=10, close_timeout=2) as ws:
-                self._ws, self._restart_reason = ws, None
+                self._ws, self._restart_reason, self._opened = ws, None, True
                 self._mark_up()
                 log.info("%s: connected to %s", self.name, self.url)
                 if self.on_open is not None:
@@ -208,8 +246,20 @@ class Connection:
                 return await self._read(ws)
         except asyncio.CancelledError:
             raise
-        except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
-            return f"connect failed: {exc!r}"
+        except (OSError, TimeoutError) as exc:
+            # Only a failure before the socket opened says the host cannot be reached.
+            described = None if self._opened else describe_connect_error(exc, self.host)
+            if described is not None:
+                self._unreachable = True
+                return described
+            if self._opened:
+                return f"closed: {type(exc).__name__}: {exc}"
+            return f"connect failed: {type(exc).__name__}: {exc}"
+        except (websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            # The host answered (with an HTTP error, say): it is reachable, the path is not.
+            if not isinstance(exc, websockets.InvalidURI):
+                self.hosts.ok(self.host)
+            return f"connect failed: {type(exc).__name__}: {exc}"
         except websockets.ConnectionClosed as exc:
             if self._restart_reason is not None:
                 return f"requested: {self._restart_reason}"
@@ -218,8 +268,10 @@ class Connection:
             self._ws = None
 
     def _mark_up(self) -> None:
+        self.hosts.ok(self.host)
         health = self.health
         health.connected = True
+        health.since_ms = wall_ms()
         if health.down_since is not None:
             health.last_outage_s = time.monotonic() - health.down_since
             health.max_outage_s = max(health.max_outage_s, health.last_outage_s)
@@ -276,6 +328,18 @@ class Connection:
             if "serverShutdown" in head:
                 await _close_quietly(ws)
                 return "serverShutdown announced"
+
+
+def _proxied(url: str) -> bool:
+    """Whether ``connect`` will go through a proxy from the environment (websockets >= 15)."""
+    try:
+        from websockets.uri import get_proxy, parse_uri
+    except ImportError:  # older websockets connect directly
+        return False
+    try:
+        return get_proxy(parse_uri(url)) is not None
+    except websockets.InvalidURI:
+        return False
 
 
 async def _close_quietly(ws: ClientConnection) -> None:

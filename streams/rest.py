@@ -13,6 +13,12 @@ exactly as sent, which is what a tape records.
 
 ``get`` never retries; ``get_retrying`` retries transient failures with the project's one
 ``Backoff`` policy.
+
+A host that cannot be resolved or reached raises ``HostUnreachable`` with a short message (the
+host and the exception's class, not aiohttp's ``ConnectionKey`` repr) and is reported through a
+``HostReporter``: one line per host, then reminders at a falling rate, then a recovery line.
+Callers log such a failure only at debug level. ``reachable``, ``state_since_ms`` and
+``last_error`` say in health whether the host answers.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import orjson
 from yarl import URL
 
 from streams.connection import Backoff
+from streams.reporting import HostReporter, describe_connect_error, host_of, wall_ms
 
 log = logging.getLogger("tapewatch.rest")
 
@@ -80,6 +87,15 @@ class RestError(Exception):
         self.code = code
 
 
+class HostUnreachable(RestError):
+    """The host could not be resolved or connected to (no HTTP response at all)."""
+
+    def __init__(self, message: str, host: str, reason: str) -> None:
+        super().__init__(message)
+        self.host = host
+        self.reason = reason  # e.g. "cannot resolve fapi.binance.com (...)", without the URL
+
+
 class RateLimited(RestError):
     """429 (slow down) or 418 (banned); the client stays blocked for ``retry_after`` seconds."""
 
@@ -112,6 +128,7 @@ class RestClient:
         session: aiohttp.ClientSession | None = None,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        hosts: HostReporter | None = None,
     ) -> None:
         if weight_limit is not None and weight_limit <= 0:
             raise ValueError(f"weight_limit must be positive, got {weight_limit}")
@@ -123,6 +140,9 @@ class RestClient:
         self.requests_per_second = requests_per_second
         self.timeout = timeout
         self.blocked_until = 0.0  # clock time before which nothing is sent
+        self.host = host_of(self.base_url)
+        # Shared with a daemon's connections: one line per unreachable host, at a falling rate.
+        self.hosts = hosts if hosts is not None else HostReporter()
 
         self._session = session
         self._owns_session = session is None
@@ -150,6 +170,12 @@ class RestClient:
         self.banned = 0  # 418
         self.used_weight: int | None = None  # last X-MBX-USED-WEIGHT-1M seen
         self.waited_s = 0.0  # time spent waiting for a ban, the weight budget or a token
+        # Whether the host answers (None before the first request), since when (wall ms), and
+        # the last failure's message.
+        self.reachable: bool | None = None
+        self.state_since_ms: int | None = None
+        self.last_error: str | None = None
+        self.unreachable_reason: str | None = None  # e.g. "cannot resolve <host> (...)"
 
     # -- public ------------------------------------------------------------------------------
     async def get(
@@ -169,13 +195,21 @@ class RestClient:
             self._inflight_weight -= weight
 
     async def get_retrying(
-        self, path: str, params: Params | None = None, *, weight: int = 1, attempts: int = 5
+        self,
+        path: str,
+        params: Params | None = None,
+        *,
+        weight: int = 1,
+        attempts: int = 5,
+        retry_unreachable: bool = True,
     ) -> RestResponse:
         """``get`` with retries of transient failures: 5xx, timeouts, connection errors, 429/418.
 
         Waits ``Backoff`` between attempts; after a 429/418 the next ``get`` additionally waits
         out the ban, so the pause is at least ``Retry-After``. Other 4xx (bad parameters, WAF 403,
         region 451) are raised at once: repeating them cannot succeed and may escalate a ban.
+        ``retry_unreachable=False`` raises ``HostUnreachable`` at once, for callers that retry
+        on a slower schedule of their own (the history backfill).
         """
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {attempts}")
@@ -184,11 +218,22 @@ class RestClient:
             try:
                 return await self.get(path, params, weight=weight)
             except RestError as exc:
+                unreachable = isinstance(exc, HostUnreachable)
                 if attempt == attempts or not _retryable(exc):
                     raise
+                if unreachable and not retry_unreachable:
+                    raise
                 delay = backoff.next_delay()
-                # The error message already names the venue and URL.
-                log.warning("%s (attempt %d/%d); retrying in %.1fs", exc, attempt, attempts, delay)
+                # The error message already names the venue and URL. An unreachable host is
+                # reported once per host by the reporter, not once per attempt.
+                log.log(
+                    logging.DEBUG if unreachable else logging.WARNING,
+                    "%s (attempt %d/%d); retrying in %.1fs",
+                    exc,
+                    attempt,
+                    attempts,
+                    delay,
+                )
                 await self._sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
 
@@ -200,6 +245,9 @@ class RestClient:
             "banned": self.banned,
             "used_weight": self.used_weight,
             "waited_s": round(self.waited_s, 3),
+            "reachable": self.reachable,
+            "since_ms": self.state_since_ms,
+            "last_error": self.last_error,
         }
 
     async def close(self) -> None:
@@ -308,24 +356,36 @@ class RestClient:
     async def _send(self, full: str, url: str, weight_minute: int) -> RestResponse:
         self.requests += 1
         try:
-            async with self._client().get(
-                URL(full, encoded=True),  # send the query exactly as the tape will record it
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            ) as resp:
-                status = resp.status
-                headers = resp.headers
-                self._note_weight(headers, weight_minute)
-                if status in (418, 429):
-                    raise self._rate_limited(status, headers, full)
-                body = await _read_body(resp)
-        except RestError:
+            try:
+                async with self._client().get(
+                    URL(full, encoded=True),  # send the query exactly as the tape will record it
+                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                ) as resp:
+                    self._answered()
+                    status = resp.status
+                    headers = resp.headers
+                    self._note_weight(headers, weight_minute)
+                    if status in (418, 429):
+                        raise self._rate_limited(status, headers, full)
+                    body = await _read_body(resp)
+            except RestError:
+                raise
+            except TimeoutError:
+                self.errors += 1
+                raise RestError(
+                    f"{self.venue} GET {full}: timed out after {self.timeout:g}s"
+                ) from None
+            except aiohttp.ClientConnectorError as exc:
+                self.errors += 1
+                raise self._unreachable(exc, url) from None
+            except aiohttp.ClientError as exc:
+                self.errors += 1
+                raise RestError(
+                    f"{self.venue} GET {full}: connection failed: {type(exc).__name__}: {exc}"
+                ) from None
+        except RestError as exc:
+            self.last_error = str(exc)
             raise
-        except TimeoutError:
-            self.errors += 1
-            raise RestError(f"{self.venue} GET {full}: timed out after {self.timeout:g}s") from None
-        except aiohttp.ClientError as exc:
-            self.errors += 1
-            raise RestError(f"{self.venue} GET {full}: connection failed: {exc!r}") from exc
 
         try:
             text = body.decode(resp.charset or "utf-8")
@@ -339,6 +399,26 @@ class RestClient:
             self.errors += 1
             raise _http_error(self.venue, full, status, resp.reason, text)
         return RestResponse(status=status, text=text, url=url, headers=headers)
+
+    def _answered(self) -> None:
+        """An HTTP response arrived: the host is reachable (whatever the status)."""
+        if self.reachable is not True:
+            self.reachable = True
+            self.state_since_ms = wall_ms()
+            self.unreachable_reason = None
+        self.hosts.ok(self.host)
+
+    def _unreachable(self, exc: aiohttp.ClientConnectorError, url: str) -> HostUnreachable:
+        reason = describe_connect_error(exc, self.host) or f"{type(exc).__name__}: {exc}"
+        if self.reachable is not False:
+            self.reachable = False
+            self.state_since_ms = wall_ms()
+        self.unreachable_reason = reason
+        self.hosts.failed(self.host, reason)
+        # The path without its query: what was asked matters less than where it could not go.
+        return HostUnreachable(
+            f"{self.venue} GET {url.split('?', 1)[0]}: {reason}", self.host, reason
+        )
 
     def _rate_limited(self, status: int, headers: Mapping[str, str], full: str) -> RateLimited:
         default = DEFAULT_RETRY_AFTER_418_S if status == 418 else DEFAULT_RETRY_AFTER_429_S

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -17,7 +18,9 @@ from monitor.health import Health
 from monitor.pipeline import Pipeline
 from signals.engine import SignalEngine
 from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
+from streams.reporting import HostReporter
 from streams.rest import RestClient
+from streams.simulator.server import Simulator
 from tests.conftest import REPO
 
 MINUTE = 60_000
@@ -40,12 +43,12 @@ def engine_for(config: Config) -> SignalEngine:
     return Pipeline.for_session(config, "test", "0", 0, Health()).engine
 
 
-def clients(config: Config) -> dict[str, RestClient]:
+def clients(config: Config, hosts: HostReporter | None = None) -> dict[str, RestClient]:
     v = config.venues
     return {
-        BINANCE_SPOT: RestClient(BINANCE_SPOT, v.binance_spot.rest, weight_limit=6000),
-        BINANCE_USDM: RestClient(BINANCE_USDM, v.binance_usdm.rest, weight_limit=2400),
-        COINBASE: RestClient(COINBASE, v.coinbase.rest, requests_per_second=10),
+        BINANCE_SPOT: RestClient(BINANCE_SPOT, v.binance_spot.rest, weight_limit=6000, hosts=hosts),
+        BINANCE_USDM: RestClient(BINANCE_USDM, v.binance_usdm.rest, weight_limit=2400, hosts=hosts),
+        COINBASE: RestClient(COINBASE, v.coinbase.rest, requests_per_second=10, hosts=hosts),
     }
 
 
@@ -134,3 +137,94 @@ async def test_open_interest_history_is_30_days_and_its_baseline_says_so(
     score = oi.score(0.0)
     assert score.z is not None and score.warmup and score.n_obs == oi.n_obs
     assert not baselines["perp_spot_volume_ratio"].score(1.0).warmup
+
+
+class Gate:
+    """An injected sleep that waits until the test releases it, and records what was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+        self.sleeping = 0
+        self._release = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    async def sleep(self, seconds: float) -> None:
+        release = self._release
+        async with self._changed:
+            self.asked.append(seconds)
+            self.sleeping += 1
+            self._changed.notify_all()
+        await release.wait()
+
+    async def wait_sleeping(self, n: int) -> None:
+        async with asyncio.timeout(30), self._changed:
+            await self._changed.wait_for(lambda: self.sleeping >= n)
+
+    def release(self) -> None:
+        self.sleeping = 0
+        release, self._release = self._release, asyncio.Event()
+        release.set()
+
+
+async def test_an_unreachable_venue_stops_the_backfill_after_the_newest_day_until_it_answers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A simulator's config, and then its port with nothing listening: every request refused.
+    first = Simulator(port=0, symbols={"BTCUSDT": 78_000.0})
+    await first.start()
+    config = config_for(first, tmp_path / "state", "2d")
+    await first.stop()
+    sim = Simulator(port=first.port, symbols={"BTCUSDT": 78_000.0})
+    host = f"127.0.0.1:{first.port}"
+    engine = engine_for(config)
+    caplog.set_level(logging.DEBUG, "tapewatch")
+    rest = clients(config, HostReporter())  # one reporter for all, as in the daemon
+    gate = Gate()
+    backfill = Backfill(config, engine, rest, time.time_ns() // 1_000_000, sleep=gate.sleep)
+    task = asyncio.create_task(backfill.run())
+    # The newest day's first request of each series: perp klines, funding and open interest
+    # (USDⓈ-M), spot klines (binance group); Coinbase candles (coinbase group).
+    per_pass = {BINANCE_SPOT: 1, BINANCE_USDM: 3, COINBASE: 1}
+    failed_passes = 7
+    try:
+        for n in range(1, failed_passes + 1):
+            await gate.wait_sleeping(2)  # both groups stopped and wait for their next pass
+            # Each pass asked for the newest day only, once per series, without retrying.
+            assert {v: c.requests for v, c in rest.items()} == {
+                v: n * k for v, k in per_pass.items()
+            }
+            assert backfill.progress.requests == 0
+            assert backfill.stopped.keys() == {"binance", "coinbase"}
+            if n == failed_passes:
+                await sim.start()
+            gate.release()
+        await asyncio.wait_for(task, 60)
+    finally:
+        task.cancel()
+        await sim.stop()
+        for client in rest.values():
+            await client.close()
+    # 1 min, doubling, up to 30 min, per group.
+    assert sorted(gate.asked) == sorted(2 * [60.0, 120.0, 240.0, 480.0, 960.0, 1800.0, 1800.0])
+
+    def said(level: int, logger: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno == level]
+
+    # Said once per venue group, however many passes failed ...
+    assert sorted(said(logging.WARNING, "tapewatch.backfill")) == [
+        f"backfill {group}: cannot reach {host}; stopped at day 1 of 3; retrying in 1 min, then "
+        "up to every 30 min"
+        for group in ("binance", "coinbase")
+    ]
+    assert len(said(logging.DEBUG, "tapewatch.backfill")) >= 2 * (failed_passes - 1)
+    assert said(logging.WARNING, "tapewatch.network") == [
+        f"{host} refused the connection (ConnectionRefusedError: nothing listens there); "
+        "retrying, next report in 1 min"
+    ]
+    # ... and once when it resumes; the history is then complete.
+    resumed = said(logging.INFO, "tapewatch.backfill")
+    assert sum("answers again; resumed at day 1" in m for m in resumed) == 2
+    recovered = said(logging.INFO, "tapewatch.network")
+    assert [m.split(" after ")[0] for m in recovered] == [f"{host} reachable again"]
+    assert n_obs(engine)["coinbase_premium_pct"] == 2 * DAY // MINUTE
+    assert backfill.stopped == {} and backfill.finished.keys() == {"binance", "coinbase"}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,6 +14,8 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from streams.binance import stream_name
 from streams.connection import Backoff, Connection, Control, Frame, FrameQueue, LinkStats
+from streams.reporting import HostReporter
+from tests.conftest import free_port
 
 Handler = Callable[[ServerConnection, int], Awaitable[None]]
 
@@ -165,8 +169,97 @@ async def test_refused_connections_back_off_and_keep_trying() -> None:
     queue = FrameQueue(10)
     conn, stats = connection("ws://127.0.0.1:9/stream", queue)  # nothing listens on port 9
     await run_until(conn, lambda: stats.reconnects >= 3)
-    assert "connect failed" in (stats.last_error or "")
+    assert stats.last_error == (
+        "127.0.0.1:9 refused the connection (ConnectionRefusedError: nothing listens there)"
+    )
     assert [c["kind"] for c in controls(queue)][:3] == ["link_lost"] * 3
+
+
+def lines(caplog: pytest.LogCaptureFixture, logger: str, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno >= level]
+
+
+async def test_an_unreachable_host_is_one_line_however_often_it_is_tried_and_one_on_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, "tapewatch")
+    port = free_port()  # nothing listens there until the server below starts
+    url = f"ws://127.0.0.1:{port}/stream"
+    conn, stats = connection(url, FrameQueue(100))
+    await run_until(conn, lambda: stats.reconnects >= 20)
+    # Twenty attempts, one line: the host and why, no repr of the exception.
+    said = lines(caplog, "tapewatch.network", logging.WARNING)
+    assert said == [
+        f"127.0.0.1:{port} refused the connection (ConnectionRefusedError: nothing listens "
+        "there); retrying, next report in 1 min"
+    ]
+    assert lines(caplog, "tapewatch.connection", logging.WARNING) == []
+    attempts = lines(caplog, "tapewatch.connection", logging.DEBUG)
+    assert len(attempts) >= 20 and all("refused" in a for a in attempts)  # kept for debugging
+    assert not stats.connected and stats.since_ms is not None
+    down_since = stats.since_ms
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(frame("btcusdt@aggTrade", 1))
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", port):
+        await run_until(conn, lambda: stats.connected and stats.frames > 0)
+    recovered = lines(caplog, "tapewatch.network", logging.INFO)[1:]
+    assert len(recovered) == 1
+    assert re.fullmatch(
+        rf"127\.0\.0\.1:{port} reachable again after \d+ s \(\d+ failed attempt\(s\)\)",
+        recovered[0],
+    )
+    assert stats.since_ms >= down_since  # up since the connect
+
+
+async def test_a_name_that_does_not_resolve_is_said_once_for_every_socket_to_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "tapewatch")
+    hosts = HostReporter()  # shared, as in the daemon: two sockets, one host, one line
+    queue = FrameQueue(100)
+    market, market_stats = connection("wss://nonexistent.invalid/market", queue, hosts=hosts)
+    public, public_stats = connection("wss://nonexistent.invalid/public", queue, hosts=hosts)
+    task = asyncio.create_task(public.run())
+    try:
+        await run_until(
+            market, lambda: market_stats.reconnects >= 5 and public_stats.reconnects >= 5
+        )
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    said = lines(caplog, "tapewatch.network", logging.INFO)
+    assert said == [
+        "cannot resolve nonexistent.invalid (gaierror: no network or DNS?); retrying, next "
+        "report in 1 min"
+    ]
+    assert (
+        market_stats.last_error
+        == public_stats.last_error
+        == ("cannot resolve nonexistent.invalid (gaierror: no network or DNS?)")
+    )
+    assert hosts.outages["nonexistent.invalid"].failures >= 10
+
+
+async def test_a_host_that_answers_with_an_http_error_is_not_called_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "tapewatch")
+
+    def reject(conn: ServerConnection, request: Any) -> Any:
+        return conn.respond(404, "no such stream\n")
+
+    async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=reject) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        conn, stats = connection(f"ws://127.0.0.1:{port}/retired", FrameQueue(10))
+        await run_until(conn, lambda: stats.reconnects >= 2)
+    assert lines(caplog, "tapewatch.network", logging.INFO) == []
+    assert stats.last_error == (
+        "connect failed: InvalidStatus: server rejected WebSocket connection: HTTP 404"
+    )
 
 
 def test_backoff_is_capped_full_jitter() -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,13 @@ from aiomqtt import ProtocolVersion
 
 from monitor.broker import EmbeddedBroker
 from monitor.config import ConfigError, config_from_dict
+from monitor.daemon import HEALTH_EXPIRY_S, Daemon
 from monitor.messages import OutMessage
 from monitor.mqtt import Publisher
 from streams.tasks import stop_tasks
 from tests.conftest import Mosquitto, free_port
+from tests.test_broker_auto import PASSWORD, USER, secured_mosquitto
+from tests.test_daemon import daemon_config
 from tests.test_outbox import builder, make_publisher
 
 
@@ -98,43 +99,10 @@ def minimal_config(prefix: str, url: str = "mqtt://x") -> dict[str, Any]:
     }
 
 
-def _run(command: str, cwd: Path) -> None:
-    subprocess.run(command.split(), cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture
 def secure_broker(tmp_path: Path) -> Any:
     """Mosquitto with TLS (a private CA) and a password file: anonymous clients refused."""
-    d = tmp_path / "secure"
-    d.mkdir()
-    _run(
-        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 "
-        "-subj /CN=tapewatch-test-CA",
-        d,
-    )
-    _run(
-        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr "
-        "-subj /CN=127.0.0.1",
-        d,
-    )
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    _run(
-        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
-        "-out server.crt -days 2 -extfile ext.cnf",
-        d,
-    )
-    _run("mosquitto_passwd -b -c passwd tapewatch s3cret", d)
-    broker = Mosquitto(
-        d,
-        port=free_port(),
-        listener_conf=(
-            # As root, Mosquitto drops to user "mosquitto", who cannot read pytest's private
-            # tmp dirs: stay root (a non-root run already owns the files).
-            ("user root\n" if os.geteuid() == 0 else "")
-            + f"allow_anonymous false\npassword_file {d / 'passwd'}\n"
-            f"cafile {d / 'ca.crt'}\ncertfile {d / 'server.crt'}\nkeyfile {d / 'server.key'}\n"
-        ),
-    )
+    broker = secured_mosquitto(tmp_path / "secure", tls=True)
     broker.start()
     yield broker
     broker.stop()
@@ -146,15 +114,15 @@ async def test_tls_and_credentials_come_from_the_environment(
     ca = str(secure_broker.workdir / "ca.crt")
     env = {
         "TAPEWATCH_MQTT_URL": f"mqtts://127.0.0.1:{secure_broker.port}",
-        "TAPEWATCH_MQTT_USERNAME": "tapewatch",
-        "TAPEWATCH_MQTT_PASSWORD": "s3cret",
+        "TAPEWATCH_MQTT_USERNAME": USER,
+        "TAPEWATCH_MQTT_PASSWORD": PASSWORD,
         "TAPEWATCH_MQTT_CA_FILE": ca,
     }
     mqtt = config_from_dict(
         minimal_config(prefix),
         env=env,
     ).mqtt
-    assert mqtt.tls and mqtt.username == "tapewatch" and "s3cret" not in repr(mqtt)
+    assert mqtt.tls and mqtt.username == USER and PASSWORD not in repr(mqtt)
     build = builder(prefix, "tls")
     publisher = Publisher(
         mqtt,
@@ -169,8 +137,8 @@ async def test_tls_and_credentials_come_from_the_environment(
         async with aiomqtt.Client(
             "127.0.0.1",
             secure_broker.port,
-            username="tapewatch",
-            password="s3cret",
+            username=USER,
+            password=PASSWORD,
             tls_context=ssl.create_default_context(cafile=ca),
         ) as client:
             await client.subscribe(topic, qos=1)
@@ -192,3 +160,47 @@ def test_a_missing_ca_file_is_a_config_error(prefix: str) -> None:
             minimal_config(prefix, "mqtts://x"),
             env={"TAPEWATCH_MQTT_CA_FILE": "/nonexistent/ca.pem"},
         )
+
+
+async def test_the_clean_stop_offline_status_carries_the_content_type(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path
+) -> None:
+    """As the will does: a v5 consumer sees one content type on the status topic, whichever
+    way the daemon went offline."""
+    publisher = make_publisher(mosquitto.port, prefix, "stop", tmp_path / "outbox.sqlite")
+    async with running(publisher):
+        await publisher.close()
+    message = await first_message(mosquitto.port, publisher.will.topic, ProtocolVersion.V5)
+    assert orjson.loads(message.payload)["state"] == "offline"  # type: ignore[arg-type]
+    assert message.retain
+    assert message.properties is not None
+    assert message.properties.ContentType == "application/json"
+
+
+async def test_the_daemons_retained_health_expires_and_its_offline_says_json(
+    start_simulator: Any, mosquitto: Mosquitto, prefix: str
+) -> None:
+    """A daemon that died leaves no health that looks current: the retained health carries a
+    message expiry of three report intervals, which the broker counts down."""
+    sim = await start_simulator(scenario="calm", speed=5.0, seed=3)
+    config = daemon_config(sim, mosquitto.url, prefix)
+    daemon = Daemon(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        health = await first_message(
+            mosquitto.port, f"{prefix}/health/{config.instance}", ProtocolVersion.V5
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert orjson.loads(health.payload)["instance"] == config.instance  # type: ignore[arg-type]
+    assert health.properties is not None
+    assert health.properties.ContentType == "application/json"
+    assert 0 < health.properties.MessageExpiryInterval <= HEALTH_EXPIRY_S == 30
+    status = await first_message(
+        mosquitto.port, f"{prefix}/status/{config.instance}", ProtocolVersion.V5
+    )
+    assert orjson.loads(status.payload)["state"] == "offline"  # type: ignore[arg-type]
+    assert status.properties is not None
+    assert status.properties.ContentType == "application/json"

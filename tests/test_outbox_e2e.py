@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -28,11 +29,23 @@ from monitor.config import deep_merge
 from tests.conftest import Mosquitto, free_port
 
 OUTAGE_S = 30.0  # the "broker stopped for 30 s"
+# Events flow again within this long of the broker's return (the publisher's reconnect back-off
+# is capped at RECONNECT_MAX_S, 2 s; the rest is room for a busy machine).
+BACK_WITHIN_S = 5.0
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Any:
-    own = Mosquitto(tmp_path / "mosquitto", port=free_port(), persistence=True)
+    # As root, Mosquitto drops to user "mosquitto", who cannot write pytest's private tmp dirs:
+    # its persistence file was then never written, so the subscriber's session (subscription
+    # and queued events) did not survive the restart, and events the daemon delivered before
+    # the subscriber was back were dropped. It stays root (a non-root run owns the files).
+    own = Mosquitto(
+        tmp_path / "mosquitto",
+        port=free_port(),
+        persistence=True,
+        listener_conf=("user root\n" if os.geteuid() == 0 else "") + "allow_anonymous true\n",
+    )
     own.workdir.mkdir()
     own.start()
     yield own
@@ -46,6 +59,8 @@ class EventLog:
         self.broker = broker
         self.topic = f"{prefix}/+/events"
         self.events: list[dict[str, Any]] = []
+        self.arrived: list[float] = []  # monotonic arrival time of each event
+        self.connects: list[float] = []  # monotonic time of each (re)connect of this subscriber
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -56,8 +71,10 @@ class EventLog:
                     self.broker.host, self.broker.port, identifier="e2e-events", clean_session=False
                 ) as client:
                     await client.subscribe(self.topic, qos=1)
+                    self.connects.append(time.monotonic())
                     self.connected.set()
                     async for message in client.messages:
+                        self.arrived.append(time.monotonic())
                         self.events.append(orjson.loads(message.payload))  # type: ignore[arg-type]
             except aiomqtt.MqttError:
                 self.connected.clear()
@@ -155,13 +172,31 @@ async def test_a_30_s_broker_outage_loses_no_regime_event(
         await log.wait_for(lambda ev: len(ev) >= 2, timeout=60)
         broker.stop()
         down_at = time.monotonic()
+        # The subscriber's session is on disk: what the daemon delivers before the subscriber
+        # is back waits for it there.
+        assert (broker.workdir / "mosquitto.db").exists()
         # Regimes keep changing while the broker is away: the events wait in the outbox.
         await wait_until(lambda: outbox_depth(outbox) >= 2, 90, "events in the outbox")
         await wait_until(lambda: time.monotonic() - down_at >= OUTAGE_S, 60, "the outage")
         waiting = outbox_depth(outbox)
         broker.start()
+        back = time.monotonic()  # the broker accepts connections from here on
         seen = len(log.events)
         await log.wait_for(lambda ev: len(ev) >= seen + waiting, timeout=60)
+        # Back in seconds: the first event reached the subscriber within BACK_WITHIN_S of the
+        # broker's return. The subscriber cannot receive before it has reconnected itself, and
+        # what the daemon delivered meanwhile waits for it in its session: so the bound counts
+        # from whichever came later, the broker's return or the subscriber's.
+        first = log.arrived[seen]
+        resubscribed = min(t for t in log.connects if t > down_at)
+        print(
+            f"\nbroker back: subscriber after {resubscribed - back:.2f}s, "
+            f"first event after {first - back:.2f}s"
+        )
+        assert first - max(back, resubscribed) <= BACK_WITHIN_S, (
+            f"first event {first - back:.1f}s after the broker's return "
+            f"(subscriber back after {resubscribed - back:.1f}s)"
+        )
         await wait_until(
             lambda: outbox_depth(outbox) == 0 or daemon.poll() is not None, 30, "drain"
         )

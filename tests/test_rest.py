@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from streams import rest
-from streams.rest import RateLimited, RestClient, RestError, RestResponse
+from streams.rest import HostUnreachable, RateLimited, RestClient, RestError, RestResponse
 
 # 15 s into a wall-clock minute, so the rollover is 45 s away.
 MINUTE_START = 60.0 * 29_666_666
@@ -100,7 +100,11 @@ def fake_time() -> FakeTime:
 
 
 def client(venue: FakeVenue, t: FakeTime, **kwargs: Any) -> RestClient:
-    return RestClient("binance-usdm", venue.base_url, clock=t.clock, sleep=t.sleep, **kwargs)
+    return client_at(venue.base_url, t, **kwargs)
+
+
+def client_at(base_url: str, t: FakeTime, **kwargs: Any) -> RestClient:
+    return RestClient("binance-usdm", base_url, clock=t.clock, sleep=t.sleep, **kwargs)
 
 
 # -- success ---------------------------------------------------------------------------------
@@ -119,13 +123,17 @@ async def test_body_returned_verbatim_and_url_is_path_query_in_given_order(
     assert plain.url == "/fapi/v1/time"
     assert venue.seen == ["/fapi/v1/depth?symbol=BTCUSDT&limit=5&fromId=12", "/fapi/v1/time"]
     assert c.used_weight == 7
-    assert c.stats() == {
+    stats = c.stats()
+    assert isinstance(stats.pop("since_ms"), int)  # reachable since the first answer
+    assert stats == {
         "requests": 2,
         "errors": 0,
         "rate_limited": 0,
         "banned": 0,
         "used_weight": 7,
         "waited_s": 0.0,
+        "reachable": True,
+        "last_error": None,
     }
     assert fake_time.sleeps == []
 
@@ -299,18 +307,102 @@ async def test_timeout_raises_rest_error(venue: FakeVenue, fake_time: FakeTime) 
     assert c.stats()["errors"] == 1
 
 
-async def test_connection_refused_raises_rest_error(fake_time: FakeTime) -> None:
+def closed_port() -> int:
     with socket.socket() as s:  # a port that was free a moment ago and has no listener
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+async def test_connection_refused_raises_a_short_host_unreachable(fake_time: FakeTime) -> None:
+    port = closed_port()
     async with RestClient(
         "coinbase", f"http://127.0.0.1:{port}", clock=fake_time.clock, sleep=fake_time.sleep
     ) as c:
+        with pytest.raises(HostUnreachable) as info:
+            await c.get("/products", {"limit": 1})
+    assert info.value.status is None and info.value.host == f"127.0.0.1:{port}"
+    # The venue, the path and what happened; not aiohttp's ConnectionKey repr.
+    assert str(info.value) == (
+        f"coinbase GET /products: 127.0.0.1:{port} refused the connection "
+        "(ConnectionRefusedError: nothing listens there)"
+    )
+    stats = c.stats()
+    assert stats["errors"] == 1 and stats["reachable"] is False
+    assert stats["since_ms"] is not None and stats["last_error"] == str(info.value)
+
+
+async def test_a_name_that_does_not_resolve_is_host_unreachable(fake_time: FakeTime) -> None:
+    async with RestClient(
+        "binance-usdm", "https://nonexistent.invalid", clock=fake_time.clock, sleep=fake_time.sleep
+    ) as c:
+        with pytest.raises(HostUnreachable) as info:
+            await c.get("/fapi/v1/openInterest", {"symbol": "BTCUSDT"})
+    assert str(info.value) == (
+        "binance-usdm GET /fapi/v1/openInterest: cannot resolve nonexistent.invalid "
+        "(ClientConnectorDNSError: no network or DNS?)"
+    )
+    assert "ConnectionKey" not in str(info.value)
+
+
+async def test_an_unreachable_host_is_logged_once_not_per_attempt_and_its_recovery_once(
+    fake_time: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "tapewatch")
+    port = closed_port()
+    async with client_at(f"http://127.0.0.1:{port}", fake_time) as c:
+        for _ in range(3):  # 3 x 5 attempts, each failing at once
+            with pytest.raises(HostUnreachable):
+                await c.get_retrying("/fapi/v1/openInterest", {"symbol": "BTCUSDT"})
+        assert c.requests == 15 and len(fake_time.sleeps) == 3 * 4  # retried, with back-off
+        said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert [r.getMessage() for r in said] == [
+            f"127.0.0.1:{port} refused the connection (ConnectionRefusedError: nothing listens "
+            "there); retrying, next report in 1 min"
+        ]
+        assert said[0].name == "tapewatch.network"
+        # Each attempt is still there for whoever turns on debug logging.
+        attempts = [r for r in caplog.records if r.name == "tapewatch.rest"]
+        assert len(attempts) == 3 * 4 and all(r.levelno == logging.DEBUG for r in attempts)
+
+        # The host comes back: one line, and the client says it is reachable.
+        async def answer(request: web.Request) -> web.Response:
+            return web.Response(text="{}")
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            resp = await c.get_retrying("/fapi/v1/openInterest", {"symbol": "BTCUSDT"})
+        finally:
+            await runner.cleanup()
+    assert resp.text == "{}"
+    recovered = [r.getMessage() for r in caplog.records if "reachable again" in r.getMessage()]
+    assert len(recovered) == 1 and recovered[0].startswith(f"127.0.0.1:{port} reachable again")
+    assert recovered[0].endswith("(15 failed attempt(s))")
+    assert c.stats()["reachable"] is True
+
+
+async def test_retry_unreachable_false_gives_up_on_the_first_unreachable_attempt(
+    fake_time: FakeTime,
+) -> None:
+    async with client_at(f"http://127.0.0.1:{closed_port()}", fake_time) as c:
+        with pytest.raises(HostUnreachable):
+            await c.get_retrying("/x", retry_unreachable=False)
+    assert c.requests == 1 and fake_time.sleeps == []
+
+
+async def test_an_http_error_makes_the_host_reachable(
+    venue: FakeVenue, fake_time: FakeTime
+) -> None:
+    venue.queue(Reply(503))
+    async with client(venue, fake_time) as c:
+        assert c.stats()["reachable"] is None  # nothing asked yet
         with pytest.raises(RestError) as info:
-            await c.get("/products")
-    assert info.value.status is None
-    assert "connection failed" in str(info.value)
-    assert "coinbase" in str(info.value)
+            await c.get("/x")
+    assert not isinstance(info.value, HostUnreachable) and info.value.status == 503
+    assert c.stats()["reachable"] is True
 
 
 async def test_undecodable_body_is_an_error_not_mangled_text(
