@@ -43,6 +43,9 @@ SLOW_MODULES = frozenset(
         "test_daemon",
         "test_backfill",
         "test_simulator_faults",
+        "test_broker_auto",
+        "test_command_topic",
+        "test_offline",
     }
 )
 
