@@ -21,9 +21,9 @@ import yaml
 
 from monitor.broker import Answer, EmbeddedBroker, ensure_broker, probe
 from monitor.config import Config, MqttConfig, config_from_dict, deep_merge
-from monitor.daemon import Daemon
 from streams.simulator.server import Simulator
 from tests.conftest import REPO, Mosquitto, free_port
+from tests.test_daemon import RunningDaemon
 
 USER, PASSWORD = "tapewatch", "s3cret"
 
@@ -125,17 +125,6 @@ def seen() -> Any:
 @pytest.fixture
 async def sim(start_simulator: Any) -> Simulator:
     return await start_simulator(scenario="calm", speed=5.0, seed=3)
-
-
-class RunningDaemon:
-    def __init__(self, config: Config) -> None:
-        self.daemon = Daemon(config)
-        self.stop = asyncio.Event()
-        self.task = asyncio.create_task(self.daemon.run(self.stop))
-
-    async def close(self) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, 30)
 
 
 async def status_of(broker: Mosquitto, config: Config, tls: bool) -> dict[str, Any]:

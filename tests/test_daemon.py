@@ -43,7 +43,7 @@ class RunningDaemon:
 
     async def close(self) -> None:
         self.stop.set()
-        await asyncio.wait_for(self.task, 15)
+        await asyncio.wait_for(self.task, 30)  # generous: a busy machine stops slowly
 
 
 def _regimes(sub: Subscriber, prefix: str) -> list[str]:
