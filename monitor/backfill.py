@@ -6,7 +6,7 @@ then deepen the baselines while the daemon already runs live. The work goes in r
 across every series of every asset, and after each round the engine is filled (idempotently:
 buckets that hold data are never touched; see ``signals.backfill``).
 
-What is fetched per asset (reference §3): Binance spot and USDⓈ-M 1-minute klines, Coinbase
+What is fetched per asset (README "Backfill"): Binance spot and USDⓈ-M 1-minute klines, Coinbase
 1-minute candles, funding history, and open-interest history (Binance keeps 30 days only, so
 ``oi_change_pct_24h`` has at most 30 days of backfilled samples: its ``n_obs`` and ``warmup`` say
 so). Everything fetched is cached in ``<state.dir>/history/<instance>-<ASSET>.npz``; a restart

@@ -70,7 +70,7 @@ HEALTH_INTERVAL_S = 10.0
 HEALTH_EXPIRY_S = round(3 * HEALTH_INTERVAL_S)
 AGG_TRADES_PAGE = 1000
 COINBASE_TRADES_MAX = 1000
-# Request weights (reference §3): depth by limit, aggTrades flat.
+# Request weights (Binance's published weights): depth by limit, aggTrades flat.
 SPOT_DEPTH_WEIGHT = {5: 5, 10: 5, 20: 5, 50: 5, 100: 5, 500: 25, 1000: 50}
 USDM_DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
 AGG_TRADES_WEIGHT = {BINANCE_SPOT: 4, BINANCE_USDM: 20}

@@ -1,4 +1,4 @@
-"""The MQTT contract as pure functions: topics and JSON payloads (DESIGN.md section 6).
+"""The MQTT contract as pure functions: topics and JSON payloads (README "MQTT topics").
 
 Nothing here touches a socket. The daemon hands these messages to the publisher; ``replay`` writes
 them to JSON Lines. Both therefore emit exactly the same bytes for the same input.

@@ -202,7 +202,7 @@ SIGNALS: dict[str, SignalSpec] = {
 }
 
 
-# Signals with a z-score against the long baseline (DESIGN.md §4). On the signals topic the
+# Signals with a z-score against the long baseline (README "z-scores"). On the signals topic the
 # z-score is the `z` field of the signal's entry; regime rules address it as `<signal>_z`.
 Z_SCORED: tuple[str, ...] = (
     "taker_imbalance",

@@ -1,6 +1,6 @@
 """Binance (spot and USDⓈ-M) market-data frames: stream names, URLs and the pure parser.
 
-Facts (../reference in the design repo, summarised in the README):
+Facts (as Binance documents them; summarised in the README "Collectors"):
 - combined streams wrap each payload as ``{"stream": name, "data": payload}``;
 - ``m`` is "is the buyer the maker?", so ``m == true`` means the taker SOLD;
 - since 2026-04-23 USDⓈ-M serves trades/markPrice/forceOrder only under ``/market`` and books

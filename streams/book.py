@@ -5,16 +5,16 @@ Pure: no I/O, no asyncio, no wall clock. The collector feeds ``BookSync`` the no
 ``needs_snapshot`` is set it fetches a REST snapshot (Binance) or resubscribes (Coinbase) for
 that one symbol, and hands the answer to ``on_snapshot``.
 
-Continuity rules, from reference/exchange-protocols.md:
+Continuity rules, as the exchanges document them (README "Collectors", "Self-healing"):
 
-* Binance spot (§1.5, as corrected 2025-11-12): a snapshot older than the first buffered
+* Binance spot (as corrected 2025-11-12): a snapshot older than the first buffered
   ``U`` is refetched; buffered events with ``u <= lastUpdateId`` are dropped; afterwards an
   event with ``U > book_id + 1`` means events were missed. Events already covered by the book
   are ignored.
-* Binance USDⓈ-M (§2.3): events with ``u < lastUpdateId`` are dropped; the first applied event
+* Binance USDⓈ-M: events with ``u < lastUpdateId`` are dropped; the first applied event
   must satisfy ``U <= lastUpdateId <= u``; from then on each ``pu`` must equal the previous
   ``u``. ``U`` is not ``prev u + 1`` on futures, so it is never checked.
-* Coinbase level2 (§4.1): the in-stream snapshot resets the book; updates carry no ids, the
+* Coinbase level2: the in-stream snapshot resets the book; updates carry no ids, the
   caller checks the socket's ``sequence_num`` and calls ``invalidate`` on a hole.
 
 A crossed book (best bid >= best ask) cannot come out of a correct replay, so it is treated as
@@ -332,8 +332,8 @@ class BookSync:
         assert book_id is not None and diff.first_id is not None and diff.last_id is not None
         if self.venue == BINANCE_SPOT:
             if diff.last_id <= book_id:
-                # §1.5 ignores u < book id; u == book id re-sets levels to the values the book
-                # already holds at that id, so skipping it is the same book.
+                # The spot rule ignores u < book id; u == book id re-sets levels to the values
+                # the book already holds at that id, so skipping it is the same book.
                 return _STALE
             return MISSED_UPDATES if diff.first_id > book_id + 1 else None
         if self._bridged:

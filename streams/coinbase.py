@@ -1,7 +1,7 @@
 """Coinbase Advanced Trade market-data frames: subscribe messages, the pure parser and the
 ``sequence_num`` continuity tracker.
 
-Facts (reference/exchange-protocols.md §4.1, checked against tests/data/coinbase-*.tape):
+Facts (Coinbase Advanced Trade's documentation, checked against tests/data/coinbase-*.tape):
 - one channel per subscribe message; ``level2`` is subscribed as ``level2`` but arrives as
   ``l2_data``; ``heartbeats`` must be subscribed too or quiet channels are closed after 60-90 s;
 - every frame is ``{channel, timestamp, sequence_num, events}`` (``client_id`` is documented

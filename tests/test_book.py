@@ -705,7 +705,7 @@ def test_hand_spot_rule() -> None:
 
 
 def test_hand_spot_snapshot_just_before_first_u_is_too_old() -> None:
-    # §1.5 step 3: lastUpdateId strictly below the first buffered U means fetch again, even
+    # Binance spot's rule: lastUpdateId strictly below the first buffered U means fetch again, even
     # at U - 1, where the first event would technically bridge.
     sync = BookSync(BINANCE_SPOT, "BTCUSDT")
     sync.on_diff(spot(101, 103))

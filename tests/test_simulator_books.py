@@ -83,7 +83,7 @@ async def test_binance_book_syncs_from_buffered_diffs_and_rest_snapshot(
     url = f"{sim.base_ws}{ws_path}?streams=btcusdt@depth@100ms/btcusdt@bookTicker"
     view = BinanceBook(venue, "BTCUSDT")
     async with connect(url) as ws, aiohttp.ClientSession() as http:
-        while view.sync.buffered < 3:  # buffer a few diffs first, as §1.5 / §2.3 say
+        while view.sync.buffered < 3:  # buffer a few diffs first, as Binance's sync rules say
             view.feed(await ws.recv())
         query = f"?symbol=BTCUSDT&limit={limit}"
         status, body = await fetch(http, sim.base_http + rest_path + query)

@@ -482,7 +482,7 @@ async def test_tail_live_view_redraws_in_place(
 
 
 def test_payloads_used_here_match_the_contract() -> None:
-    """The hand-built payloads above have the shape MessageBuilder gives (DESIGN.md 6)."""
+    """The hand-built payloads above have the shape MessageBuilder gives (README "MQTT topics")."""
     _, msgs = contract(P)
     regime = next(m.payload for m in msgs if m.topic.endswith("/regime"))
     signals = next(m.payload for m in msgs if m.topic.endswith("/signals"))

@@ -1,7 +1,7 @@
 """Coinbase Advanced Trade market-data feed: what each channel carries, and one connection's
 protocol state (pure: no I/O; the server passes event times in and writes the frames out).
 
-Protocol (reference/exchange-protocols.md §4.1, recorded feed in tests/data):
+Protocol (Coinbase Advanced Trade's documented feed, and the recorded feed in tests/data):
 
 - a client subscribes with ``{"type":"subscribe","product_ids":[...],"channel":"..."}``, one
   channel per message; it gets each product's snapshot (``market_trades``: recent trades newest
