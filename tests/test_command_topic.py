@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -292,23 +294,39 @@ async def test_on_mqtt_3_1_1_huge_payloads_are_read_and_dropped_without_a_trace(
     broker: Mosquitto, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """MQTT 3.1.1 has no packet limit to announce, so the client must read what the broker
-    sends: the publisher drops it at once, keeps nothing and logs one line without it."""
+    sends: the publisher drops it at once, keeps nothing and logs one line without it.
+
+    "Keeps nothing" is measured with tracemalloc (the Python memory still held afterwards),
+    not with this process's RSS: after a suite of other tests, whether the allocator hands a
+    freed 40 MB read buffer back to the system is its own business."""
     publisher = make_publisher(broker.port, prefix, "v311", tmp_path / "outbox.sqlite")
     publisher.prefer_v311()
     caplog.set_level(logging.INFO, logger="tapewatch.mqtt")
     async with running(publisher), subscriber(broker, publisher.birth.topic) as sub:
         await sub.wait_for(lambda s: s.on(publisher.birth.topic))
-        rss_before = own_rss_kb()
-        await asyncio.to_thread(send, broker.port, publisher.rebirth_topic, BIG_BYTES, BIG_COUNT, 1)
-        await wait_until(
-            lambda: publisher.commands.received == BIG_COUNT + 1, 120, "all commands read"
-        )
-        await sub.wait_for(lambda s: len(s.on(publisher.birth.topic)) >= 2)  # the rebirth
-        rss_after = own_rss_kb()
-    print(f"\nMQTT 3.1.1, {BIG_COUNT} x {BIG_BYTES >> 20} MB: RSS {rss_before} -> {rss_after} kB")
+        gc.collect()
+        tracemalloc.start()
+        try:
+            held_before = tracemalloc.get_traced_memory()[0]
+            await asyncio.to_thread(
+                send, broker.port, publisher.rebirth_topic, BIG_BYTES, BIG_COUNT, 1
+            )
+            await wait_until(
+                lambda: publisher.commands.received == BIG_COUNT + 1, 120, "all commands read"
+            )
+            await sub.wait_for(lambda s: len(s.on(publisher.birth.topic)) >= 2)  # the rebirth
+            gc.collect()
+            held_after, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    print(
+        f"\nMQTT 3.1.1, {BIG_COUNT} x {BIG_BYTES >> 20} MB: Python memory held "
+        f"{(held_after - held_before) >> 10} kB more after, peak {peak >> 20} MB"
+    )
     assert publisher.commands.ignored == BIG_COUNT
     assert publisher.commands.rebirths == 1
-    assert rss_after - rss_before < RSS_GROWTH_MAX_KB
+    # The peak (reported) is paho's: it copies a packet a few times while reading it.
+    assert held_after - held_before < RSS_GROWTH_MAX_KB * 1024
     ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
     # One line for the first, the repeats go into a summary at the end of the window.
     assert ignored == [
