@@ -69,9 +69,9 @@ def _watch(stream: IO[str], ready: threading.Event) -> None:
 SIMULATOR = """
 import sys
 import uvloop
-from streams.simulator.server import Simulator, serve_forever
+from simulator.server import Simulator, serve_forever
 
-import streams.simulator.server as server
+import simulator.server as server
 
 speed, seed, scenario, symbols, config, tick = sys.argv[1:7]
 if tick:  # the wall time between two advances of the market (frames go out in bursts)
@@ -95,7 +95,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 class SimulatorProcess:
-    """``streams.simulator.server.Simulator`` in a child process; ``config`` is the config it
+    """``simulator.server.Simulator`` in a child process; ``config`` is the config it
     wrote (config.yaml pointed at it, ``Simulator.config_for``)."""
 
     def __init__(

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/backfill.py [--days 90] [--assets BTC,ETH,SOL]
 
-Starts the simulator in this process on a free loopback port, runs ``monitor.backfill.Backfill``
+Starts the simulator in this process on a free loopback port, runs
+``monitor.history_fetch.HistoryFetch``
 into a fresh engine with a throw-away state directory, and reports how long the Binance and the
 Coinbase parts took, the requests made, the peak Binance weight seen, and the samples per
 baseline. Then runs it again on the cache it left, to show what a restart fetches.
@@ -19,19 +20,20 @@ from pathlib import Path
 
 import yaml
 
-from monitor.backfill import Backfill
 from monitor.config import config_from_dict, deep_merge
 from monitor.health import Health
+from monitor.history_fetch import HistoryFetch
 from monitor.pipeline import Pipeline
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
+from signals.backfill import AssetHistory
+from simulator.server import Simulator
+from streams.events import BINANCE_SPOT, BINANCE_USDM
 from streams.rest import RestClient
-from streams.simulator.server import Simulator
 
 REPO = Path(__file__).resolve().parent.parent
 PRICES = {"BTC": 78_000.0, "ETH": 2_500.0, "SOL": 180.0, "XRP": 2.5}
 
 
-async def once(sim: Simulator, days: int, state: Path) -> tuple[Backfill, dict[str, int]]:
+async def once(sim: Simulator, days: int, state: Path) -> tuple[HistoryFetch, dict[str, int]]:
     data = sim.config_for(yaml.safe_load((REPO / "config.yaml").read_text()))
     over = {
         "signals": {"flow_window": "1h", "baseline_window": f"{days}d"},
@@ -39,12 +41,7 @@ async def once(sim: Simulator, days: int, state: Path) -> tuple[Backfill, dict[s
     }
     config = config_from_dict(deep_merge(data, over), env={})
     engine = Pipeline.for_session(config, "bench", "0", 0, Health()).engine
-    v = config.venues
-    rest = {
-        BINANCE_SPOT: RestClient(BINANCE_SPOT, v.binance_spot.rest, weight_limit=6000),
-        BINANCE_USDM: RestClient(BINANCE_USDM, v.binance_usdm.rest, weight_limit=2400),
-        COINBASE: RestClient(COINBASE, v.coinbase.rest, requests_per_second=10),
-    }
+    rest = {name: RestClient.for_venue(v) for name, v in config.adapters().items()}
     peak = {BINANCE_SPOT: 0, BINANCE_USDM: 0}
 
     async def watch() -> None:
@@ -53,7 +50,10 @@ async def once(sim: Simulator, days: int, state: Path) -> tuple[Backfill, dict[s
                 peak[venue] = max(peak[venue], rest[venue].used_weight or 0)
             await asyncio.sleep(0.05)
 
-    backfill = Backfill(config, engine, rest, time.time_ns() // 1_000_000)
+    def fill(asset: str, history: AssetHistory, final: bool) -> None:
+        engine.assets[asset].backfill(history)
+
+    backfill = HistoryFetch(config, fill, rest, time.time_ns() // 1_000_000)
     watcher = asyncio.create_task(watch())
     try:
         await backfill.run()

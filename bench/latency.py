@@ -48,10 +48,10 @@ from monitor.daemon import Daemon
 from monitor.health import percentile
 from monitor.messages import OutMessage
 from monitor.mqtt import Publisher
+from streams.units import MINUTE_MS
 
 PREFIX = "bench/v1"
 BUDGET_MS = 5.0
-MINUTE_MS = 60_000
 
 Span = tuple[float, float]  # (start, end), wall ms
 
@@ -67,7 +67,7 @@ class Delivery:
     kind: str  # "regime" or "events"
     received: int  # Frame.ts_recv_ms of the causing frame
     handed: float  # the daemon calls Publisher.publish
-    stored: float  # publish returned (the events message is in the SQLite outbox by then)
+    stored: float  # publish returned (the events message is queued for the outbox's thread)
     sending: float = 0.0  # the publisher's drain task starts sending it
     acked: float = 0.0  # PUBACK: the publish returned
 

@@ -46,10 +46,9 @@ from monitor.config import Config, config_from_dict, deep_merge
 from monitor.health import Health
 from monitor.pipeline import Pipeline
 from monitor.state import load_checkpoint, save_checkpoint
+from streams.units import MINUTE_MS
 
 REPO = Path(__file__).resolve().parent.parent
-MINUTE_MS = 60_000
-DAY_MS = 86_400_000
 INSTANCE = "bench"
 RSS_BUDGET_MB = 200.0
 CHECKPOINT_BUDGET_S = 1.0

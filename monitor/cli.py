@@ -15,7 +15,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
@@ -33,6 +33,9 @@ from monitor.config import (
 )
 from monitor.defaults import BUILT_IN_NAME, default_config, default_config_data
 from streams.tasks import stop_tasks
+
+if TYPE_CHECKING:
+    from monitor.recorder import Recorder
 
 log = logging.getLogger("tapewatch")
 
@@ -131,27 +134,34 @@ def cmd_run(args: argparse.Namespace) -> int:
             _fail("run", "; ".join(exc.errors))
     _setup_logging(config.log_level)
 
+    recorder = None
+    if args.record:
+        recorder = _recorder("run", args.record, args.rotate_mb, "tapewatch run --record")
+
     async def main() -> int:
         stop = asyncio.Event()
         _install_stop(stop)
-        await Daemon(config).run(stop)
+        await Daemon(config, recorder=recorder).run(stop)
         return 0
 
     return _run_async(main())
 
 
+def _recorder(command: str, out: str, rotate_mb: float, note: str) -> Recorder:
+    from monitor.recorder import Recorder
+
+    try:
+        return Recorder(out, max_bytes=max(1, int(rotate_mb * 2**20)), note=note)
+    except OSError as exc:  # before any socket opens: nothing to record into
+        _fail(command, _cannot_write(out, exc))
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     from monitor.daemon import Daemon
-    from monitor.recorder import Recorder
 
     config = _load(args.config)
     _setup_logging(config.log_level)
-    try:
-        recorder = Recorder(
-            args.out, max_bytes=max(1, int(args.rotate_mb * 2**20)), note="tapewatch record"
-        )
-    except OSError as exc:  # before any socket opens: nothing to record into
-        _fail("record", _cannot_write(args.out, exc))
+    recorder = _recorder("record", args.out, args.rotate_mb, "tapewatch record")
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -193,7 +203,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from monitor.replay import Replay
+    from monitor.replay import Replay, ReplayError
     from streams.tape import TapeError, merge
 
     outs = {Path(args.out).resolve()}
@@ -210,14 +220,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         out: IO[bytes] = open(args.out, "wb")  # noqa: SIM115 (closed below, broken pipe or not)
     except OSError as exc:
         _fail("replay", _cannot_write(args.out, exc))
-    replay = Replay(config)
+    replay = Replay(config, base=Path(args.tapes[0]).parent)
     try:
         with out:
             replay.to_jsonl(records, out)
     except BrokenPipeError:
         # The reader has gone (`| head`): stop quietly, as any filter does on SIGPIPE.
         return EXIT_BROKEN_PIPE
-    except TapeError as err:
+    except (TapeError, ReplayError) as err:
         _fail("replay", str(err))
     if not replay.heard_configured():
         skipped = replay.unknown_symbol_events()
@@ -235,7 +245,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from streams.simulator.server import Simulator, serve_forever
+    from simulator.server import Simulator, serve_forever
 
     _setup_logging("info")
     try:
@@ -329,7 +339,7 @@ def _free_port() -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.daemon import Daemon
     from monitor.tail import tail
-    from streams.simulator.server import Simulator
+    from simulator.server import Simulator
 
     _setup_logging("warning")
     # The simulator takes the base's rules and MQTT prefix, and replaces assets and endpoints.
@@ -442,8 +452,8 @@ def _count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from streams.simulator.faults import DEAD_VENUES, FAULTS, UNKNOWN_SYMBOLS
-    from streams.simulator.scenarios import SCENARIOS
+    from simulator.faults import DEAD_VENUES, FAULTS, UNKNOWN_SYMBOLS
+    from simulator.scenarios import SCENARIOS
 
     p = _Parser(
         prog="tapewatch",
@@ -462,6 +472,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="I/N",
         help="run only shard I of N of the assets (name order, every N-th), as instance "
         "<instance>-IofN",
+    )
+    run.add_argument(
+        "--record",
+        metavar="TAPE",
+        help="also record what the pipeline processes to TAPE (.tape.jsonl.zst), with the "
+        "state it started from and the history it fetched: replaying it repeats the session",
+    )
+    run.add_argument(
+        "--rotate-mb",
+        type=_positive("megabytes"),
+        default=256.0,
+        help="with --record: start a new tape segment after this many uncompressed MB [256]",
     )
     run.set_defaults(func=cmd_run)
 

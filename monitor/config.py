@@ -27,7 +27,7 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import SplitResult, urlsplit
@@ -37,6 +37,7 @@ import yaml
 from signals.catalogue import rule_signals
 from signals.engine import VOLUME_BUCKET_MS
 from signals.regimes import NEUTRAL, Condition, RegimeRule
+from streams.venues import ADAPTERS, Venue
 
 __all__ = [
     "AssetConfig",
@@ -81,7 +82,7 @@ class AssetConfig:
 
 
 # The venue keys of an asset, in the order they are documented.
-ASSET_VENUES = ("binance_spot", "binance_usdm", "coinbase")
+ASSET_VENUES = tuple(ADAPTERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,10 @@ class Config:
     log_level: LogLevel = "info"
     state: StateConfig = field(default_factory=StateConfig)
     guards: GuardsConfig = field(default_factory=GuardsConfig)
+
+    def adapters(self) -> dict[str, Venue]:
+        """Every venue's adapter, on its configured URLs, by venue name."""
+        return {cls.name: cls(**asdict(getattr(self.venues, key))) for key, cls in ADAPTERS.items()}
 
 
 class ConfigError(Exception):
@@ -655,7 +660,14 @@ def _collector(data: object, errors: _Errors) -> CollectorConfig:
 
 
 # Depth-snapshot sizes both Binance markets accept (USDⓈ-M allows no other values).
-_BOOK_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+# The depth limits every venue with REST snapshots serves.
+_BOOK_LIMITS = tuple(
+    sorted(
+        set.intersection(
+            *(set(cls.depth_limits) for cls in ADAPTERS.values() if hasattr(cls, "depth_limits"))
+        )
+    )
+)
 
 
 def _book_limit(value: object) -> int:

@@ -2,9 +2,9 @@
 
 All I/O is wired here; everything between the queue and the publisher is the pure pipeline.
 One consumer task drains the queue, so the engines see frames in arrival order and need no locks.
-REST answers (book snapshots, trade backfills, polled open interest and ratios) are queued among
-the frames, so the pipeline and the recorder see one ordered stream, and a replay of the
-recording reproduces the session.
+REST answers (book snapshots, trade refetches, polled open interest and ratios) and the start-up
+history are queued among the frames, so the pipeline and the recorder see one ordered stream,
+and a replay of the recording reproduces the session.
 """
 
 from __future__ import annotations
@@ -16,26 +16,33 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from monitor import __version__
-from monitor.backfill import Backfill
 from monitor.broker import EmbeddedBroker, ensure_broker
 from monitor.config import Config
 from monitor.health import Health
+from monitor.history_fetch import HistoryFetch
+from monitor.history_tape import HistoryItem
 from monitor.mqtt import Publisher
-from monitor.pipeline import BackfillRequest, Pipeline, Request, ResubscribeRequest, SnapshotRequest
+from monitor.pipeline import (
+    Pipeline,
+    RefetchRequest,
+    Request,
+    ResubscribeRequest,
+    SnapshotRequest,
+    trades_only,
+)
 from monitor.recorder import Recorder
 from monitor.restart import (
     audit_outbox,
     hold_ms,
     outbox_marks,
     regime_states,
-    take_over_regimes,
+    regimes_to_take_over,
+    restore_regimes,
 )
 from monitor.state import (
     StateError,
@@ -46,8 +53,8 @@ from monitor.state import (
     put_aside,
     save_checkpoint,
 )
+from signals.backfill import AssetHistory
 from signals.regimes import RegimeChange
-from streams import binance, coinbase
 from streams.connection import (
     Backoff,
     Connection,
@@ -58,23 +65,17 @@ from streams.connection import (
     RestBody,
 )
 from streams.continuity import TradeGap
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
+from streams.frames import SkippedFrame
 from streams.reporting import HostReporter, venues_report
-from streams.rest import HostUnreachable, RestClient, RestError
+from streams.rest import HostUnreachable, RestClient, RestError, RestResponse
 from streams.tasks import stop_tasks
+from streams.venues import RestCall, Socket, Venue
 
 log = logging.getLogger("tapewatch.daemon")
 
 HEALTH_INTERVAL_S = 10.0
 # Retained health expires (MQTT 5) after three missed reports: a dead daemon's health goes.
 HEALTH_EXPIRY_S = round(3 * HEALTH_INTERVAL_S)
-AGG_TRADES_PAGE = 1000
-COINBASE_TRADES_MAX = 1000
-# Request weights (Binance's published weights): depth by limit, aggTrades flat.
-SPOT_DEPTH_WEIGHT = {5: 5, 10: 5, 20: 5, 50: 5, 100: 5, 500: 25, 1000: 50}
-USDM_DEPTH_WEIGHT = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
-AGG_TRADES_WEIGHT = {BINANCE_SPOT: 4, BINANCE_USDM: 20}
-
 
 # How long the consumer waits for a regime change's PUBACK before it goes on with the frames.
 URGENT_WAIT_S = 0.1
@@ -90,13 +91,6 @@ def _freeze_long_lived_objects() -> None:
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _chunks(symbols: list[str], per_symbol: int) -> Iterator[list[str]]:
-    """Symbols in groups whose streams fit one connection."""
-    size = max(1, binance.MAX_STREAMS_PER_CONNECTION // per_symbol)
-    for i in range(0, len(symbols), size):
-        yield symbols[i : i + size]
 
 
 class Daemon:
@@ -135,18 +129,10 @@ class Daemon:
         # One reporter for every socket and REST client: an unreachable host is one log line
         # (then reminders at a falling rate), however many of them use it.
         self.hosts = HostReporter()
+        self.venues = self.pipeline.venues
         self.connections = self._connections()
-        venues = config.venues
         self.rest = {
-            BINANCE_SPOT: RestClient(
-                BINANCE_SPOT, venues.binance_spot.rest, weight_limit=6000, hosts=self.hosts
-            ),
-            BINANCE_USDM: RestClient(
-                BINANCE_USDM, venues.binance_usdm.rest, weight_limit=2400, hosts=self.hosts
-            ),
-            COINBASE: RestClient(
-                COINBASE, venues.coinbase.rest, requests_per_second=10, hosts=self.hosts
-            ),
+            name: RestClient.for_venue(venue, self.hosts) for name, venue in self.venues.items()
         }
         self.broker: EmbeddedBroker | None = None
         self.broker_ready = asyncio.Event()  # set once an embedded broker (if any) listens
@@ -167,112 +153,67 @@ class Daemon:
             self._restore()
 
     # -- wiring ---------------------------------------------------------------------------------
-    def _symbols(self, venue_key: str) -> list[str]:
-        return [s for a in self.config.assets.values() if (s := getattr(a, venue_key))]
+    def _symbols(self, venue: Venue) -> list[str]:
+        return [s for a in self.config.assets.values() if (s := getattr(a, venue.config_key))]
 
-    def _connection(self, name: str, venue: str, url: str, **kw: Any) -> Connection:
+    def _connection(self, venue: Venue, socket: Socket) -> Connection:
         col = self.config.collector
+        on_open = None
+        if socket.subscribe:
+
+            async def on_open(ws: Any) -> None:
+                for message in socket.subscribe:
+                    await ws.send(message)
+
         return Connection(
-            name,
-            venue,
-            url,
+            socket.name,
+            venue.name,
+            socket.url,
             self.queue,
-            self.health.add_link(LinkStats(name)),
+            self.health.add_link(LinkStats(socket.name)),
             Backoff(col.backoff_initial, col.backoff_max),
             silence_timeout=col.silence_timeout,
             stall_timeout=col.stall_timeout,
             hosts=self.hosts,
-            **kw,
+            on_open=on_open,
+            watched=socket.watched,
+            stream_of=socket.stream_of,
+            carries_trades=socket.carries_trades,
         )
-
-    def _binance(
-        self, name: str, venue: str, base: str, symbols: list[str], streams: tuple[str, ...]
-    ) -> list[Connection]:
-        conns = []
-        for i, chunk in enumerate(_chunks(symbols, len(streams))):
-            watched = tuple(
-                f"{sym.lower()}@{stream}"
-                for sym in chunk
-                for stream in streams
-                if any(f"@{stream}".endswith(c) for c in binance.CADENCED_SUFFIXES)
-            )
-            url = binance.combined_stream_url(base, chunk, streams)
-            label = name if i == 0 else f"{name}#{i + 1}"
-            conns.append(
-                self._connection(label, venue, url, watched=watched, stream_of=binance.stream_name)
-            )
-        return conns
 
     def _connections(self) -> list[Connection]:
-        v = self.config.venues
-        conns = self._binance(
-            f"{BINANCE_SPOT}",
-            BINANCE_SPOT,
-            v.binance_spot.ws,
-            self._symbols("binance_spot"),
-            binance.SPOT_STREAMS,
-        )
-        usdm = self._symbols("binance_usdm")
-        conns += self._binance(
-            f"{BINANCE_USDM}/market",
-            BINANCE_USDM,
-            v.binance_usdm.market_ws,
-            usdm,
-            binance.USDM_MARKET_STREAMS,
-        )
-        conns += self._binance(
-            f"{BINANCE_USDM}/public",
-            BINANCE_USDM,
-            v.binance_usdm.public_ws,
-            usdm,
-            binance.USDM_PUBLIC_STREAMS,
-        )
-        products = self._symbols("coinbase")
-        if products:
-            # The USDT-USD reference of the adjusted premium: its trades only, no book.
-            usdt = self.config.signals.usdt_usd_product
-            messages = coinbase.subscribe_messages(products, trades_only=[usdt] if usdt else [])
-
-            async def subscribe(ws: Any) -> None:
-                # One channel per message, all within Coinbase's 5 s; 4 messages stay under
-                # its 8 messages/s limit.
-                for message in messages:
-                    await ws.send(message)
-
-            conns.append(
-                self._connection(
-                    COINBASE,
-                    COINBASE,
-                    v.coinbase.ws,
-                    on_open=subscribe,
-                    watched=("heartbeats",),
-                    stream_of=coinbase.channel_name,
-                )
-            )
-        return conns
+        references = trades_only(self.config)
+        return [
+            self._connection(venue, socket)
+            for venue in self.venues.values()
+            for socket in venue.sockets(self._symbols(venue), references.get(venue.name, []))
+        ]
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _restore(self) -> None:
         existed = self.checkpoint_path.exists()
-        meta = self._restore_baselines()
+        arrays, meta = self._restore_baselines()
         outbox = self.publisher.outbox if self.publisher is not None else None
         if meta is not None:
             self.outbox_lost = audit_outbox(outbox, meta.get("outbox"), self.checkpoint_path)
         # Without any checkpoint the outbox alone says which regimes were last announced.
         saved = meta if meta is not None else (None if existed else {})
-        self.restored_regimes = take_over_regimes(
-            self.pipeline, saved, outbox, hold_ms(self.config)
-        )
+        states = regimes_to_take_over(self.pipeline, saved, outbox)
+        self.restored_regimes = restore_regimes(self.pipeline, states, hold_ms(self.config))
+        if self.recorder is not None:
+            # The tape starts from the same state, so its replay repeats this session.
+            self.recorder.write_restore(self.started_ms, arrays, states)
 
-    def _restore_baselines(self) -> dict[str, Any] | None:
-        """Restore the engine from the checkpoint; returns its metadata, or None when there is
-        none that may be used (missing, damaged, or from other venue endpoints)."""
+    def _restore_baselines(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Restore the engine from the checkpoint; returns the arrays restored and the
+        checkpoint's metadata, or no arrays and None when there is none that may be used
+        (missing, damaged, or from other venue endpoints)."""
         try:
             arrays, meta = load_checkpoint(self.checkpoint_path)
         except StateError as exc:
             if self.checkpoint_path.exists():
                 log.warning("%s: starting the baselines afresh", exc)
-            return None
+            return {}, None
         recorded = meta.get("origin")
         differs = endpoint_differences(recorded, self.origin)
         if differs:
@@ -282,7 +223,7 @@ class Daemon:
                 "; ".join(differs),
                 put_aside(self.checkpoint_path),
             )
-            return None
+            return {}, None
         changed = asset_differences(recorded, self.origin)
         if changed:
             log.warning(
@@ -303,7 +244,7 @@ class Daemon:
             meta.get("session"),
             f"; afresh (config changed): {', '.join(skipped)}" if skipped else "",
         )
-        return meta
+        return arrays, meta
 
     def save_checkpoint(self) -> None:
         self._write_checkpoint(*self._checkpoint_state())
@@ -437,6 +378,9 @@ class Daemon:
                     recorder.write(item)
                 if isinstance(item, Frame):
                     msgs = pipeline.feed_frame(item.venue, item.raw, item.ts_recv_ms, wall_ms())
+                elif isinstance(item, HistoryItem):
+                    pipeline.fill_history(item.asset, item.history, item.final)
+                    continue
                 elif isinstance(item, RestBody):
                     msgs = pipeline.feed_rest(
                         item.venue, item.url, item.body, item.ts_recv_ms, wall_ms()
@@ -476,39 +420,43 @@ class Daemon:
 
     async def _backfill_history(self) -> None:
         try:
-            await Backfill(self.config, self.pipeline.engine, self.rest, wall_ms()).run()
+            await HistoryFetch(self.config, self._queue_history, self.rest, wall_ms()).run()
         except Exception:  # the live signals go on without it
             log.exception("backfill failed; z-scores build from live data only")
             return
         _freeze_long_lived_objects()
         await self.save_checkpoint_in_background()
 
+    def _queue_history(self, asset: str, history: AssetHistory, final: bool) -> None:
+        # Among the frames, so the pipeline fills the baselines in the order the recorder
+        # writes it. Each item holds all history so far: one lost to an overfull queue costs
+        # nothing the next one does not bring.
+        self.queue.put(HistoryItem(wall_ms(), asset, history, final))  # type: ignore[arg-type]
+
     async def _fetch(self, request: Request) -> None:
         try:
             if isinstance(request, SnapshotRequest):
                 await self._snapshot(request)
-            elif isinstance(request, BackfillRequest):
-                await self._backfill(request.gap)
+            elif isinstance(request, RefetchRequest):
+                await self._refetch(request.gap)
         finally:
             self._inflight.discard(request)
 
-    def _put_body(self, venue: str, url: str, body: str) -> None:
-        self.queue.put(RestBody(venue, wall_ms(), url, body))
+    async def _get(self, venue: str, call: RestCall) -> RestResponse:
+        """GET ``call`` (with retries) and queue its answer."""
+        resp = await self.rest[venue].get_retrying(call.path, call.params, weight=call.weight)
+        self.queue.put(RestBody(venue, wall_ms(), resp.url, resp.text))
+        return resp
 
     async def _snapshot(self, req: SnapshotRequest) -> None:
-        limit = self.config.collector.book_limit
-        if req.venue == BINANCE_SPOT:
-            path, weight = "/api/v3/depth", SPOT_DEPTH_WEIGHT[limit]
-        else:
-            path, weight = "/fapi/v1/depth", USDM_DEPTH_WEIGHT[limit]
+        call = self.venues[req.venue].snapshot(req.symbol, self.config.collector.book_limit)
+        if call is None:
+            return
         backoff = Backoff(1.0, 60.0)
         # The book stays unsynced until a snapshot arrives, so keep trying (politely).
         while True:
             try:
-                resp = await self.rest[req.venue].get_retrying(
-                    path, {"symbol": req.symbol, "limit": limit}, weight=weight
-                )
-                self._put_body(req.venue, resp.url, resp.text)
+                await self._get(req.venue, call)
                 return
             except RestError as exc:
                 delay = backoff.next_delay()
@@ -523,17 +471,21 @@ class Daemon:
                 )
                 await asyncio.sleep(delay)
 
-    async def _backfill(self, gap: TradeGap) -> None:
+    async def _refetch(self, gap: TradeGap) -> None:
+        """The trades of an id gap, page by page as the venue serves them; then a
+        ``refetch_done`` control, after which ids still missing count as lost."""
+        venue = self.venues[gap.venue]
         try:
-            if gap.venue == COINBASE:
-                limit = min(COINBASE_TRADES_MAX, gap.size + 100)
-                path = coinbase.TRADES_PATH.format(product=gap.symbol)
-                resp = await self.rest[COINBASE].get_retrying(path, {"limit": limit})
-                self._put_body(COINBASE, resp.url, resp.text)
-            else:
-                await self._backfill_binance(gap)
+            call: RestCall | None = venue.refetch(gap)
+            while call is not None:
+                resp = await self._get(gap.venue, call)
+                try:
+                    events = venue.parse_rest(resp.url, resp.text, wall_ms())
+                except SkippedFrame:  # the pipeline counts it; nothing to page on
+                    break
+                call = venue.next_refetch(gap, events)
             log.info(
-                "%s %s: backfilled trade ids %d..%d",
+                "%s %s: refetched trade ids %d..%d",
                 gap.venue,
                 gap.symbol,
                 gap.first_id,
@@ -541,64 +493,40 @@ class Daemon:
             )
         except RestError as exc:
             log.warning(
-                "%s %s: backfill of %d trades failed: %s", gap.venue, gap.symbol, gap.size, exc
+                "%s %s: refetch of %d trades failed: %s", gap.venue, gap.symbol, gap.size, exc
             )
         finally:
             done = {
-                "kind": "backfill_done",
+                "kind": "refetch_done",
                 "symbol": gap.symbol,
                 "first_id": gap.first_id,
                 "last_id": gap.last_id,
             }
             self.queue.put(Control(gap.venue, wall_ms(), done))
 
-    async def _backfill_binance(self, gap: TradeGap) -> None:
-        path = "/api/v3/aggTrades" if gap.venue == BINANCE_SPOT else "/fapi/v1/aggTrades"
-        next_id = gap.first_id
-        while next_id <= gap.last_id:
-            resp = await self.rest[gap.venue].get_retrying(
-                path,
-                {"symbol": gap.symbol, "fromId": next_id, "limit": AGG_TRADES_PAGE},
-                weight=AGG_TRADES_WEIGHT[gap.venue],
-            )
-            self._put_body(gap.venue, resp.url, resp.text)
-            rows = orjson.loads(resp.text)
-            if not isinstance(rows, list) or not rows:
-                return
-            next_id = max(int(r["a"]) for r in rows) + 1
-
     def _pollers(self) -> list[Any]:
         col = self.config.collector
-        polls = []
-        for symbol in self._symbols("binance_usdm"):
-            polls.append(
-                self._poll(col.open_interest_poll, "/fapi/v1/openInterest", {"symbol": symbol})
-            )
-            for path in (
-                "/futures/data/globalLongShortAccountRatio",
-                "/futures/data/takerlongshortRatio",
-            ):
-                polls.append(
-                    self._poll(
-                        col.ratios_poll, path, {"symbol": symbol, "period": "5m", "limit": 1}
-                    )
-                )
-        return polls
+        return [
+            self._poll(venue.name, getattr(col, poll.pace.value), poll.call)
+            for venue in self.venues.values()
+            for symbol in self._symbols(venue)
+            for poll in venue.polls(symbol)
+        ]
 
-    async def _poll(self, every: float, path: str, params: dict[str, Any]) -> None:
-        client = self.rest[BINANCE_USDM]
+    async def _poll(self, venue: str, every: float, call: RestCall) -> None:
+        client = self.rest[venue]
         failing = False  # log a failing poll once, and its recovery, not every round
         while True:
             try:
-                resp = await client.get(path, params)
-                self._put_body(BINANCE_USDM, resp.url, resp.text)
+                resp = await client.get(call.path, call.params, weight=call.weight)
+                self.queue.put(RestBody(venue, wall_ms(), resp.url, resp.text))
                 if failing:
-                    log.info("%s %s: polling works again", path, params.get("symbol"))
+                    log.info("%s %s: polling works again", call.path, call.params.get("symbol"))
                 failing = False
             except RestError as exc:
                 # An unreachable host is reported once per host, not once per poll.
                 if not failing and not isinstance(exc, HostUnreachable):
-                    log.warning("%s: poll failed (%s); retrying every %gs", path, exc, every)
+                    log.warning("%s: poll failed (%s); retrying every %gs", call.path, exc, every)
                     failing = True
             await asyncio.sleep(every)
 

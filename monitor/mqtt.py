@@ -1,4 +1,8 @@
-"""The one MQTT publisher: keeps a broker connection alive and delivers the session's messages.
+"""The one MQTT publisher: keeps a broker connection alive and hands it the session's messages.
+
+Three parts: ``monitor/delivery.py`` decides what is sent next and what a PUBACK settles (pure);
+``monitor/outbox.py`` keeps events on disk, on a thread of its own; ``Publisher`` here is the
+connection loop between them and the broker, on the event loop.
 
 - On every (re)connect it publishes the retained ``online`` status first; the broker holds the
   retained ``offline`` status as last will, so a daemon killed with SIGKILL is seen as offline.
@@ -6,13 +10,15 @@
   topic is kept. Regime and event messages are queued in order (bounded) and a message leaves the
   queue only after the broker acknowledged it, so a dropped connection loses nothing queued.
 - With an ``outbox_path``, the messages that are history rather than state (QoS >= 1 and not
-  retained: the ``events`` topics) are also written to a durable SQLite outbox
-  (``monitor/outbox.py``) when published, and deleted from it after the broker's PUBACK. A
-  new Publisher on the same file (the restarted daemon) sends what an earlier process left there
-  first, in order, before anything of its own. Retained regime state stays in memory only: the
-  new session republishes it. Delivery is at-least-once: a crash between PUBACK and the delete
-  sends that event again after the restart, with the same payload and unique ``id``, so
-  consumers can recognise the duplicate.
+  retained: the ``events`` topics) are also written to a durable SQLite outbox when published,
+  and deleted from it after the broker's PUBACK. The writes run on the outbox's thread, so an
+  fsync never holds the event loop; nothing is sent while one is under way, so an event is on
+  disk before the broker can have it (or anything published after it). A new Publisher on the
+  same file (the restarted daemon) sends what an earlier process left there first, in order,
+  before anything of its own. Retained regime state stays in memory only: the new session
+  republishes it. Delivery is at-least-once: a crash between PUBACK and the delete sends that
+  event again after the restart, with the same payload and unique ``id``, so consumers can
+  recognise the duplicate.
 - One QoS >= 1 message is in flight at a time, so the broker receives them in publish order
   (events from the outbox and in-memory regime messages stay interleaved as published).
 - A message on ``<prefix>/cmd/rebirth`` republishes the status and every retained message.
@@ -40,8 +46,8 @@ import logging
 import math
 import sqlite3
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +57,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from monitor.config import MqttConfig
+from monitor.delivery import DeliveryQueue, Entry, Rebirth
 from monitor.health import LatencyWindow
 from monitor.messages import OutMessage
 from monitor.outbox import Outbox
@@ -77,10 +84,6 @@ MAX_PACKET_BYTES = 16 * 1024
 RECEIVE_MAXIMUM = 20
 REBIRTH_MIN_INTERVAL_S = 5.0  # at most one rebirth per window; requests within it coalesce
 REPEAT_LOG_WINDOW_S = 60.0  # ignored commands: the first is logged, then one summary per window
-
-# A queued QoS >= 1 message: its row in the outbox (None: held in memory only), the message, and
-# the receive time (wall ms) of the frame that caused it (None: not measured).
-Queued = tuple[int | None, OutMessage, int | None]
 
 
 @dataclass(slots=True)
@@ -123,7 +126,79 @@ class RepeatLog:
             self._timer = None
 
 
+class CommandTopic:
+    """The command topic: each message checked cheaply, rebirths rate-limited. ``rebirth`` is
+    called (on the event loop) for each rebirth to perform."""
+
+    def __init__(self, topic: str, rebirth: Callable[[], None]) -> None:
+        self.topic = topic
+        self.stats = CommandStats()
+        self._rebirth = rebirth
+        self._asked = 0  # requests since the last rebirth performed
+        self._last = -math.inf  # monotonic time of the last one
+        self._timer: asyncio.TimerHandle | None = None  # a coalesced rebirth, scheduled
+        self._too_big = RepeatLog(f"ignored a command payload over {MAX_COMMAND_BYTES} bytes")
+        self._stale = RepeatLog("ignored a retained (stale) command")
+
+    def handle(self, message: aiomqtt.Message) -> None:
+        """Act on one message from the command topic, cheaply and with bounded effect. The
+        payload is never kept or logged: only its size is looked at."""
+        if not message.topic.matches(self.topic):
+            return  # nothing else is subscribed; a broker may still send what it likes
+        self.stats.received += 1
+        payload = message.payload
+        size = len(payload) if isinstance(payload, bytes | bytearray | str) else 0
+        if size > MAX_COMMAND_BYTES:
+            # MQTT 3.1.1 has no packet limit to announce: the client had to read it all.
+            self.stats.ignored += 1
+            self._too_big.hit(f"{size} bytes on {message.topic}")
+            return
+        if message.retain:
+            # A retained command is an old one replayed by the broker at subscribe time; the
+            # (re)connect publishes the birth anyway.
+            self.stats.ignored += 1
+            self._stale.hit(f"on {message.topic}")
+            return
+        self._ask_rebirth()
+
+    def _ask_rebirth(self) -> None:
+        """At once if the last rebirth is ``REBIRTH_MIN_INTERVAL_S`` old, else once at the end
+        of that window however many requests arrive meanwhile."""
+        self._asked += 1
+        if self._timer is not None:
+            return  # coalesced into the one already scheduled
+        wait = self._last + REBIRTH_MIN_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            self._do_rebirth()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(wait, self._do_rebirth)
+
+    def _do_rebirth(self) -> None:
+        self._timer = None
+        self._last = time.monotonic()
+        self.stats.rebirths += 1
+        asked, self._asked = self._asked, 0
+        if asked == 1:
+            log.info("mqtt: rebirth requested")
+        else:
+            # One line per rebirth, so at most one per window whatever the request rate.
+            log.info("mqtt: rebirth: %d requests coalesced into one", asked)
+        self._rebirth()
+
+    def cancel(self) -> None:
+        """Stop the timers (the publisher has ended)."""
+        for repeat in (self._too_big, self._stale):
+            repeat.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class Publisher:
+    """The connection loop: connect (back-off, will, protocol fallback), announce the birth,
+    listen on the command topic, and send what the ``DeliveryQueue`` hands out, reporting each
+    PUBACK back to it and to the outbox."""
+
     def __init__(
         self,
         config: MqttConfig,
@@ -140,92 +215,89 @@ class Publisher:
         self.birth = birth
         self.will = will
         self.rebirth_topic = rebirth_topic
-        self._ordered: deque[Queued] = deque()  # regime/events: order and delivery matter
-        self._latest: OrderedDict[str, OutMessage] = OrderedDict()  # signals/health: newest only
-        self._retained: dict[str, OutMessage] = {}  # everything retained, for rebirth
-        self._max_queued = max_queued
-        self._wake = asyncio.Event()
-        self._rebirth = asyncio.Event()  # set: the drain republishes birth and retained state
-        self.commands = CommandStats()
-        self._rebirth_asked = 0  # requests since the last rebirth performed
-        self._last_rebirth = -math.inf  # monotonic time of the last one
-        self._rebirth_timer: asyncio.TimerHandle | None = None  # a coalesced rebirth, scheduled
-        self._too_big = RepeatLog(f"ignored a command payload over {MAX_COMMAND_BYTES} bytes")
-        self._stale = RepeatLog("ignored a retained (stale) command")
+        self.command_topic = CommandTopic(rebirth_topic, self._rebirth)
+        self.commands = self.command_topic.stats
         self.connected = asyncio.Event()
+        self._wake = asyncio.Event()  # set: the queue may have something to hand out
         self._idle = asyncio.Event()  # set while nothing waits to be sent
         self._acked = asyncio.Event()  # set while no QoS >= 1 message waits for its PUBACK
         self._acked.set()
-        self.dropped = 0
         self.published = 0
         self.connects = 0
         self._client: aiomqtt.Client | None = None
         self._down_since: float | None = None  # monotonic time the broker was first missed
         self._failures = 0  # failed attempts since then
         self.latency = latency if latency is not None else LatencyWindow()
-        self.outbox: Outbox | None = None
         # MQTT 5 first; a broker that refuses it gets 3.1.1 (``protocol``: what is in use).
         self._protocol = ProtocolVersion.V5
         self.protocol: ProtocolVersion | None = None
+        self.outbox: Outbox | None = None
+        left: list[tuple[int, OutMessage]] = []
         if outbox_path is not None:
-            # What an earlier process could not deliver goes before anything of this one.
             self.outbox, left = _open_outbox(outbox_path)
-            self._ordered.extend(left)
+        self.queue = DeliveryQueue(max_queued, outbox=self.outbox is not None)
+        # What an earlier process could not deliver goes before anything of this one.
+        self.queue.resume(left)
+        if left:
+            self._acked.clear()
 
     # -- producer side (never blocks) -----------------------------------------------------
     def publish(self, msg: OutMessage, received_ms: int | None = None) -> None:
         """Queue ``msg``. ``received_ms``: when the frame that caused it was received (wall
         clock, ms); its delivery latency is then measured if it is QoS >= 1."""
-        if msg.retain:
-            self._retained[msg.topic] = msg
-        if msg.qos == 0:
-            self._latest[msg.topic] = msg
-            self._latest.move_to_end(msg.topic)
-        else:
-            outbox_id = self._store(msg) if not msg.retain else None
-            if outbox_id is None and len(self._ordered) >= self._max_queued:
-                self._drop_oldest_in_memory()
-            self._ordered.append((outbox_id, msg, received_ms))
+        entry = self.queue.add(msg, received_ms)
+        if entry is not None:
+            self._store(entry)
+        if msg.qos:
             self._acked.clear()
         self._idle.clear()
         self._wake.set()
 
-    def _store(self, msg: OutMessage) -> int | None:
-        """The message's outbox id, or None when there is no outbox or it failed."""
-        if self.outbox is None:
-            return None
-        try:
-            return self.outbox.append(msg)
-        except sqlite3.Error as exc:
-            log.error(
-                "outbox: could not store a message on %s (%s): kept in memory only", msg.topic, exc
-            )
-            return None
-
-    def _drop_oldest_in_memory(self) -> None:
-        """Make room by dropping the oldest message not in the outbox (those are never dropped)."""
-        for i, (outbox_id, _msg, _received) in enumerate(self._ordered):
-            if outbox_id is None:
-                del self._ordered[i]
-                self.dropped += 1
-                log.error("publish queue full (%d): dropped the oldest message", self._max_queued)
-                return
-
-    def _ack(self, outbox_id: int) -> None:
+    def _store(self, entry: Entry) -> None:
+        """Start ``entry``'s outbox write on the outbox's thread; the queue hears the outcome
+        on the event loop. Without a running loop (a caller outside asyncio) it is written at
+        once: there is no loop to keep free."""
         assert self.outbox is not None
+        written = self.outbox.append_soon(entry.msg)
         try:
-            self.outbox.ack(outbox_id)
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._stored(entry, written)
+            return
+        # wrap_future delivers the outcome through call_soon_threadsafe, and not at all once
+        # the loop is closed.
+        asyncio.wrap_future(written, loop=loop).add_done_callback(
+            lambda done: self._stored(entry, done)
+        )
+
+    def _stored(self, entry: Entry, written: Future[int] | asyncio.Future[int]) -> None:
+        try:
+            outbox_id: int | None = written.result()
         except sqlite3.Error as exc:
             log.error(
-                "outbox: could not delete delivered message %d (%s): it will be sent again "
-                "after a restart",
-                outbox_id,
+                "outbox: could not store a message on %s (%s): kept in memory only",
+                entry.msg.topic,
                 exc,
             )
+            outbox_id = None
+        self.queue.stored(entry, outbox_id)
+        self._wake.set()
+
+    def _forget(self, outbox_id: int) -> None:
+        """Delete a delivered message from the outbox, on its thread; nothing waits for it (a
+        crash before it is done sends the message again after the restart)."""
+        assert self.outbox is not None
+        self.outbox.ack_soon(outbox_id).add_done_callback(
+            lambda done: _log_ack_failure(outbox_id, done)
+        )
 
     @property
     def pending(self) -> int:
-        return len(self._ordered) + len(self._latest)
+        return self.queue.pending
+
+    @property
+    def dropped(self) -> int:
+        return self.queue.dropped
 
     async def drained(self) -> None:
         """Return once nothing waits to be sent (every QoS >= 1 message acknowledged)."""
@@ -243,12 +315,9 @@ class Publisher:
         try:
             await self._run()
         finally:
-            for timer in (self._too_big, self._stale):
-                timer.cancel()
-            if self._rebirth_timer is not None:
-                self._rebirth_timer.cancel()
+            self.command_topic.cancel()
             if self.outbox is not None:
-                self.outbox.close()
+                self.outbox.close()  # waits for the writes asked for: events published last
 
     async def _run(self) -> None:
         backoff = Backoff(RECONNECT_INITIAL_S, RECONNECT_MAX_S)
@@ -323,11 +392,11 @@ class Publisher:
         await asyncio.sleep(delay)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        """Drain the queues and listen for commands until one of them fails (MqttError)."""
+        """Deliver and listen for commands until one of them fails (MqttError)."""
         # Not a TaskGroup: aborting one waits forever for a child that swallowed its
         # cancellation (see streams/tasks.py), and aiomqtt's publish can do exactly that.
         tasks = [
-            asyncio.create_task(self._drain(client), name="mqtt-drain"),
+            asyncio.create_task(self._deliver(client), name="mqtt-deliver"),
             asyncio.create_task(self._listen(client), name="mqtt-listen"),
         ]
         try:
@@ -378,7 +447,7 @@ class Publisher:
             ),
             timeout=10,
             properties=self._connect_properties(),
-            queue_type=_handled_on_arrival(self._command),
+            queue_type=_handled_on_arrival(self.command_topic.handle),
         )
 
     def _connect_properties(self) -> Properties | None:
@@ -407,6 +476,7 @@ class Publisher:
         return props
 
     async def _send(self, client: aiomqtt.Client, msg: OutMessage) -> None:
+        """Publish ``msg``; for QoS >= 1 this returns on the broker's PUBACK."""
         await client.publish(
             msg.topic,
             msg.payload_bytes(),
@@ -416,86 +486,43 @@ class Publisher:
         )
         self.published += 1
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
+    async def _deliver(self, client: aiomqtt.Client) -> None:
+        """Send what the queue hands out, one message at a time, until the connection fails.
+        A message in flight when it does stays queued and is handed out again on the next
+        connection."""
+        queue = self.queue
         while True:
-            if self._rebirth.is_set():
-                self._rebirth.clear()
+            item = queue.next()
+            if item is None:
+                if queue.idle:
+                    self._idle.set()
+                self._wake.clear()  # set again by publish, a finished outbox write, a rebirth
+                await self._wake.wait()
+                continue
+            if isinstance(item, Rebirth):
                 await self._send(client, self.birth)
-                for msg in list(self._retained.values()):
+                for msg in item.retained:
                     await self._send(client, msg)
-            if self._ordered:
-                entry = self._ordered[0]
-                outbox_id, msg, received_ms = entry
-                await self._send(client, msg)  # returns on the broker's PUBACK
-                if received_ms is not None:
-                    self.latency.add(time.time_ns() / 1e6 - received_ms)
-                # Leave the queue only once acknowledged: a drop mid-send retries it.
-                if self._ordered and self._ordered[0] is entry:
-                    self._ordered.popleft()
-                if not self._ordered:
-                    self._acked.set()
-                if outbox_id is not None:
-                    self._ack(outbox_id)
                 continue
-            if self._latest:
-                _topic, msg = self._latest.popitem(last=False)
-                await self._send(client, msg)
-                continue
-            self._idle.set()
-            self._wake.clear()
-            await self._wake.wait()
+            await self._send(client, item.msg)
+            if item.received_ms is not None:
+                self.latency.add(time.time_ns() / 1e6 - item.received_ms)
+            outbox_id = queue.delivered(item)
+            if queue.acknowledged:
+                self._acked.set()
+            if outbox_id is not None:
+                self._forget(outbox_id)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         """Commands are handled as paho reads them (``_handled_on_arrival``): nothing is ever
         queued, so this only waits for the connection to end, which ``client.messages``
         reports as an MqttError."""
         async for message in client.messages:
-            self._command(message)  # not reached while the queue type keeps nothing
+            self.command_topic.handle(message)  # not reached while the queue type keeps nothing
 
-    def _command(self, message: aiomqtt.Message) -> None:
-        """Act on one message from the command topic, cheaply and with bounded effect. The
-        payload is never kept or logged: only its size is looked at."""
-        if not message.topic.matches(self.rebirth_topic):
-            return  # nothing else is subscribed; a broker may still send what it likes
-        self.commands.received += 1
-        payload = message.payload
-        size = len(payload) if isinstance(payload, bytes | bytearray | str) else 0
-        if size > MAX_COMMAND_BYTES:
-            # MQTT 3.1.1 has no packet limit to announce: the client had to read it all.
-            self.commands.ignored += 1
-            self._too_big.hit(f"{size} bytes on {message.topic}")
-            return
-        if message.retain:
-            # A retained command is an old one replayed by the broker at subscribe time; the
-            # (re)connect publishes the birth anyway.
-            self.commands.ignored += 1
-            self._stale.hit(f"on {message.topic}")
-            return
-        self._ask_rebirth()
-
-    def _ask_rebirth(self) -> None:
-        """At once if the last rebirth is ``REBIRTH_MIN_INTERVAL_S`` old, else once at the end
-        of that window however many requests arrive meanwhile."""
-        self._rebirth_asked += 1
-        if self._rebirth_timer is not None:
-            return  # coalesced into the one already scheduled
-        wait = self._last_rebirth + REBIRTH_MIN_INTERVAL_S - time.monotonic()
-        if wait <= 0:
-            self._do_rebirth()
-        else:
-            self._rebirth_timer = asyncio.get_running_loop().call_later(wait, self._do_rebirth)
-
-    def _do_rebirth(self) -> None:
-        self._rebirth_timer = None
-        self._last_rebirth = time.monotonic()
-        self.commands.rebirths += 1
-        asked, self._rebirth_asked = self._rebirth_asked, 0
-        if asked == 1:
-            log.info("mqtt: rebirth requested")
-        else:
-            # One line per rebirth, so at most one per window whatever the request rate.
-            log.info("mqtt: rebirth: %d requests coalesced into one", asked)
-        self._rebirth.set()
+    def _rebirth(self) -> None:
+        self.queue.request_rebirth()
+        self._idle.clear()
         self._wake.set()
 
 
@@ -532,7 +559,19 @@ def _protocol_trouble(exc: aiomqtt.MqttError) -> bool:
     return value in (1, 132) or "protocol version" in text or "timed out" in text
 
 
-def _open_outbox(path: Path) -> tuple[Outbox | None, list[Queued]]:
+def _log_ack_failure(outbox_id: int, done: Future[None]) -> None:
+    """Runs on the outbox's thread once the delete of a delivered message is done."""
+    exc = done.exception()
+    if exc is not None:
+        log.error(
+            "outbox: could not delete delivered message %d (%s): it will be sent again "
+            "after a restart",
+            outbox_id,
+            exc,
+        )
+
+
+def _open_outbox(path: Path) -> tuple[Outbox | None, list[tuple[int, OutMessage]]]:
     """The outbox at ``path`` and what an earlier process left in it, oldest first; or no
     outbox (logged) when it cannot be used at all. A corrupt file is already handled by
     ``Outbox`` (moved aside, fresh start); this is for the rest, e.g. a directory without
@@ -540,7 +579,7 @@ def _open_outbox(path: Path) -> tuple[Outbox | None, list[Queued]]:
     outbox = None
     try:
         outbox = Outbox(path)
-        left: list[Queued] = [(i, msg, None) for i, msg in outbox.peek(len(outbox))]
+        left = outbox.peek(len(outbox))
     except (sqlite3.Error, OSError) as exc:
         log.error(
             "outbox: cannot use %s (%s): events are kept in memory only and are lost if the "

@@ -1,9 +1,16 @@
 """The durable outbox: messages that must survive a broker outage and a daemon restart.
 
 One SQLite file (WAL mode, ``synchronous=FULL``) with one table; rows leave it in insertion order
-and only when ``ack`` says the broker acknowledged them. Every call is one short transaction on
-the caller's thread: the outbox holds regime events, a few per hour, so this never matters to
-the event loop.
+and only when ``ack`` says the broker acknowledged them.
+
+Every statement runs on one thread of the outbox's own, in the order the calls were made: a
+commit with ``synchronous=FULL`` waits for an fsync (well under a millisecond on an idle SSD,
+tens of milliseconds on a busy disk), which the event loop must not wait for. The publisher
+uses ``append_soon``/``ack_soon`` and is told when the write is done; the other methods wait for
+their result, and since calls run in order, a read sees every write asked for before it (a
+checkpoint's ``marks`` include the event just published). They are for start-up, checkpoints,
+the health report and tests: on the event loop such a read waits only for the writes still
+queued, one or two when a regime changes.
 
 Delivery is at-least-once: a process killed after the broker's PUBACK but before ``ack``
 delivers that message again on its next start. Event payloads carry a unique ``id`` so
@@ -30,11 +37,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -71,6 +79,8 @@ WHERE excluded.id > delivered.id
 """
 # SQLite's result codes for "this file is not (or no longer) a readable database".
 _UNREADABLE_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+T = TypeVar("T")
 
 
 class UnreadableOutbox(Exception):
@@ -152,6 +162,8 @@ class Outbox:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.moved_aside: Path | None = None  # where an unreadable file went, if one did
+        # Opened here, on the caller's thread (at start, so an error surfaces to the caller);
+        # used from then on only by the worker thread, one statement at a time.
         try:
             self._db = self._open()
         except UnreadableOutbox as exc:
@@ -164,10 +176,15 @@ class Outbox:
                 self.moved_aside,
             )
             self._db = self._open()
+        # One worker: the calls run in the order they were made (an ack after its append, a
+        # read after the writes before it). Its thread starts with the first call.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tapewatch-outbox")
+        self._closed = False
 
     def _open(self) -> sqlite3.Connection:
         # Autocommit: each statement is its own short transaction unless BEGIN says otherwise.
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
+        # Not tied to this thread: the worker thread uses it (only it, so never two at once).
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=1.0, check_same_thread=False)
         try:
             (check,) = db.execute("PRAGMA quick_check(1)").fetchone()
             if check != "ok":
@@ -223,17 +240,76 @@ class Outbox:
                 part.rename(aside.with_name(aside.name + suffix))
         return aside
 
+    # -- on the worker thread, in call order -----------------------------------------------
+    def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn(*args)`` on the worker, after every call made before."""
+        try:
+            return self._worker.submit(fn, *args)
+        except RuntimeError:  # shut down: closed, like the connection
+            failed: Future[T] = Future()
+            failed.set_exception(sqlite3.ProgrammingError("Cannot operate on a closed outbox."))
+            return failed
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._submit(fn, *args).result()
+
+    def append_soon(self, msg: OutMessage) -> Future[int]:
+        """Store ``msg`` durably, on the worker thread; the future gives its id (ids rise in
+        call order) once it is committed, or the ``sqlite3.Error`` that prevented it."""
+        return self._submit(self._append, msg, time.time_ns() // 1_000_000)
+
+    def ack_soon(self, msg_id: int) -> Future[None]:
+        """``ack`` on the worker thread; the future says when it is committed, or why not."""
+        return self._submit(self._ack, msg_id)
+
     def append(self, msg: OutMessage) -> int:
         """Store ``msg`` durably; returns its id (ids rise in insertion order)."""
+        return self.append_soon(msg).result()
+
+    def ack(self, msg_id: int) -> None:
+        """The broker has the message: it leaves the outbox, and stays its topic's last
+        delivered message until a newer one is acknowledged."""
+        self.ack_soon(msg_id).result()
+
+    def flush(self) -> None:
+        """Return once every write asked for so far is committed (or has failed)."""
+        self._call(_nothing)
+
+    def peek(self, n: int) -> list[tuple[int, OutMessage]]:
+        """The ``n`` oldest messages, oldest first, without removing them."""
+        return self._call(self._peek, n)
+
+    def __len__(self) -> int:
+        return self._call(self._count)
+
+    def marks(self) -> OutboxMarks:
+        """Where the outbox stands now (``lost_since`` compares two of these)."""
+        return self._call(self._marks)
+
+    def latest(self, topics: Iterable[str]) -> dict[str, tuple[int, dict[str, Any]]]:
+        """topic -> (id, payload) of the newest message on each of ``topics``, delivered or
+        pending; topics with none (or only unreadable ones) are left out."""
+        return self._call(self._latest, list(dict.fromkeys(topics)))
+
+    def close(self) -> None:
+        """Finish the writes asked for, then close the file; safe to call twice. Later calls
+        raise ``sqlite3.ProgrammingError``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._submit(self._db.close)
+        self._worker.shutdown(wait=True)
+
+    # -- the statements (worker thread) ------------------------------------------------------
+    def _append(self, msg: OutMessage, created_ms: int) -> int:
         cur = self._db.execute(
             "INSERT INTO outbox (topic, payload, qos, retain, created_ms) VALUES (?, ?, ?, ?, ?)",
-            (msg.topic, msg.payload_bytes(), msg.qos, int(msg.retain), time.time_ns() // 1_000_000),
+            (msg.topic, msg.payload_bytes(), msg.qos, int(msg.retain), created_ms),
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def peek(self, n: int) -> list[tuple[int, OutMessage]]:
-        """The ``n`` oldest messages, oldest first, without removing them."""
+    def _peek(self, n: int) -> list[tuple[int, OutMessage]]:
         rows = self._db.execute(
             "SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id LIMIT ?", (n,)
         ).fetchall()
@@ -249,28 +325,22 @@ class Outbox:
             out.append((row_id, msg))
         return out
 
-    def ack(self, msg_id: int) -> None:
-        """The broker has the message: it leaves the outbox, and stays its topic's last
-        delivered message until a newer one is acknowledged."""
+    def _ack(self, msg_id: int) -> None:
         with self._transaction():
             self._db.execute(_REMEMBER, (msg_id,))
             self._db.execute("DELETE FROM outbox WHERE id = ?", (msg_id,))
 
-    def __len__(self) -> int:
+    def _count(self) -> int:
         (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
         return int(count)
 
-    def marks(self) -> OutboxMarks:
-        """Where the outbox stands now (``lost_since`` compares two of these)."""
+    def _marks(self) -> OutboxMarks:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         pending = tuple(i for (i,) in self._db.execute("SELECT id FROM outbox ORDER BY id"))
         (acked,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM delivered").fetchone()
         return OutboxMarks(int(row[0]) if row else 0, pending, int(acked))
 
-    def latest(self, topics: Iterable[str]) -> dict[str, tuple[int, dict[str, Any]]]:
-        """topic -> (id, payload) of the newest message on each of ``topics``, delivered or
-        pending; topics with none (or only unreadable ones) are left out."""
-        wanted = list(dict.fromkeys(topics))
+    def _latest(self, wanted: list[str]) -> dict[str, tuple[int, dict[str, Any]]]:
         if not wanted:
             return {}
         marks = ", ".join("?" * len(wanted))
@@ -298,6 +368,6 @@ class Outbox:
             raise
         self._db.execute("COMMIT")
 
-    def close(self) -> None:
-        """Close the file; safe to call twice. Later calls raise ``sqlite3.ProgrammingError``."""
-        self._db.close()
+
+def _nothing() -> None:
+    """A no-op call: its result comes once every call before it has run."""

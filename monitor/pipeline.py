@@ -19,25 +19,16 @@ from typing import Any
 from monitor.config import Config
 from monitor.guards import BOOK_LEVEL, EventGuard, GuardLimits, Rejection
 from monitor.health import Health
+from monitor.history_tape import HISTORY, HistoryReader
 from monitor.messages import MessageBuilder, OutMessage, Topics
+from signals.backfill import AssetHistory
 from signals.engine import DEPTH_BAND_PCT, BaselineSpec, SignalEngine
 from signals.regimes import RegimeEngine
-from streams import binance, coinbase
 from streams.book import BookSync
 from streams.continuity import TradeContinuity, TradeGap
-from streams.events import (
-    BINANCE_SPOT,
-    BINANCE_USDM,
-    COINBASE,
-    DepthDiff,
-    DepthSnapshot,
-    Event,
-    FeedGap,
-    Trade,
-)
+from streams.events import COINBASE, DepthDiff, DepthSnapshot, Event, FeedGap, Trade
 from streams.frames import IgnoredFrame, MalformedFrame, SkippedFrame
-
-CONFIG_VENUES = {"binance_spot": BINANCE_SPOT, "binance_usdm": BINANCE_USDM, "coinbase": COINBASE}
+from streams.venues import ADAPTERS, Resync, Venue
 
 log = logging.getLogger("tapewatch.pipeline")
 
@@ -51,7 +42,7 @@ class SnapshotRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class BackfillRequest:
+class RefetchRequest:
     """Fetch the trades of an id gap from REST."""
 
     gap: TradeGap
@@ -59,13 +50,16 @@ class BackfillRequest:
 
 @dataclass(frozen=True, slots=True)
 class ResubscribeRequest:
-    """Coinbase books can only be re-seeded by a fresh level2 subscription: reconnect."""
+    """Books seeded by the subscription itself (Coinbase) are re-seeded by a reconnect."""
 
     venue: str
     reason: str
 
 
-Request = SnapshotRequest | BackfillRequest | ResubscribeRequest
+Request = SnapshotRequest | RefetchRequest | ResubscribeRequest
+
+# A gap's refetch is over (tapes written before the rename say "backfill_done").
+REFETCH_DONE = ("refetch_done", "backfill_done")
 
 
 def asset_symbols(config: Config) -> dict[str, dict[str, str]]:
@@ -73,8 +67,8 @@ def asset_symbols(config: Config) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for name, asset in config.assets.items():
         out[name] = {
-            venue: symbol
-            for key, venue in CONFIG_VENUES.items()
+            adapter.name: symbol
+            for key, adapter in ADAPTERS.items()
             if (symbol := getattr(asset, key)) is not None
         }
     return out
@@ -121,13 +115,16 @@ class Pipeline:
         )
         self.guard = _guard(config, symbols)
         self.regimes = {name: RegimeEngine(name, config.regimes) for name in config.assets}
+        self.venues = config.adapters()
         self.books = {
-            (venue, symbol): BookSync(venue, symbol)
+            (venue, symbol): BookSync(venue, symbol, self.venues[venue].book_rule)
             for venues in symbols.values()
             for venue, symbol in venues.items()
         }
         self.continuity = TradeContinuity()
-        self.coinbase_sequence = coinbase.SequenceTracker()
+        self.decoders = {name: venue.decoder() for name, venue in self.venues.items()}
+        self.history_reader = HistoryReader()  # history records of a tape
+        self.history_added: dict[str, dict[str, int]] = {name: {} for name in config.assets}
         self.requests: list[Request] = []  # drained by the daemon, ignored by replay
         self._last_trade_ms: dict[str, int] = {}  # per venue, live trades only
         # After a trade socket drops: venue -> (last trade time before, symbols not yet heard).
@@ -169,13 +166,27 @@ class Pipeline:
     ) -> list[OutMessage]:
         """One REST response body (``url`` = path?query), in arrival order among the frames."""
         self.health.rest_bodies[venue] += 1
-        parser = coinbase.parse_rest if venue == COINBASE else binance.parse_rest
         try:
-            events = parser(venue, url, body, ts_recv_ms)
+            events = self._venue(venue).parse_rest(url, body, ts_recv_ms)
         except SkippedFrame as skip:
             self._count(venue, skip)
             return []
         return self._process(venue, events, now_ms, live=False)
+
+    def fill_history(self, asset: str, history: AssetHistory, final: bool = False) -> None:
+        """An asset's start-up history so far: fill what its baselines lack (idempotent)."""
+        state = self.engine.assets.get(asset)
+        if state is None:
+            return
+        added = self.history_added.setdefault(asset, {})
+        for name, count in state.backfill(history).items():
+            added[name] = added.get(name, 0) + count
+        if final:
+            log.info(
+                "backfill %s: samples added: %s",
+                asset,
+                ", ".join(f"{n} {name}" for name, n in sorted(added.items())) or "none",
+            )
 
     def control(self, venue: str, ctl: dict[str, Any]) -> list[OutMessage]:
         """A collector conclusion, live or from a tape's ``ctl`` record."""
@@ -183,33 +194,40 @@ class Pipeline:
             self.health.count_malformed(venue, MalformedFrame("bad_control", str(ctl)[:80]))
             return []
         kind = ctl.get("kind")
+        if kind == HISTORY:
+            try:
+                self.fill_history(*self.history_reader.read(ctl))
+            except (TypeError, ValueError) as exc:
+                self.health.count_malformed(venue, MalformedFrame("bad_control", str(exc)[:80]))
+            return []
         if kind == "link_lost":
             self._link_lost(venue, bool(ctl.get("trades", True)))
             return []
-        if kind == "backfill_done":
+        if kind in REFETCH_DONE:
             try:
                 gap = TradeGap(venue, str(ctl["symbol"]), int(ctl["first_id"]), int(ctl["last_id"]))
             except (KeyError, TypeError, ValueError):
                 self.health.count_malformed(venue, MalformedFrame("bad_control", str(ctl)[:80]))
                 return []
-            return self._backfill_done(gap)
+            return self._refetch_done(gap)
         self.health.count_ignored(venue, IgnoredFrame("unknown_control", str(kind)[:40]))
         return []
 
     def _link_lost(self, venue: str, carried_trades: bool) -> None:
-        if venue == COINBASE:
-            self.coinbase_sequence.reset()  # a new connection numbers from its own baseline
+        decoder = self.decoders.get(venue)
+        if decoder is not None:
+            decoder.connection_lost()
         last = self._last_trade_ms.get(venue)
         if carried_trades and last is not None and venue not in self._reconnecting:
             symbols = {sym for (v, sym) in self.continuity.symbols if v == venue}
             self._reconnecting[venue] = (last, symbols)
 
-    def _backfill_done(self, gap: TradeGap) -> list[OutMessage]:
-        """Ids the backfill did not bring are lost; if an outage lost any, its span is missing."""
+    def _refetch_done(self, gap: TradeGap) -> list[OutMessage]:
+        """Ids the refetch did not bring are lost; if an outage lost any, its span is missing."""
         lost = self.continuity.give_up(gap.venue, gap.symbol, gap.first_id, gap.last_id)
         if lost:
             log.warning(
-                "%s %s: gave up on %d trade(s) of ids %d..%d (backfill incomplete); counted lost",
+                "%s %s: gave up on %d trade(s) of ids %d..%d (refetch incomplete); counted lost",
                 gap.venue,
                 gap.symbol,
                 lost,
@@ -227,16 +245,23 @@ class Pipeline:
         return out
 
     # -- internals ------------------------------------------------------------------------------
+    def _venue(self, venue: str) -> Venue:
+        adapter = self.venues.get(venue)
+        if adapter is None:
+            raise IgnoredFrame("venue_not_collected", venue)
+        return adapter
+
     def _parse_frame(self, venue: str, raw: str | bytes, ts_recv_ms: int) -> list[Event]:
-        if venue == COINBASE:
-            msg = coinbase.parse_envelope(raw)
-            # The sequence counter covers every frame on the connection, heartbeats included.
-            if self.coinbase_sequence.observe(msg):
-                self._coinbase_sequence_gap()
-            return coinbase.events_from(venue, msg, ts_recv_ms)
-        if venue in (BINANCE_SPOT, BINANCE_USDM):
-            return binance.parse_frame(venue, raw, ts_recv_ms)
-        raise IgnoredFrame("venue_not_collected", venue)
+        decoder = self.decoders.get(venue)
+        if decoder is None:
+            raise IgnoredFrame("venue_not_collected", venue)
+        try:
+            return decoder.decode(raw, ts_recv_ms)
+        finally:
+            # Frames were lost on the connection (even if this one is unusable): its books
+            # may be missing updates.
+            if decoder.take_lost_frames():
+                self._frames_lost(venue)
 
     def _count(self, venue: str, skip: SkippedFrame) -> None:
         if isinstance(skip, MalformedFrame):
@@ -276,11 +301,11 @@ class Pipeline:
         return out
 
     def _trade_gap(self, gap: TradeGap) -> None:
-        if gap.backfillable:
-            self.requests.append(BackfillRequest(gap))
+        if gap.refetchable:
+            self.requests.append(RefetchRequest(gap))
         else:
             log.warning(
-                "%s %s: trade ids %d..%d missed, too many to backfill; counted lost",
+                "%s %s: trade ids %d..%d missed, too many to refetch; counted lost",
                 gap.venue,
                 gap.symbol,
                 gap.first_id,
@@ -300,8 +325,8 @@ class Pipeline:
             del self._reconnecting[venue]
         if gap is None:  # no trade was missed while the socket was down
             return []
-        if gap.backfillable:
-            self._outage[gap] = (start, trade.ts_event)  # decided when the backfill is done
+        if gap.refetchable:
+            self._outage[gap] = (start, trade.ts_event)  # decided when the refetch is done
             return []
         outage = FeedGap(venue, trade.symbol, start, trade.ts_recv, trade.ts_event, "trades lost")
         return self.feed_event(outage, now_ms)
@@ -323,16 +348,16 @@ class Pipeline:
             self._request_snapshot(sync, result.reason or "resync")
 
     def _request_snapshot(self, sync: BookSync, reason: str) -> None:
-        if sync.venue == COINBASE:
-            request: Request = ResubscribeRequest(COINBASE, reason)
+        if self.venues[sync.venue].resync is Resync.RESUBSCRIBE:
+            request: Request = ResubscribeRequest(sync.venue, reason)
         else:
             request = SnapshotRequest(sync.venue, sync.symbol)
         if request not in self.requests:
             self.requests.append(request)
 
-    def _coinbase_sequence_gap(self) -> None:
-        for (venue, _symbol), sync in self.books.items():
-            if venue == COINBASE:
+    def _frames_lost(self, venue: str) -> None:
+        for (book_venue, _symbol), sync in self.books.items():
+            if book_venue == venue:
                 result = sync.invalidate("sequence_gap")
                 if result.needs_snapshot:
                     self._request_snapshot(sync, "sequence_gap")
@@ -358,22 +383,31 @@ class Pipeline:
             for (venue, symbol), sync in sorted(self.books.items())
         }
         report["trades"] = self.continuity.report()
-        report["coinbase_sequence_gaps"] = self.coinbase_sequence.gaps
+        for decoder in self.decoders.values():
+            report.update(decoder.health())
         report["silent_feeds"] = self.engine.silent_feeds()
         return report
 
 
+def trades_only(config: Config) -> dict[str, list[str]]:
+    """venue -> symbols read for their trades alone, no book: the USDT-USD reference of the
+    adjusted premium, a Coinbase product, collected when any asset is on Coinbase."""
+    usdt = config.signals.usdt_usd_product
+    on_coinbase = any(asset.coinbase for asset in config.assets.values())
+    return {COINBASE: [usdt]} if usdt and on_coinbase else {}
+
+
 def _guard(config: Config, symbols: dict[str, dict[str, str]]) -> EventGuard:
-    """The plausibility guard for the configured symbols (and the USDT-USD reference)."""
+    """The plausibility guard for the configured symbols (and the trades-only references)."""
     reference_of = {
         (venue, symbol): asset
         for asset, venues in symbols.items()
         for venue, symbol in venues.items()
     }
-    usdt = config.signals.usdt_usd_product
-    if usdt and any(venue == COINBASE for venue, _ in reference_of):
-        # Collected on the Coinbase socket (its trades only), priced around 1, not an asset's.
-        reference_of.setdefault((COINBASE, usdt), usdt)
+    for venue, references in trades_only(config).items():
+        for symbol in references:
+            # Priced on their own (USDT-USD around 1), not as an asset.
+            reference_of.setdefault((venue, symbol), symbol)
     g = config.guards
     limits = GuardLimits(
         max_ahead_ms=round(g.max_ahead * 1000),

@@ -8,9 +8,15 @@ them together (``tapewatch replay rec*.tape.jsonl.zst``), they merge by receive 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from monitor.history_tape import RESTORE, SOURCE, HistoryDeltas, HistoryItem
+from monitor.state import save_checkpoint
 from streams.connection import Frame, QueueItem, RestBody
 from streams.tape import TapeRecord, TapeWriter
 
@@ -36,6 +42,7 @@ class Recorder:
         self.rest_bodies = 0
         self.bytes = 0
         self._segment_bytes = 0
+        self._history = HistoryDeltas()
         self._writer = self._open()
 
     def _open(self) -> TapeWriter:
@@ -49,7 +56,26 @@ class Recorder:
         log.info("recording to %s", path)  # once it is open: a path that fails says so alone
         return writer
 
-    def write(self, item: QueueItem) -> None:
+    def restore_path(self) -> Path:
+        """``rec.tape.jsonl.zst`` → ``rec.restore.npz``: the state a stateful session began with."""
+        return self.path.with_name(f"{self.path.name.partition('.')[0]}.restore.npz")
+
+    def write_restore(
+        self, ts_ms: int, arrays: dict[str, np.ndarray], regimes: dict[str, Any]
+    ) -> None:
+        """The state the session's engine started from: the checkpoint's arrays it restored
+        (written beside the tape) and the regimes it took over. A replay loads the same."""
+        path = self.restore_path()
+        save_checkpoint(path, arrays, {"note": "the restored state of a recorded session"})
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        ctl = {"kind": RESTORE, "file": path.name, "sha256": digest, "regimes": regimes}
+        self._write(TapeRecord(ts_ms / 1000, SOURCE, "", ctl=ctl))
+
+    def write(self, item: QueueItem | HistoryItem) -> None:
+        if isinstance(item, HistoryItem):
+            ctl = self._history.ctl(item)
+            self._write(TapeRecord(item.ts_recv_ms / 1000, SOURCE, "", ctl=ctl))
+            return
         if isinstance(item, Frame):
             raw = item.raw if isinstance(item.raw, str) else item.raw.decode()
             record = TapeRecord(item.ts_recv_ms / 1000, item.venue, raw)
@@ -59,6 +85,9 @@ class Recorder:
             self.rest_bodies += 1
         else:
             record = TapeRecord(item.ts_recv_ms / 1000, item.venue, "", ctl=item.ctl)
+        self._write(record)
+
+    def _write(self, record: TapeRecord) -> None:
         size = self._writer.write(record)
         self.bytes += size
         self._segment_bytes += size

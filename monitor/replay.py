@@ -7,9 +7,10 @@ the same tapes twice gives byte-identical output.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -17,19 +18,31 @@ from monitor import __version__
 from monitor.config import Config
 from monitor.guards import UNKNOWN_SYMBOL
 from monitor.health import Health
+from monitor.history_tape import RESTORE
 from monitor.messages import OutMessage
 from monitor.pipeline import Pipeline, asset_symbols
+from monitor.restart import hold_ms, restore_regimes
+from monitor.state import StateError, load_checkpoint
 from streams.tape import TapeRecord, merge
 
 REPLAY_SESSION = "replay"
 
 
-class Replay:
-    """One replay: the pipeline it runs and what the command reports afterwards."""
+class ReplayError(Exception):
+    """A tape that cannot be replayed as recorded (its restored state is missing or altered)."""
 
-    def __init__(self, config: Config, health: Health | None = None) -> None:
+
+class Replay:
+    """One replay: the pipeline it runs and what the command reports afterwards.
+
+    ``base``: the directory of the tapes, where a stateful session's restored state lies."""
+
+    def __init__(
+        self, config: Config, health: Health | None = None, base: Path | None = None
+    ) -> None:
         self.config = config
         self.health = health or Health()
+        self.base = base or Path()
         self.pipeline: Pipeline | None = None  # made at the first record (its time starts it)
 
     def messages(self, records: Iterable[TapeRecord]) -> Iterator[OutMessage]:
@@ -41,13 +54,30 @@ class Replay:
                     self.config, REPLAY_SESSION, __version__, ts_ms, self.health
                 )
                 yield pipeline.builder.status("online")
-            if rec.ctl is not None:
+            if rec.ctl is not None and rec.ctl.get("kind") == RESTORE:
+                self._restore(pipeline, rec.ctl)
+            elif rec.ctl is not None:
                 yield from pipeline.control(rec.src, rec.ctl)
             elif rec.url is not None:
                 yield from pipeline.feed_rest(rec.src, rec.url, rec.msg, ts_ms)
             else:
                 yield from pipeline.feed_frame(rec.src, rec.msg, ts_ms)
             pipeline.requests.clear()  # the tape already holds whatever the live session fetched
+
+    def _restore(self, pipeline: Pipeline, ctl: dict[str, Any]) -> None:
+        """The state the recorded session started from, loaded as the daemon loaded it."""
+        path = self.base / str(ctl.get("file"))
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            arrays, _ = load_checkpoint(path)
+        except (OSError, StateError) as exc:
+            raise ReplayError(f"the tape starts from the state in {path}: {exc}") from None
+        if digest != ctl.get("sha256"):
+            raise ReplayError(f"{path} is not the state the tape was recorded from (sha256)")
+        pipeline.engine.restore(arrays)
+        regimes = ctl.get("regimes")
+        if isinstance(regimes, dict):
+            restore_regimes(pipeline, regimes, hold_ms(self.config))
 
     def to_jsonl(self, records: Iterable[TapeRecord], out: IO[bytes]) -> int:
         """Write each message as a JSON line; returns how many."""
@@ -79,12 +109,16 @@ class Replay:
 
 
 def replay_messages(
-    records: Iterable[TapeRecord], config: Config, health: Health | None = None
+    records: Iterable[TapeRecord],
+    config: Config,
+    health: Health | None = None,
+    base: Path | None = None,
 ) -> Iterator[OutMessage]:
-    return Replay(config, health).messages(records)
+    return Replay(config, health, base).messages(records)
 
 
 def replay_to_jsonl(paths: Iterable[str | Path], config: Config, out: IO[bytes]) -> Health:
-    replay = Replay(config)
+    paths = [Path(p) for p in paths]
+    replay = Replay(config, base=paths[0].parent if paths else None)
     replay.to_jsonl(merge(paths), out)
     return replay.health

@@ -104,13 +104,25 @@ def take_over_regimes(
     metadata if one was trusted, ``{}`` if there was no checkpoint at all, None if one existed
     but was not used (then the outbox cannot be placed against it either, and regimes start
     afresh)."""
+    return restore_regimes(pipeline, regimes_to_take_over(pipeline, saved, outbox), hold)
+
+
+def regimes_to_take_over(
+    pipeline: Pipeline, saved: Mapping[str, Any] | None, outbox: Outbox | None
+) -> dict[str, Any]:
+    """asset -> the regime state to continue (the arguments of ``take_over_regimes``)."""
     if saved is None:
-        return []
+        return {}
     regimes = saved.get("regimes")
     states = dict(regimes) if isinstance(regimes, Mapping) else {}
     for asset, (event_id, payload) in _journal(pipeline, saved, outbox).items():
         states[asset] = _state_from_event(payload, states.get(asset))
         log.info("%s: the outbox has regime event %s, newer than the checkpoint", asset, event_id)
+    return states
+
+
+def restore_regimes(pipeline: Pipeline, states: Mapping[str, Any], hold: int) -> list[RegimeChange]:
+    """Put each asset's state into its regime engine; returns the regimes now in force."""
     restored = []
     for asset, state in states.items():
         change = _restore(pipeline, asset, state, hold)

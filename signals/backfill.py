@@ -1,26 +1,36 @@
 """Baseline samples from REST history, so the 90-day z-scores are useful on the first day.
 
 Live, a z-scored metric is sampled at the close of every baseline bucket (one minute). Here the
-same metrics are computed for past minutes from one-minute bars, with the live definitions:
+same metrics are computed for past minutes from one-minute bars, with the live definitions
+(``tests/test_signal_definitions.py`` feeds one history to both and requires equal samples):
 
 ==========================  ================================================================
 metric                      from history
 ==========================  ================================================================
-taker_imbalance             Binance perp + spot klines (taker buy quote / quote volume),
-net_taker_usd               summed over the flow window ending at the minute. Coinbase candles
-                            carry no taker side, so these samples cover the Binance venues only.
-perp_spot_volume_ratio      perp / spot kline quote volume over the volume window.
-coinbase_premium_pct        (Coinbase candle close - Binance spot close) / spot close x 100.
+taker_imbalance             Binance perp + spot klines (taker buy quote / quote volume), each
+net_taker_usd               venue summed over the flow window ending at the minute, counted
+                            only when every venue with bars covers ``min_coverage`` of its
+                            window. Coinbase candles carry no taker side, so these samples cover
+                            the Binance venues only.
+perp_spot_volume_ratio      perp / spot kline quote volume over the volume window, on the
+                            minutes where both venues have a bar.
+coinbase_premium_pct        (Coinbase candle close - Binance spot close) / spot close x 100,
+                            where both bars traded (without a trade there is no fresh price).
 funding_rate                the settled rate of the funding interval holding the minute (the
                             live predicted rate converges to it during the interval).
-oi_change_pct_24h           open-interest history (5-minute rows, 30 days at most) against the
-                            row 24 h earlier.
+oi_change_pct_24h           open_interest_usd at the minute's close (the latest open-interest
+                            row, at most 5 minutes old) against the first value in the 5-minute
+                            bucket 24 h earlier: the row at that 5-minute mark (30 days at most).
 liquidations_usd,           no history exists: these baselines grow from live data only.
 depth_usd_1pct
 ==========================  ================================================================
 
-A rolling window needs enough bars, with the live rule: at least ``min_coverage`` of its
-minutes. Every function is pure: arrays in, arrays out.
+A missing bar is a minute in which the venue delivered nothing, which live is a silent trade
+socket: its windows count the minute missing. A rolling window needs, as live, at least
+``min_coverage`` of its minutes. The USDⓈ-M socket also carries the mark price, which prices the
+open interest and carries the funding rate: when perp bars were fetched, a minute without one
+has no ``funding_rate`` and no ``open_interest_usd``, as live would have had none. Every function
+is pure: arrays in, arrays out.
 """
 
 from __future__ import annotations
@@ -31,10 +41,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streams.events import Bars, Points
+from streams.units import DAY_MS, MINUTE_MS
 
-MINUTE_MS = 60_000
-DAY_MS = 86_400_000
-OI_ROW_MS = 5 * MINUTE_MS
+# Shared with the live engine (signals/engine.py imports them), so both apply the same numbers.
+# Open interest older than this means the poller has stopped: it is missing, not the last value.
+OI_STALE_MS = 5 * MINUTE_MS
+# The buckets of the open-interest/price history behind the oi_change_pct_* and price_*
+# changes. Binance's open-interest history has one row per 5-minute mark, and the value at a
+# mark is what live (its first value in the bucket) and history (the row) can both give.
+HISTORY_BUCKET_MS = 5 * MINUTE_MS
 
 Samples = dict[str, tuple[np.ndarray, np.ndarray]]  # metric -> (minute open ms, value)
 
@@ -96,6 +111,24 @@ def _window_sum(x: np.ndarray, slots: int) -> np.ndarray:
     return c[hi] - c[np.maximum(0, hi - slots)]
 
 
+def _min_count(coverage: float, slots: int) -> int:
+    """The fewest present slots out of ``slots`` that cover ``coverage``, decided the way live
+    decides it (``present / slots >= coverage``): ``ceil(coverage * slots)`` alone can round one
+    too high (0.07 x 100 = 7.000000000000001, yet 7 of 100 cover 0.07)."""
+    need = max(0, math.ceil(coverage * slots))
+    while need > 0 and (need - 1) / slots >= coverage:
+        need -= 1
+    return need
+
+
+def _perp_alive(perp: Bars, open_ms: np.ndarray) -> np.ndarray:
+    """Minutes (by open time) in which the USDⓈ-M socket delivered something: those with a perp
+    bar. Without any perp bar nothing is known, and every minute counts as alive."""
+    if len(perp) == 0:
+        return np.ones(len(open_ms), dtype=bool)
+    return np.isin(open_ms, perp.open_ms, assume_unique=True)
+
+
 def baseline_samples(
     history: AssetHistory,
     flow_window_ms: int,
@@ -108,9 +141,9 @@ def baseline_samples(
     if grid is not None:
         out.update(_flow_samples(history, grid, flow_window_ms, volume_window_ms, min_coverage))
     if len(history.funding):
-        out["funding_rate"] = _funding_samples(history.funding)
+        out["funding_rate"] = _funding_samples(history.funding, history.perp)
     if len(history.open_interest):
-        out["oi_change_pct_24h"] = _oi_change_samples(history.open_interest)
+        out["oi_change_pct_24h"] = _oi_change_samples(history)
     return {name: (t[ok], v[ok]) for name, (t, v) in out.items() if (ok := np.isfinite(v)).any()}
 
 
@@ -130,26 +163,33 @@ def _flow_samples(
             return np.ones(len(t), dtype=bool)
         return t + MINUTE_MS - window_ms >= history.complete_from_ms
 
-    perp_quote = grid.place(perp.open_ms, perp.quote_volume)
-    spot_quote = grid.place(spot.open_ms, spot.quote_volume)
     flow_slots = max(1, flow_window_ms // MINUTE_MS)
-    flow_min = math.ceil(min_coverage * flow_slots)
+    flow_need = _min_count(min_coverage, flow_slots)
     binance = [b for b in (perp, spot) if len(b)]
     if binance and flow_window_ms % MINUTE_MS == 0:
-        # Taker flow of the Binance venues: a minute counts only when each has its bar.
-        buy = sum(grid.place(b.open_ms, b.taker_buy_quote) for b in binance)
-        total = sum(grid.place(b.open_ms, b.quote_volume) for b in binance)
-        buys = rolling_sum(np.asarray(buy), flow_slots, flow_min)
-        totals = rolling_sum(np.asarray(total), flow_slots, flow_min)
+        # Per venue, as live: each venue's window must cover ``min_coverage`` of its minutes on
+        # its own, and then all of its volume counts, whatever the other venue had that minute.
+        buys = sum(
+            rolling_sum(grid.place(b.open_ms, b.taker_buy_quote), flow_slots, flow_need)
+            for b in binance
+        )
+        totals = sum(
+            rolling_sum(grid.place(b.open_ms, b.quote_volume), flow_slots, flow_need)
+            for b in binance
+        )
+        buys, totals = np.asarray(buys), np.asarray(totals)
         net = 2.0 * buys - totals  # buy - sell
         ok = (totals > 0) & complete(flow_window_ms)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["taker_imbalance"] = (t, np.where(ok, net / totals, np.nan))
         out["net_taker_usd"] = (t, np.where(ok, net, np.nan))
     if len(perp) and len(spot) and volume_window_ms % MINUTE_MS == 0:
+        # One window for both venues, as live: a minute missing on either leaves both sums.
+        perp_quote = grid.place(perp.open_ms, perp.quote_volume)
+        spot_quote = grid.place(spot.open_ms, spot.quote_volume)
         slots = volume_window_ms // MINUTE_MS
         both = ~np.isnan(perp_quote) & ~np.isnan(spot_quote)
-        need = math.ceil(min_coverage * slots)
+        need = _min_count(min_coverage, slots)
         perp_sum = rolling_sum(np.where(both, perp_quote, np.nan), slots, need)
         spot_sum = rolling_sum(np.where(both, spot_quote, np.nan), slots, need)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -158,51 +198,90 @@ def _flow_samples(
             )
         out["perp_spot_volume_ratio"] = (t, ratio)
     if len(spot) and len(history.coinbase):
-        spot_close = grid.place(spot.open_ms, spot.close)
-        cb_close = grid.place(history.coinbase.open_ms, history.coinbase.close)
+        # Live compares the two last trades, each at most 10 s old at the close. A bar without
+        # volume had no trade that minute (its close is the previous one): no sample.
+        cb = history.coinbase
+        spot_close = grid.place(spot.open_ms, np.where(spot.quote_volume > 0, spot.close, np.nan))
+        cb_close = grid.place(cb.open_ms, np.where(cb.quote_volume > 0, cb.close, np.nan))
         out["coinbase_premium_pct"] = (t, (cb_close - spot_close) / spot_close * 100.0)
     return out
 
 
-def _funding_samples(funding: Points) -> tuple[np.ndarray, np.ndarray]:
-    """Each minute between two settlements gets the rate settled at the later one."""
+def _funding_samples(funding: Points, perp: Bars) -> tuple[np.ndarray, np.ndarray]:
+    """Each minute between two settlements gets the rate settled at the later one, unless the
+    USDⓈ-M socket (which carries the rate live, in markPrice) was silent that minute."""
     first, last = int(funding.ts_ms[0]), int(funding.ts_ms[-1])
-    t = np.arange(first, last, MINUTE_MS, dtype=np.int64)
+    t = np.arange(first // MINUTE_MS * MINUTE_MS, last, MINUTE_MS, dtype=np.int64)
     close = t + MINUTE_MS
     k = np.searchsorted(funding.ts_ms, close, side="left")
-    valid = (k > 0) & (k < len(funding))  # strictly inside a settled interval
+    valid = (k > 0) & (k < len(funding)) & _perp_alive(perp, t)  # inside a settled interval
     values = np.full(len(t), np.nan)
     values[valid] = funding.value[k[valid]]
     return t, values
 
 
-def _oi_change_samples(oi: Points) -> tuple[np.ndarray, np.ndarray]:
-    """For each minute covered by a row: (row / row 24 h earlier - 1) x 100. A row holds from
-    its timestamp until the next one (5 minutes later)."""
+def _oi_usd_at_close(history: AssetHistory) -> tuple[np.ndarray, np.ndarray]:
+    """``open_interest_usd`` at the close of each minute from the first open-interest row on,
+    as live has it: the latest row before the close, missing when that row is more than
+    OI_STALE_MS old or when the USDⓈ-M socket, whose mark price values the open interest live,
+    was silent that minute. Returns (minute open ms, USD)."""
+    oi = history.open_interest
     rows = oi.ts_ms
-    then = np.searchsorted(rows, rows - DAY_MS)
-    found = (then < len(rows)) & (rows[np.minimum(then, len(rows) - 1)] == rows - DAY_MS)
-    change = np.full(len(rows), np.nan)
-    past = oi.value[then[found]]
-    change[found] = (oi.value[found] / past - 1.0) * 100.0
-    minutes = OI_ROW_MS // MINUTE_MS
-    t = (rows[:, None] + MINUTE_MS * np.arange(minutes)).ravel()
-    return t, np.repeat(change, minutes)
+    first = int(rows[0]) // MINUTE_MS * MINUTE_MS
+    t = np.arange(first, int(rows[-1]) + OI_STALE_MS, MINUTE_MS, dtype=np.int64)
+    close = t + MINUTE_MS
+    latest = np.searchsorted(rows, close, side="left") - 1  # the last row with time < close
+    row = np.maximum(latest, 0)
+    fresh = (latest >= 0) & (close - rows[row] <= OI_STALE_MS) & _perp_alive(history.perp, t)
+    return t, np.where(fresh, oi.value[row], np.nan)
+
+
+def _first_per_bucket(
+    open_ms: np.ndarray, values: np.ndarray, bucket_ms: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket index, first finite value) of every bucket holding a finite value: the open
+    interest at each 5-minute mark, as live records it (its first value in the bucket)."""
+    ok = np.isfinite(values)
+    buckets = open_ms[ok] // bucket_ms
+    keys, first = np.unique(buckets, return_index=True)  # first occurrence: times are sorted
+    return keys, values[ok][first]
+
+
+def _oi_change_samples(history: AssetHistory) -> tuple[np.ndarray, np.ndarray]:
+    """For each minute: (open_interest_usd at its close / the value at the 5-minute mark 24 h
+    earlier - 1) x 100, the live rule (signals/engine.py ``_changes``)."""
+    t, now = _oi_usd_at_close(history)
+    keys, marks = _first_per_bucket(t, now, HISTORY_BUCKET_MS)
+    # Live looks up the bucket holding (close - 1 ms) - 24 h: the minute's own open - 24 h.
+    then = (t + MINUTE_MS - 1 - DAY_MS) // HISTORY_BUCKET_MS
+    past = np.full(len(t), np.nan)
+    if len(keys):
+        i = np.minimum(np.searchsorted(keys, then), len(keys) - 1)
+        found = keys[i] == then
+        past[found] = marks[i[found]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        change = np.where(past > 0, (now / past - 1.0) * 100.0, np.nan)
+    return t, change
 
 
 def history_rows(history: AssetHistory, bucket_ms: int) -> tuple[np.ndarray, np.ndarray]:
     """The engine's open-interest / price history (``bucket_ms`` buckets, channels
-    (oi sum, oi count, price sum, price count)) from the fetched rows, so the 24 h and 7 d
-    changes exist from the first minute."""
+    (oi value, oi count, price sum, price count)) from the fetched rows, so the 24 h and 7 d
+    changes exist from the first minute. The open interest of a bucket is its value at the
+    5-minute mark (count 1), as live records it."""
     oi, spot = history.open_interest, history.spot
-    buckets = np.concatenate((oi.ts_ms // bucket_ms, spot.open_ms // bucket_ms))
+    if len(oi):
+        oi_keys, oi_values = _first_per_bucket(*_oi_usd_at_close(history), bucket_ms)
+    else:
+        oi_keys, oi_values = np.zeros(0, dtype=np.int64), np.zeros(0)
+    buckets = np.concatenate((oi_keys, spot.open_ms // bucket_ms))
     if len(buckets) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 4))
     keys, index = np.unique(buckets, return_inverse=True)
     rows = np.zeros((len(keys), 4))
-    n = len(oi)
-    np.add.at(rows[:, 0], index[:n], oi.value)
-    np.add.at(rows[:, 1], index[:n], 1.0)
+    n = len(oi_keys)
+    rows[index[:n], 0] = oi_values  # one per bucket: the keys are unique
+    rows[index[:n], 1] = 1.0
     np.add.at(rows[:, 2], index[n:], spot.close)
     np.add.at(rows[:, 3], index[n:], 1.0)
     return keys, rows

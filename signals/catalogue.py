@@ -168,19 +168,23 @@ SIGNALS: dict[str, SignalSpec] = {
         SignalSpec(
             "oi_change_pct_1h",
             "percent",
-            "open_interest_usd now vs its mean in the 5-minute bucket 1 h earlier: "
-            "(now / then - 1) x 100; how fast positions open or unwind",
+            "open_interest_usd now vs its value at the 5-minute mark (the first value in the "
+            "5-minute bucket) 1 h earlier: (now / then - 1) x 100; how fast positions open or "
+            "unwind",
         ),
         SignalSpec(
             "oi_change_pct_24h",
             "percent",
-            "open_interest_usd now vs its mean in the 5-minute bucket 24 h earlier: "
-            "(now / then - 1) x 100",
+            "open_interest_usd now vs its value at the 5-minute mark (the first value in the "
+            "5-minute bucket) 24 h earlier: (now / then - 1) x 100; the mark, not a bucket "
+            "mean, because open-interest history has one row per 5-minute mark, so live and "
+            "backfilled values are the same number",
         ),
         SignalSpec(
             "oi_change_pct_7d",
             "percent",
-            "open_interest_usd now vs its mean in the 5-minute bucket 7 days earlier",
+            "open_interest_usd now vs its value at the 5-minute mark (the first value in the "
+            "5-minute bucket) 7 days earlier",
         ),
         SignalSpec(
             "price_change_pct_1h",

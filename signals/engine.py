@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from signals.backfill import AssetHistory, baseline_samples, history_rows, volume_rows
+from signals.backfill import (
+    HISTORY_BUCKET_MS,
+    OI_STALE_MS,
+    AssetHistory,
+    baseline_samples,
+    history_rows,
+    volume_rows,
+)
 from signals.baseline import Baseline, ZScore
 from signals.catalogue import Z_ALIASES, Z_SCORED
 from signals.window import BucketWindow
@@ -36,17 +43,18 @@ from streams.events import (
     OpenInterest,
     Trade,
 )
+from streams.units import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 
 # Funding changes slowly, but a mark price older than this means the markPrice stream stopped:
 # report funding as missing rather than a frozen number.
-MARK_STALE_MS = 30_000
+MARK_STALE_MS = 30 * SECOND_MS
 
 # Funding is paid three times a day on most Binance perps.
 FUNDINGS_PER_YEAR = 365 * 3
 
 # The Coinbase premium compares two last-trade prices; a price older than this is no longer
 # "the price now" and the difference would measure time, not venues.
-PREMIUM_STALE_MS = 10_000
+PREMIUM_STALE_MS = 10 * SECOND_MS
 
 # The USDT-adjusted premium converts Binance's USDT price to USD at the latest USDT-USD trade.
 # That rate is a slow conversion factor, not one of the two prices being compared, so it may be
@@ -55,28 +63,26 @@ PREMIUM_STALE_MS = 10_000
 # 0.05 % and more). A liquid USDT-USD book trades several times a minute; a minute without a
 # trade means its feed has stopped, and the adjusted signals go missing rather than silently
 # reverting to 1 USDT = 1 USD.
-USDT_STALE_MS = 60_000
+USDT_STALE_MS = MINUTE_MS
 
-# Open interest is polled every few seconds; older than this the poller has stopped.
-OI_STALE_MS = 5 * 60_000
+# OI_STALE_MS and HISTORY_BUCKET_MS live in signals/backfill.py, which applies them to history
+# too: open interest is polled every few seconds, so older than OI_STALE_MS the poller has
+# stopped; the 1 h / 24 h / 7 d changes look back in HISTORY_BUCKET_MS (5-minute) buckets.
 
 # `price` is the last Binance spot trade; a minute without a trade means the feed is down.
-PRICE_STALE_MS = 60_000
+PRICE_STALE_MS = MINUTE_MS
 
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
-# History for the 24 h / 7 d changes: 5-minute buckets over 8 days (a week back, plus a day).
-HISTORY_BUCKET_MS = 5 * 60_000
+# The history behind those changes spans 8 days (a week back, plus a day).
 HISTORY_SPAN_MS = 8 * DAY_MS
 HISTORY_KEY = "_history"  # its name in checkpoints (signal names never start with "_")
 
 # Long/short rows describe 5-minute periods, timestamped at the period's end and polled every
 # `ratios_poll` [5 m]: three periods without a new row means the poller has stopped.
-LONG_SHORT_STALE_MS = 15 * 60_000
+LONG_SHORT_STALE_MS = 15 * MINUTE_MS
 
 # The volume window spans a day: one-minute buckets keep it at 1,440 slots per asset.
-VOLUME_BUCKET_MS = 60_000
-DEFAULT_VOLUME_WINDOW_MS = 24 * 3600_000
+VOLUME_BUCKET_MS = MINUTE_MS
+DEFAULT_VOLUME_WINDOW_MS = DAY_MS
 
 # Depth band of the depth signals, percent of mid on each side.
 DEPTH_BAND_PCT = 1.0
@@ -338,15 +344,21 @@ class AssetSignals:
         return buy, sell
 
     def _changes(self, boundary_ms: int, values: dict[str, float | None]) -> None:
-        """Record this snapshot's OI and price, and compare with 1 h / 24 h / 7 d before: the
-        mean of the 5-minute bucket that held the moment an hour (day, week) earlier."""
+        """Record this snapshot's OI and price, and compare with 1 h / 24 h / 7 d before, in the
+        5-minute bucket that held the moment an hour (day, week) earlier: the open interest
+        at that bucket's 5-minute mark (its first value), the price's mean over the bucket."""
         oi, price = values["open_interest_usd"], values["price"]
         end = boundary_ms - 1
+        # Only the bucket's first open interest is kept: the value at the 5-minute mark is what
+        # the start-up history has too (one row per mark), so live and backfilled buckets mean
+        # the same thing. A bucket mean of seconds-apart polls has no counterpart in history.
+        held = self.history.bucket(end)
+        first_oi = oi if held is None or held[1] == 0 else None
         self.history.add(
             end,
             (
-                oi or 0.0,
-                1.0 if oi is not None else 0.0,
+                first_oi or 0.0,
+                1.0 if first_oi is not None else 0.0,
                 price or 0.0,
                 1.0 if price is not None else 0.0,
             ),

@@ -1,6 +1,8 @@
-"""Binance (spot and USDⓈ-M) market-data frames: stream names, URLs and the pure parser.
+"""Binance's wire format (spot and USDⓈ-M): combined-stream URLs and the pure parsers of frames
+and REST bodies. Which streams and endpoints are read is the venue adapters' business
+(``streams/venues/``).
 
-Facts (as Binance documents them; summarised in the README "Collectors"):
+Facts (as Binance documents them: docs/exchange-protocols.md §1–3, with sources):
 - combined streams wrap each payload as ``{"stream": name, "data": payload}``;
 - ``m`` is "is the buyer the maker?", so ``m == true`` means the taker SOLD;
 - since 2026-04-23 USDⓈ-M serves trades/markPrice/forceOrder only under ``/market`` and books
@@ -17,6 +19,7 @@ import orjson
 from streams.events import (
     BUY,
     SELL,
+    Bars,
     BookTicker,
     DepthDiff,
     DepthSnapshot,
@@ -26,7 +29,7 @@ from streams.events import (
     LongShortRatio,
     MarkPrice,
     OpenInterest,
-    TakerVolumeRatio,
+    Points,
     Trade,
 )
 from streams.frames import (
@@ -35,17 +38,14 @@ from streams.frames import (
     boolean,
     integer,
     non_negative_number,
+    number,
     optional_integer,
     optional_number,
     positive_number,
+    rest_rows,
     string,
 )
-
-# Streams collected per symbol, by socket. USDⓈ-M trades, mark price and liquidations live on
-# /market and books on /public (since 2026-04-23); spot serves everything on one socket.
-USDM_MARKET_STREAMS = ("aggTrade", "markPrice@1s", "forceOrder")
-USDM_PUBLIC_STREAMS = ("depth@100ms", "bookTicker")
-SPOT_STREAMS = ("aggTrade", "depth@100ms", "bookTicker")
+from streams.units import MINUTE_MS
 
 # Streams that tick on a fixed cadence whatever the market does: silence on them means the stream
 # (not the market) stopped. Trades and book tickers are irregular and are not watched.
@@ -321,21 +321,6 @@ def _rest_long_short(venue: str, symbol: str, data: object, ts_recv: int) -> lis
     ]
 
 
-def _rest_taker_ratio(venue: str, symbol: str, data: object, ts_recv: int) -> list[Event]:
-    return [
-        TakerVolumeRatio(
-            venue,
-            symbol,
-            _period_time(r),
-            ts_recv,
-            non_negative_number(r, "buySellRatio"),
-            non_negative_number(r, "buyVol"),
-            non_negative_number(r, "sellVol"),
-        )
-        for r in _rows(data, "takerlongshortRatio")
-    ]
-
-
 _REST = {
     "/api/v3/depth": _rest_depth,
     "/fapi/v1/depth": _rest_depth,
@@ -343,7 +328,6 @@ _REST = {
     "/fapi/v1/aggTrades": _rest_agg_trades,
     "/fapi/v1/openInterest": _rest_open_interest,
     "/futures/data/globalLongShortAccountRatio": _rest_long_short,
-    "/futures/data/takerlongshortRatio": _rest_taker_ratio,
 }
 
 
@@ -354,3 +338,56 @@ def stream_name(raw: str | bytes) -> str | None:
         return None
     end = head.find('"', 11)
     return head[11:end] if end > 11 else None
+
+
+# -- start-up history bodies: columns of many rows --------------------------------------------
+def parse_klines(body: str | bytes) -> Bars:
+    """Spot ``/api/v3/klines`` or USDⓈ-M ``/fapi/v1/klines`` at 1 minute: rows ``[open time,
+    open, high, low, close, volume, close time, quote volume, trades, taker buy base, taker buy
+    quote, ignore]``."""
+    open_ms: list[int] = []
+    close: list[float] = []
+    quote: list[float] = []
+    taker: list[float] = []
+    for row in rest_rows(body, "klines"):
+        if not isinstance(row, list) or len(row) < 11:
+            raise MalformedFrame("bad_kline", repr(row)[:80])
+        t = row[0]
+        if isinstance(t, bool) or not isinstance(t, int) or t % MINUTE_MS:
+            raise MalformedFrame("bad_kline", f"open time {t!r}")
+        q = non_negative_number({"quote_volume": row[7]}, "quote_volume")
+        b = non_negative_number({"taker_buy_quote": row[10]}, "taker_buy_quote")
+        if b > q * (1 + 1e-9):
+            raise MalformedFrame("bad_kline", f"taker buy {b} > quote volume {q}")
+        open_ms.append(t)
+        close.append(positive_number({"close": row[4]}, "close"))
+        quote.append(q)
+        taker.append(min(b, q))
+    return Bars.of(open_ms, close, quote, taker)
+
+
+def parse_funding_history(body: str | bytes) -> Points:
+    """USDⓈ-M ``/fapi/v1/fundingRate``: ``[{"fundingTime", "fundingRate"}]``, the settled rate
+    (may be negative) at each funding time."""
+    rows = _history_rows(body, "funding")
+    return Points.of(
+        [integer(r, "fundingTime") for r in rows], [number(r, "fundingRate") for r in rows]
+    )
+
+
+def parse_open_interest_history(body: str | bytes) -> Points:
+    """USDⓈ-M ``/futures/data/openInterestHist``: ``[{"timestamp", "sumOpenInterestValue"}]``,
+    open interest in USD at each timestamp."""
+    rows = _history_rows(body, "oi_history")
+    return Points.of(
+        [integer(r, "timestamp") for r in rows],
+        [positive_number(r, "sumOpenInterestValue") for r in rows],
+    )
+
+
+def _history_rows(body: str | bytes, what: str) -> list[dict]:
+    rows = rest_rows(body, what)
+    for row in rows:
+        if not isinstance(row, dict):
+            raise MalformedFrame(f"bad_{what}", repr(row)[:80])
+    return rows

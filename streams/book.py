@@ -5,7 +5,8 @@ Pure: no I/O, no asyncio, no wall clock. The collector feeds ``BookSync`` the no
 ``needs_snapshot`` is set it fetches a REST snapshot (Binance) or resubscribes (Coinbase) for
 that one symbol, and hands the answer to ``on_snapshot``.
 
-Continuity rules, as the exchanges document them (README "Collectors", "Self-healing"):
+Continuity rules, as the exchanges document them (docs/exchange-protocols.md §1.5, §2.3, §4.1;
+README "Collectors", "Self-healing"); each venue adapter names its ``BookRule``:
 
 * Binance spot (as corrected 2025-11-12): a snapshot older than the first buffered
   ``U`` is refetched; buffered events with ``u <= lastUpdateId`` are dropped; afterwards an
@@ -30,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE, DepthDiff, DepthSnapshot, Level
+from streams.events import DepthDiff, DepthSnapshot, Level
 
 BID: Final = "bid"
 ASK: Final = "ask"
@@ -182,6 +183,15 @@ class OrderBook:
         return len(self._bids.qty) + len(self._asks.qty)
 
 
+class BookRule(enum.Enum):
+    """A venue's continuity rule for its book diffs (see the module docstring); each venue
+    adapter names its own."""
+
+    FIRST_ID = "first_id"  # Binance spot: each diff's U follows the book's id
+    PREVIOUS_ID = "previous_id"  # Binance USDⓈ-M: each diff's pu is the previous diff's u
+    IN_STREAM = "in_stream"  # Coinbase: the subscription sends the snapshot, no ids
+
+
 class SyncState(enum.Enum):
     WAITING_SNAPSHOT = "waiting_snapshot"
     SYNCED = "synced"
@@ -216,13 +226,12 @@ class BookSync:
     or ``invalidate`` discards the book and returns to ``WAITING_SNAPSHOT``.
     """
 
-    def __init__(self, venue: str, symbol: str, max_buffer: int = 2000) -> None:
-        if venue not in (BINANCE_SPOT, BINANCE_USDM, COINBASE):
-            raise ValueError(f"unknown venue {venue!r}")
+    def __init__(self, venue: str, symbol: str, rule: BookRule, max_buffer: int = 2000) -> None:
         if max_buffer < 1:
             raise ValueError("max_buffer must be at least 1")
         self.venue = venue
         self.symbol = symbol
+        self.rule = rule
         self.max_buffer = max_buffer
         self.book = OrderBook()
         self.state = SyncState.WAITING_SNAPSHOT
@@ -267,11 +276,11 @@ class BookSync:
 
     def on_diff(self, diff: DepthDiff) -> SyncResult:
         self._check_routing(diff.venue, diff.symbol)
-        if self.venue == COINBASE:
+        if self.rule is BookRule.IN_STREAM:
             return self._coinbase_diff(diff)
         if diff.first_id is None or diff.last_id is None:
             raise ValueError(f"{self.venue} diff without update ids: {diff!r}")
-        if self.venue == BINANCE_USDM and diff.prev_last_id is None:
+        if self.rule is BookRule.PREVIOUS_ID and diff.prev_last_id is None:
             raise ValueError(f"USDⓈ-M diff without pu: {diff!r}")
         if self.state is SyncState.WAITING_SNAPSHOT:
             return self._buffer_diff(diff)
@@ -286,7 +295,7 @@ class BookSync:
     def on_snapshot(self, snap: DepthSnapshot) -> SyncResult:
         self._check_routing(snap.venue, snap.symbol)
         self._requested = False
-        if self.venue == COINBASE:
+        if self.rule is BookRule.IN_STREAM:
             return self._load(snap, replay=())
         if snap.last_id is None:
             raise ValueError(f"{self.venue} snapshot without lastUpdateId: {snap!r}")
@@ -330,7 +339,7 @@ class BookSync:
         """None: apply; _STALE: already in the book; otherwise the gap's reason."""
         book_id = self._book_id
         assert book_id is not None and diff.first_id is not None and diff.last_id is not None
-        if self.venue == BINANCE_SPOT:
+        if self.rule is BookRule.FIRST_ID:
             if diff.last_id <= book_id:
                 # The spot rule ignores u < book id; u == book id re-sets levels to the values
                 # the book already holds at that id, so skipping it is the same book.
@@ -357,7 +366,7 @@ class BookSync:
         if buffer:
             last = buffer[-1]
             assert last.last_id is not None and diff.first_id is not None
-            if self.venue == BINANCE_SPOT:
+            if self.rule is BookRule.FIRST_ID:
                 assert diff.last_id is not None
                 if diff.last_id <= last.last_id:
                     self.stale_diffs += 1
@@ -371,7 +380,7 @@ class BookSync:
                 self.dropped_buffered += len(buffer)
                 buffer.clear()
                 buffer.append(diff)
-                reason = MISSED_UPDATES if self.venue == BINANCE_SPOT else PU_MISMATCH
+                reason = MISSED_UPDATES if self.rule is BookRule.FIRST_ID else PU_MISMATCH
                 return self._request(SyncResult(gap=True, reason=reason))
         if len(buffer) >= self.max_buffer:
             buffer.popleft()
@@ -392,7 +401,7 @@ class BookSync:
         if not self._buffer:
             # Nothing to compare with: the first live diff is checked against the snapshot.
             return False
-        if self.venue == BINANCE_SPOT:
+        if self.rule is BookRule.FIRST_ID:
             first_id = self._buffer[0].first_id
             assert first_id is not None
             return last_id < first_id

@@ -1,7 +1,8 @@
 """Coinbase Advanced Trade market-data frames: subscribe messages, the pure parser and the
 ``sequence_num`` continuity tracker.
 
-Facts (Coinbase Advanced Trade's documentation, checked against tests/data/coinbase-*.tape):
+Facts (Coinbase Advanced Trade's documentation, docs/exchange-protocols.md §4, checked against
+tests/data/coinbase-*.tape):
 - one channel per subscribe message; ``level2`` is subscribed as ``level2`` but arrives as
   ``l2_data``; ``heartbeats`` must be subscribed too or quiet channels are closed after 60-90 s;
 - every frame is ``{channel, timestamp, sequence_num, events}`` (``client_id`` is documented
@@ -32,6 +33,7 @@ import orjson
 from streams.events import (
     BUY,
     SELL,
+    Bars,
     BookTicker,
     DepthDiff,
     DepthSnapshot,
@@ -45,11 +47,14 @@ from streams.frames import (
     MalformedFrame,
     non_negative_number,
     positive_number,
+    rest_rows,
     string,
 )
+from streams.units import DAY_MS
 
-WS_URL = "wss://advanced-trade-ws.coinbase.com"
-DEFAULT_CHANNELS = ("heartbeats", "market_trades", "ticker", "level2")
+# The channels read. heartbeats keep quiet channels open (and prove the socket alive); the
+# ticker is not read: no signal uses it.
+DEFAULT_CHANNELS = ("heartbeats", "market_trades", "level2")
 
 # Documented public channels that are valid data but not turned into events.
 _NOT_COLLECTED = frozenset({"candles", "status"})
@@ -63,7 +68,6 @@ _RFC3339 = re.compile(
     re.ASCII,
 )
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_DAY_MS = 86_400_000
 _UNSET = object()
 T = TypeVar("T")
 
@@ -194,7 +198,7 @@ def _fields_ms(fields: re.Match[str]) -> int:
     hour, minute, second = int(hh), int(mm), int(ss)
     if hour > 23 or minute > 59 or second > 59:  # Coinbase (Go) never emits leap seconds
         raise ValueError(f"time of day out of range: {hh}:{mm}:{ss}")
-    ms = _epoch_day(day) * _DAY_MS + (hour * 3600 + minute * 60 + second) * 1000
+    ms = _epoch_day(day) * DAY_MS + (hour * 3600 + minute * 60 + second) * 1000
     if frac:
         ms += int(frac[:3].ljust(3, "0"))
     if sign:
@@ -369,6 +373,7 @@ def _book_ticker(venue: str, t: dict, ts_event: int, ts_recv: int) -> BookTicker
 
 # -- REST bodies -------------------------------------------------------------------------------
 TRADES_PATH = "/api/v3/brokerage/market/products/{product}/ticker"
+CANDLES_PATH = "/api/v3/brokerage/market/products/{product}/candles"
 _TRADES_PATH = re.compile(r"/api/v3/brokerage/market/products/([A-Z0-9]+-[A-Z0-9]+)/ticker")
 
 
@@ -395,3 +400,23 @@ def channel_name(raw: str | bytes) -> str | None:
     start += 11
     end = head.find('"', start)
     return head[start:end] if end > start else None
+
+
+def parse_candles(body: str | bytes) -> Bars:
+    """ONE_MINUTE candles, ``{"candles": [{"start": UNIX s, "close", "volume", ...}]}`` newest
+    first. They carry no taker split (``taker_buy_quote`` is NaN) and base-currency volume, so
+    the quote volume is estimated as volume x close."""
+    open_ms: list[int] = []
+    close: list[float] = []
+    quote: list[float] = []
+    for row in rest_rows(body, "candles", key="candles"):
+        if not isinstance(row, dict):
+            raise MalformedFrame("bad_candle", repr(row)[:80])
+        start = row.get("start")
+        if not isinstance(start, str) or not start.isdigit():
+            raise MalformedFrame("bad_candle", f"start {start!r}")
+        price = positive_number(row, "close")
+        open_ms.append(int(start) * 1000)
+        close.append(price)
+        quote.append(non_negative_number(row, "volume") * price)
+    return Bars.of(open_ms, close, quote, [math.nan] * len(close))

@@ -71,7 +71,8 @@ class Frame:
 class Control:
     """A collector conclusion queued among the frames (and recorded on tapes as ``ctl``):
     ``{"kind": "link_lost", "stream": name, "trades": bool}`` when a socket drops, or
-    ``{"kind": "backfill_done", "symbol", "first_id", "last_id"}`` when a trade backfill ends."""
+    ``{"kind": "refetch_done", "symbol", "first_id", "last_id"}`` when the refetch of a trade
+    gap ends."""
 
     venue: str
     ts_recv_ms: int

@@ -2,9 +2,9 @@
 
 Binance aggregate-trade ids and Coinbase trade ids rise by one per trade and symbol. A jump means
 trades were missed (a reconnect, a dropped frame): the gap is reported so the collector can fetch
-exactly those ids from REST, and backfilled trades are admitted only if they fill an open gap.
+exactly those ids from REST, and refetched trades are admitted only if they fill an open gap.
 An id seen before (a duplicated frame, Coinbase's snapshot of recent trades after a resubscribe,
-a backfill overlapping live trades) is rejected, so flow signals never count a trade twice.
+a refetch overlapping live trades) is rejected, so flow signals never count a trade twice.
 
 A jump is not believed on one frame's word. One forged id a billion ahead, taken as the new last
 id, would turn every real trade after it into a "duplicate" and report a billion lost. So the
@@ -28,7 +28,7 @@ from streams.events import Trade
 
 # Gaps wider than this are not worth paging through REST (1000 ids per page): report them as
 # lost instead of spending minutes of rate limit on history the windows barely need.
-MAX_BACKFILL_IDS = 20_000
+MAX_REFETCH_IDS = 20_000
 
 # A later trade confirms a suspected jump when it lands at most this far beyond it: after a
 # reconnect the stream goes on from the new id (a dropped frame or two aside); a forged id is
@@ -52,8 +52,8 @@ class TradeGap:
         return self.last_id - self.first_id + 1
 
     @property
-    def backfillable(self) -> bool:
-        return self.size <= MAX_BACKFILL_IDS
+    def refetchable(self) -> bool:
+        return self.size <= MAX_REFETCH_IDS
 
 
 @dataclass
@@ -67,7 +67,7 @@ class SymbolContinuity:
     recovered_gaps: int = 0
     recovered_trades: int = 0
     duplicates: int = 0
-    lost_trades: int = 0  # ids given up on (gap too wide to backfill, backfill failed)
+    lost_trades: int = 0  # ids given up on (gap too wide to refetch, refetch failed)
     suspects_dropped: int = 0  # jumps never confirmed
 
     @property
@@ -86,8 +86,8 @@ class TradeContinuity:
     def admit(self, trade: Trade, live: bool = True) -> Admission:
         """The trades to count now, in id order (usually just ``trade``; none for a duplicate
         or a held suspect; several when a suspect is confirmed), and the gap that revealed,
-        if any. A gap too wide to backfill is counted lost at once; a narrower one stays open
-        until filled. ``live=False`` (a REST backfill row) only ever fills an open gap."""
+        if any. A gap too wide to refetch is counted lost at once; a narrower one stays open
+        until filled. ``live=False`` (a refetched REST row) only ever fills an open gap."""
         key = (trade.venue, trade.symbol)
         state = self.symbols.get(key)
         if state is None:
@@ -158,7 +158,7 @@ class TradeContinuity:
         last = state.last_id
         if last is not None and suspect.trade_id > last + 1:
             missed = TradeGap(trade.venue, trade.symbol, last + 1, suspect.trade_id - 1)
-            if state.anchored or missed.backfillable:
+            if state.anchored or missed.refetchable:
                 gap = self._open_gap(state, missed)
             else:  # a lone first id far from the confirmed sequence was no sequence at all
                 state.suspects_dropped += 1
@@ -196,7 +196,7 @@ class TradeContinuity:
     @staticmethod
     def _open_gap(state: SymbolContinuity, gap: TradeGap) -> TradeGap:
         state.gaps += 1
-        if gap.backfillable:
+        if gap.refetchable:
             state.open_gaps.append([gap.first_id, gap.last_id, gap.first_id])
             state.remaining[gap.first_id] = gap.size
         else:
@@ -204,7 +204,7 @@ class TradeContinuity:
         return gap
 
     def give_up(self, venue: str, symbol: str, first_id: int, last_id: int) -> int:
-        """Declare ids in [first_id, last_id] lost (backfill failed); returns how many were open."""
+        """Declare ids in [first_id, last_id] lost (refetch failed); returns how many were open."""
         state = self.symbols.get((venue, symbol))
         if state is None:
             return 0

@@ -145,19 +145,6 @@ class LongShortRatio:
 
 
 @dataclass(slots=True, frozen=True)
-class TakerVolumeRatio:
-    """Binance's own taker buy/sell volume of one 5-minute period (``/futures/data``)."""
-
-    venue: str
-    symbol: str
-    ts_event: int
-    ts_recv: int
-    buy_sell_ratio: float
-    buy_volume: float
-    sell_volume: float
-
-
-@dataclass(slots=True, frozen=True)
 class FeedGap:
     """A stretch of event time in which a venue's feed is known to be incomplete.
 
@@ -193,7 +180,6 @@ Event = (
     | Liquidation
     | OpenInterest
     | LongShortRatio
-    | TakerVolumeRatio
     | FeedGap
     | Heartbeat
 )
@@ -212,6 +198,16 @@ class Bars:
     @classmethod
     def empty(cls) -> Bars:
         return cls(*(np.zeros(0, dtype=t) for t in (np.int64, float, float, float)))
+
+    @classmethod
+    def of(
+        cls, open_ms: list[int], close: list[float], quote: list[float], taker: list[float]
+    ) -> Bars:
+        """Bars from rows in any order; the last row of a repeated minute wins."""
+        if not open_ms:
+            return cls.empty()
+        columns = (np.array(c, dtype=float) for c in (close, quote, taker))
+        return cls.empty().merged(cls(np.array(open_ms, dtype=np.int64), *columns))
 
     def __len__(self) -> int:
         return len(self.open_ms)
@@ -235,6 +231,13 @@ class Points:
     @classmethod
     def empty(cls) -> Points:
         return cls(np.zeros(0, dtype=np.int64), np.zeros(0))
+
+    @classmethod
+    def of(cls, ts_ms: list[int], values: list[float]) -> Points:
+        """Points from rows in any order; the last row of a repeated time wins."""
+        if not ts_ms:
+            return cls.empty()
+        return cls.empty().merged(cls(np.array(ts_ms, dtype=np.int64), np.array(values)))
 
     def __len__(self) -> int:
         return len(self.ts_ms)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import orjson
+
 
 class SkippedFrame(Exception):
     """Base: the frame produced no events. ``kind`` is a short, stable counter name."""
@@ -106,3 +108,19 @@ def boolean(payload: dict, key: str) -> bool:
     if not isinstance(raw, bool):
         raise MalformedFrame("bad_type", f"{key}={raw!r}")
     return raw
+
+
+def rest_rows(body: str | bytes, what: str, key: str | None = None) -> list:
+    """A REST body that holds a list of rows (under ``key`` if given); a venue's error object
+    (``{"code", "msg"}``) or any other shape is ``MalformedFrame``."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise MalformedFrame("not_json", f"{what}: {str(body)[:80]!r}") from None
+    if isinstance(data, dict) and "code" in data and "msg" in data:
+        raise MalformedFrame("rest_error", f"{what}: {data['code']} {data['msg']}"[:200])
+    if isinstance(data, dict) and key is not None:
+        data = data.get(key)
+    if not isinstance(data, list):
+        raise MalformedFrame("not_list", what)
+    return data

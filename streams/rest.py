@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -39,6 +39,9 @@ from yarl import URL
 
 from streams.connection import Backoff
 from streams.reporting import HostReporter, describe_connect_error, host_of, wall_ms
+
+if TYPE_CHECKING:
+    from streams.venues import Venue
 
 log = logging.getLogger("tapewatch.rest")
 
@@ -178,6 +181,17 @@ class RestClient:
         self.unreachable_reason: str | None = None  # e.g. "cannot resolve <host> (...)"
 
     # -- public ------------------------------------------------------------------------------
+    @classmethod
+    def for_venue(cls, venue: Venue, hosts: HostReporter | None = None) -> RestClient:
+        """The client of a venue adapter: its REST base and its rate limits."""
+        return cls(
+            venue.name,
+            venue.rest_url,
+            weight_limit=venue.limits.weight_limit,
+            requests_per_second=venue.limits.requests_per_second,
+            hosts=hosts,
+        )
+
     async def get(
         self, path: str, params: Params | None = None, *, weight: int = 1
     ) -> RestResponse:

@@ -3,11 +3,11 @@
 Line 1 is the header ``{"tape": 1, ...}``. Then websocket frames
 ``{"ts": <receive time, unix seconds>, "src": <venue>, "msg": <raw text>}``, REST bodies,
 which add ``"url": "<path?query>"``, and collector control records ``{"ts", "src", "msg": "",
-"ctl": {"kind": "link_lost" | "backfill_done", ...}}``: what the collector concluded (a socket
-dropped, a trade backfill finished), so a replay reaches the same conclusions as the live
-session (readers that predate them may skip any line carrying ``ctl``). Readers yield records in
-file order; ``merge`` interleaves several tapes by receive time, the order a live collector would
-have seen them in.
+"ctl": {"kind": "link_lost" | "refetch_done", ...}}``: what the collector concluded (a socket
+dropped, the refetch of a trade gap finished), so a replay reaches the same conclusions as the
+live session (readers that predate them may skip any line carrying ``ctl``). Readers yield
+records in file order; ``merge`` interleaves several tapes by receive time, the order a live
+collector would have seen them in.
 """
 
 from __future__ import annotations

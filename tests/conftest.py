@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from monitor.config import Config, config_from_dict, deep_merge
-from streams.simulator.server import Simulator
+from simulator.server import Simulator
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
@@ -46,6 +46,7 @@ SLOW_MODULES = frozenset(
         "test_broker_auto",
         "test_command_topic",
         "test_offline",
+        "test_replay_stateful",
     }
 )
 

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import yaml
 
-from monitor.backfill import Backfill
 from monitor.config import Config, config_from_dict, deep_merge
 from monitor.health import Health
+from monitor.history_fetch import Fill, HistoryFetch
 from monitor.pipeline import Pipeline
 from signals.engine import SignalEngine
+from simulator.server import Simulator
 from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
 from streams.reporting import HostReporter
 from streams.rest import RestClient
-from streams.simulator.server import Simulator
 from tests.conftest import REPO
 
 MINUTE = 60_000
@@ -44,18 +44,18 @@ def engine_for(config: Config) -> SignalEngine:
 
 
 def clients(config: Config, hosts: HostReporter | None = None) -> dict[str, RestClient]:
-    v = config.venues
-    return {
-        BINANCE_SPOT: RestClient(BINANCE_SPOT, v.binance_spot.rest, weight_limit=6000, hosts=hosts),
-        BINANCE_USDM: RestClient(BINANCE_USDM, v.binance_usdm.rest, weight_limit=2400, hosts=hosts),
-        COINBASE: RestClient(COINBASE, v.coinbase.rest, requests_per_second=10, hosts=hosts),
-    }
+    return {name: RestClient.for_venue(v, hosts) for name, v in config.adapters().items()}
 
 
-async def run_backfill(config: Config, engine: SignalEngine) -> Backfill:
+def filling(engine: SignalEngine) -> Fill:
+    """What the daemon's pipeline does with each history the fetch hands over."""
+    return lambda asset, history, final: engine.assets[asset].backfill(history)
+
+
+async def run_backfill(config: Config, engine: SignalEngine) -> HistoryFetch:
     rest = clients(config)
     try:
-        backfill = Backfill(config, engine, rest, time.time_ns() // 1_000_000)
+        backfill = HistoryFetch(config, filling(engine), rest, time.time_ns() // 1_000_000)
         await backfill.run()
     finally:
         for client in rest.values():
@@ -86,7 +86,11 @@ async def test_backfill_fills_the_baselines_honestly_and_resumes_from_its_cache(
     assert got["perp_spot_volume_ratio"] == window
     # Funding: every minute up to the last settlement (the interval under way is live's).
     assert window - 8 * 60 <= got["funding_rate"] <= window
-    assert got["oi_change_pct_24h"] == window
+    # Open interest 24 h earlier is the row at the 5-minute mark that opened that bucket: the
+    # first minutes of the window whose mark lies before the fetched lead (the window's start
+    # less 24 h, when it is not on a mark) have none.
+    off_mark = (first.window_start_ms - DAY) // MINUTE % 5
+    assert got["oi_change_pct_24h"] == window - (5 - off_mark) % 5
     # No history exists for liquidations or book depth: they start from live data.
     assert got["liquidations_usd"] == got["depth_usd_1pct"] == 0
 
@@ -180,7 +184,9 @@ async def test_an_unreachable_venue_stops_the_backfill_after_the_newest_day_unti
     caplog.set_level(logging.DEBUG, "tapewatch")
     rest = clients(config, HostReporter())  # one reporter for all, as in the daemon
     gate = Gate()
-    backfill = Backfill(config, engine, rest, time.time_ns() // 1_000_000, sleep=gate.sleep)
+    backfill = HistoryFetch(
+        config, filling(engine), rest, time.time_ns() // 1_000_000, sleep=gate.sleep
+    )
     task = asyncio.create_task(backfill.run())
     # The newest day's first request of each series: perp klines, funding and open interest
     # (USDⓈ-M), spot klines (binance group); Coinbase candles (coinbase group).

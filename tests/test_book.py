@@ -44,6 +44,7 @@ from streams.events import (
     Level,
 )
 from streams.tape import read_tape
+from streams.venues import BY_NAME
 from tests.conftest import DATA
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +174,9 @@ def replay_binance(name: str) -> dict[str, Replay]:
 
     def replay_for(symbol: str) -> Replay:
         if symbol not in replays:
-            replays[symbol] = Replay(BookSync(TAPE_VENUE[name], symbol))
+            replays[symbol] = Replay(
+                BookSync(TAPE_VENUE[name], symbol, BY_NAME[TAPE_VENUE[name]].book_rule)
+            )
         return replays[symbol]
 
     # bookTicker ids first, so a ticker counts whether it arrives before or after its diff.
@@ -280,7 +283,9 @@ def replay_coinbase() -> dict[str, tuple[BookSync, list[SyncResult], Ticker]]:
         ts = int(rec.ts * 1000)
         for event in frame["events"]:
             product = event["product_id"]
-            sync = syncs.setdefault(product, BookSync(COINBASE, product))
+            sync = syncs.setdefault(
+                product, BookSync(COINBASE, product, BY_NAME[COINBASE].book_rule)
+            )
             bids = tuple(
                 (float(u["price_level"]), float(u["new_quantity"]))
                 for u in event["updates"]
@@ -514,7 +519,7 @@ def test_valid_binance_sequences_stay_equal_to_the_true_book(
     # would be too old) and received events s..t-1 before the REST answer came back.
     s = data.draw(st.integers(0, j + inside), label="first event seen")
     t = data.draw(st.integers(s, n), label="events before the snapshot")
-    sync = BookSync(venue, "XYZ", max_buffer=64)
+    sync = BookSync(venue, "XYZ", BY_NAME[venue].book_rule, max_buffer=64)
     after = {event.last_id: k for k, event in enumerate(hist.events)}
     results = []
     for item in [*hist.events[s:t], snap, *hist.events[t:]]:
@@ -540,7 +545,7 @@ def _synced_on(hist: History, sync: BookSync) -> None:
 def test_a_missed_event_is_a_gap_and_a_resync_recovers(data: st.DataObject, venue: str) -> None:
     hist = data.draw(histories(venue, min_events=5))
     n = len(hist.events)
-    sync = BookSync(venue, "XYZ")
+    sync = BookSync(venue, "XYZ", BY_NAME[venue].book_rule)
     _synced_on(hist, sync)
     missing = data.draw(st.integers(1, n - 3), label="lost event")
     results = feed(sync, hist.events[1:missing])
@@ -569,7 +574,7 @@ def test_a_corrupted_id_is_a_gap(data: st.DataObject, venue: str) -> None:
     # Same detection when nothing is lost but the ids themselves are off: a skipped id inside
     # a spot event, a pu pointing elsewhere on futures.
     hist = data.draw(histories(venue, min_events=3))
-    sync = BookSync(venue, "XYZ")
+    sync = BookSync(venue, "XYZ", BY_NAME[venue].book_rule)
     _synced_on(hist, sync)
     good = hist.events[1]
     assert good.first_id is not None and good.last_id is not None
@@ -595,7 +600,7 @@ def test_snapshot_older_than_the_buffer_is_refused_and_a_newer_one_syncs(
     s = data.draw(st.integers(1, n - 2), label="first event seen")
     t = data.draw(st.integers(s + 1, n), label="events before the snapshot")
     old = data.draw(st.integers(-1, s - 1), label="old snapshot after event")
-    sync = BookSync(venue, "XYZ")
+    sync = BookSync(venue, "XYZ", BY_NAME[venue].book_rule)
     feed(sync, hist.events[s:t])
 
     result = sync.on_snapshot(hist.snapshot(old))
@@ -632,7 +637,7 @@ def test_coinbase_updates_match_reference_and_invalidate_resyncs(
         *reference([(BID, p, q) for p, q in snap[0]] + [(ASK, p, q) for p, q in snap[1]])
     )
     history = updates(first)
-    sync = BookSync(COINBASE, "X-USD")
+    sync = BookSync(COINBASE, "X-USD", BY_NAME[COINBASE].book_rule)
     assert sync.on_snapshot(first) == SyncResult()
     cut = min(cut, len(steps))
     for bids, asks in steps[:cut]:
@@ -672,7 +677,7 @@ def snap_of(venue: str, last_id: int | None, bids: tuple, asks: tuple) -> DepthS
 
 
 def test_hand_spot_rule() -> None:
-    sync = BookSync(BINANCE_SPOT, "BTCUSDT")
+    sync = BookSync(BINANCE_SPOT, "BTCUSDT", BY_NAME[BINANCE_SPOT].book_rule)
     assert sync.on_diff(spot(95, 98, bids=((10.0, 7.0),))) == SyncResult(
         needs_snapshot=True, reason=START
     )
@@ -707,7 +712,7 @@ def test_hand_spot_rule() -> None:
 def test_hand_spot_snapshot_just_before_first_u_is_too_old() -> None:
     # Binance spot's rule: lastUpdateId strictly below the first buffered U means fetch again, even
     # at U - 1, where the first event would technically bridge.
-    sync = BookSync(BINANCE_SPOT, "BTCUSDT")
+    sync = BookSync(BINANCE_SPOT, "BTCUSDT", BY_NAME[BINANCE_SPOT].book_rule)
     sync.on_diff(spot(101, 103))
     result = sync.on_snapshot(snap_of(BINANCE_SPOT, 100, ((1.0, 1.0),), ((2.0, 1.0),)))
     assert result == SyncResult(needs_snapshot=True, reason=SNAPSHOT_TOO_OLD)
@@ -719,7 +724,7 @@ def test_hand_spot_snapshot_just_before_first_u_is_too_old() -> None:
 
 
 def test_hand_spot_buffer_overflow_drops_oldest() -> None:
-    sync = BookSync(BINANCE_SPOT, "BTCUSDT", max_buffer=3)
+    sync = BookSync(BINANCE_SPOT, "BTCUSDT", BY_NAME[BINANCE_SPOT].book_rule, max_buffer=3)
     for i in range(1, 6):
         sync.on_diff(spot(i, i, bids=((float(i), 1.0),)))
     assert sync.buffered == 3 and sync.dropped_buffered == 2  # 1 and 2 are gone
@@ -732,7 +737,7 @@ def test_hand_spot_buffer_overflow_drops_oldest() -> None:
 
 
 def test_hand_spot_gap_while_buffering_restarts_the_buffer() -> None:
-    sync = BookSync(BINANCE_SPOT, "BTCUSDT")
+    sync = BookSync(BINANCE_SPOT, "BTCUSDT", BY_NAME[BINANCE_SPOT].book_rule)
     assert sync.on_diff(spot(10, 11)).needs_snapshot
     # 12 is missing: 10..11 can never be replayed. A snapshot is already requested, so no
     # second request; it will be judged against the new buffer when it arrives.
@@ -743,7 +748,7 @@ def test_hand_spot_gap_while_buffering_restarts_the_buffer() -> None:
 
 
 def test_hand_usdm_rule() -> None:
-    sync = BookSync(BINANCE_USDM, "BTCUSDT")
+    sync = BookSync(BINANCE_USDM, "BTCUSDT", BY_NAME[BINANCE_USDM].book_rule)
     sync.on_diff(usdm(990, 995, 980, bids=((50.0, 1.0),)))  # u < 1000: dropped
     sync.on_diff(usdm(996, 1003, 995, bids=((50.0, 2.0),), asks=((52.0, 0.0),)))  # bridges
     sync.on_diff(usdm(1010, 1012, 1003, asks=((51.0, 6.0),)))  # U != 1004 is fine: pu == 1003
@@ -762,7 +767,7 @@ def test_hand_usdm_rule() -> None:
 
 def test_hand_usdm_event_ending_at_last_update_id_is_the_bridge() -> None:
     # Futures drop u < lastUpdateId only, so u == lastUpdateId is kept and bridges.
-    sync = BookSync(BINANCE_USDM, "BTCUSDT")
+    sync = BookSync(BINANCE_USDM, "BTCUSDT", BY_NAME[BINANCE_USDM].book_rule)
     sync.on_diff(usdm(998, 1000, 990, bids=((7.0, 3.0),)))
     sync.on_diff(usdm(1004, 1004, 1000, bids=((7.0, 2.0),)))
     assert sync.on_snapshot(snap_of(BINANCE_USDM, 1000, ((7.0, 3.0),), ((8.0, 1.0),))) == (
@@ -774,7 +779,7 @@ def test_hand_usdm_event_ending_at_last_update_id_is_the_bridge() -> None:
 def test_hand_usdm_first_live_event_must_bridge() -> None:
     # Snapshot before any diff: nothing to judge it by, so it is taken, and the first live
     # event decides. U 1001 > lastUpdateId 1000: the snapshot's id is not inside it.
-    sync = BookSync(BINANCE_USDM, "BTCUSDT")
+    sync = BookSync(BINANCE_USDM, "BTCUSDT", BY_NAME[BINANCE_USDM].book_rule)
     assert sync.on_snapshot(snap_of(BINANCE_USDM, 1000, ((7.0, 1.0),), ((8.0, 1.0),))) == (
         SyncResult()
     )
@@ -786,7 +791,7 @@ def test_hand_usdm_first_live_event_must_bridge() -> None:
 
 
 def test_hand_usdm_snapshot_too_old_for_buffer() -> None:
-    sync = BookSync(BINANCE_USDM, "BTCUSDT")
+    sync = BookSync(BINANCE_USDM, "BTCUSDT", BY_NAME[BINANCE_USDM].book_rule)
     sync.on_diff(usdm(1005, 1007, 1001))
     # The first buffered event with u >= 1003 starts at 1005 > 1003: events 1004.. are unseen.
     assert sync.on_snapshot(snap_of(BINANCE_USDM, 1003, (), ())) == SyncResult(
@@ -796,7 +801,7 @@ def test_hand_usdm_snapshot_too_old_for_buffer() -> None:
 
 
 def test_hand_coinbase() -> None:
-    sync = BookSync(COINBASE, "BTC-USD")
+    sync = BookSync(COINBASE, "BTC-USD", BY_NAME[COINBASE].book_rule)
     assert sync.on_diff(
         DepthDiff(COINBASE, "BTC-USD", 0, 0, None, None, None, ((1.0, 1.0),), ())
     ) == SyncResult(reason="waiting_snapshot")  # before the snapshot: dropped
@@ -815,7 +820,7 @@ def test_hand_coinbase() -> None:
 
 
 def test_hand_crossed_book_is_resynced() -> None:
-    sync = BookSync(BINANCE_SPOT, "BTCUSDT")
+    sync = BookSync(BINANCE_SPOT, "BTCUSDT", BY_NAME[BINANCE_SPOT].book_rule)
     sync.on_snapshot(snap_of(BINANCE_SPOT, 10, ((10.0, 1.0),), ((11.0, 1.0),)))
     result = sync.on_diff(spot(11, 11, bids=((11.0, 2.0),)))  # bid 11 >= ask 11
     assert result == SyncResult(applied=1, gap=True, needs_snapshot=True, reason=CROSSED)
@@ -827,7 +832,7 @@ def test_hand_crossed_book_is_resynced() -> None:
         0,
     )
     # A crossed REST snapshot is refused the same way.
-    sync = BookSync(BINANCE_SPOT, "BTCUSDT")
+    sync = BookSync(BINANCE_SPOT, "BTCUSDT", BY_NAME[BINANCE_SPOT].book_rule)
     assert sync.on_snapshot(snap_of(BINANCE_SPOT, 10, ((12.0, 1.0),), ((11.0, 1.0),))).reason == (
         CROSSED
     )
@@ -855,7 +860,7 @@ def test_hand_depth_band() -> None:
 
 
 def test_hand_unrequested_snapshot_while_synced_is_ignored() -> None:
-    sync = BookSync(BINANCE_SPOT, "BTCUSDT")
+    sync = BookSync(BINANCE_SPOT, "BTCUSDT", BY_NAME[BINANCE_SPOT].book_rule)
     sync.on_snapshot(snap_of(BINANCE_SPOT, 10, ((10.0, 1.0),), ((11.0, 1.0),)))
     stale = snap_of(BINANCE_SPOT, 5, ((1.0, 1.0),), ((2.0, 1.0),))
     assert sync.on_snapshot(stale) == SyncResult(reason="already_synced")
@@ -873,11 +878,11 @@ def test_hand_unrequested_snapshot_while_synced_is_ignored() -> None:
 )
 def test_misrouted_or_idless_input_is_a_caller_bug(call: Callable[[BookSync], object]) -> None:
     with pytest.raises(ValueError):
-        call(BookSync(BINANCE_SPOT, "BTCUSDT"))
+        call(BookSync(BINANCE_SPOT, "BTCUSDT", BY_NAME[BINANCE_SPOT].book_rule))
 
 
 def test_hand_usdm_gap_while_buffering_restarts_the_buffer() -> None:
-    sync = BookSync(BINANCE_USDM, "BTCUSDT")
+    sync = BookSync(BINANCE_USDM, "BTCUSDT", BY_NAME[BINANCE_USDM].book_rule)
     assert sync.on_diff(usdm(100, 105, 90)).needs_snapshot
     assert sync.on_diff(usdm(107, 109, 105)) == SyncResult()  # U jumps, pu chains: fine
     # pu 111 is not 109: something between was lost; only the new diff is worth keeping.

@@ -21,7 +21,7 @@ import yaml
 
 from monitor.broker import Answer, EmbeddedBroker, ensure_broker, probe
 from monitor.config import Config, MqttConfig, config_from_dict, deep_merge
-from streams.simulator.server import Simulator
+from simulator.server import Simulator
 from tests.conftest import REPO, Mosquitto, free_port
 from tests.test_daemon import RunningDaemon
 

@@ -19,7 +19,7 @@ import yaml
 import zstandard
 
 from monitor.defaults import default_config_data
-from streams.simulator.scenarios import SCENARIOS
+from simulator.scenarios import SCENARIOS
 from streams.tape import TapeWriter, read_tape
 from tests.conftest import DATA, REPO, USDM_TAPE
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streams.continuity import (
-    MAX_BACKFILL_IDS,
+    MAX_REFETCH_IDS,
     SUSPECT_TTL_MS,
     TradeContinuity,
     TradeGap,
@@ -62,12 +62,12 @@ def test_give_up_counts_lost_only_what_is_still_missing() -> None:
 def test_a_gap_too_wide_to_backfill_is_lost_once_confirmed() -> None:
     c = TradeContinuity()
     run(c, 1, 2)
-    jump = MAX_BACKFILL_IDS + 4  # ids 3 .. MAX_BACKFILL_IDS + 3 missed
+    jump = MAX_REFETCH_IDS + 4  # ids 3 .. MAX_REFETCH_IDS + 3 missed
     assert ids(c, jump) == ([], None)
     counted, gap = ids(c, jump + 1)
     assert counted == [jump, jump + 1]
-    assert gap is not None and not gap.backfillable
-    assert c.symbols[V, S].lost_trades == MAX_BACKFILL_IDS + 1
+    assert gap is not None and not gap.refetchable
+    assert c.symbols[V, S].lost_trades == MAX_REFETCH_IDS + 1
     assert c.symbols[V, S].open_gaps == []
 
 

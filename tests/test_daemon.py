@@ -18,7 +18,7 @@ import yaml
 
 from monitor.config import Config, config_from_dict, deep_merge
 from monitor.daemon import Daemon
-from streams.simulator.server import Simulator
+from simulator.server import Simulator
 from tests.conftest import REPO, Mosquitto, Subscriber, free_port, sim_config
 
 
@@ -282,16 +282,16 @@ def test_streams_are_split_across_connections_within_the_per_connection_cap() ->
         streams = conn.url.split("streams=", 1)[1].split("/")
         assert len(streams) <= 200, conn.name
         by_socket.setdefault(conn.name.split("#")[0], []).append(len(streams))
-    # 150 symbols x 3 spot streams = 450 -> 3 sockets; /market 3 streams -> 3; /public 2 -> 2.
+    # 150 symbols x 2 spot streams = 300 -> 2 sockets; /market 3 streams -> 3; /public 1 -> 1.
     assert {k: sum(v) for k, v in by_socket.items()} == {
-        "binance-spot": 450,
+        "binance-spot": 300,
         "binance-usdm/market": 450,
-        "binance-usdm/public": 300,
+        "binance-usdm/public": 150,
     }
     assert {k: len(v) for k, v in by_socket.items()} == {
-        "binance-spot": 3,
+        "binance-spot": 2,
         "binance-usdm/market": 3,
-        "binance-usdm/public": 2,
+        "binance-usdm/public": 1,
     }
 
 

@@ -28,6 +28,7 @@ from streams.events import (
     OpenInterest,
     Trade,
 )
+from streams.units import DAY_MS, HOUR_MS, MINUTE_MS
 
 BTC = {BINANCE_USDM: "BTCUSDT", BINANCE_SPOT: "BTCUSDT", COINBASE: "BTC-USD"}
 
@@ -376,12 +377,11 @@ def test_volume_window_config() -> None:
 def test_long_short_ratio_goes_missing_when_the_poller_stops() -> None:
     eng = engine()
     feed(eng, LongShortRatio(BINANCE_USDM, "BTCUSDT", 300, 300, 1.85, 0.649, 0.351))
-    assert snap(eng, 15 * 60_000)["long_short_ratio"] == approx(1.85)  # 14m59.7s old: fresh
-    assert snap(eng, 15 * 60_000 + 1000)["long_short_ratio"] is None  # over 15 minutes
+    assert snap(eng, 15 * MINUTE_MS)["long_short_ratio"] == approx(1.85)  # 14m59.7s old: fresh
+    assert snap(eng, 15 * MINUTE_MS + 1000)["long_short_ratio"] is None  # over 15 minutes
 
 
 def test_open_interest_and_price_changes_against_a_day_earlier() -> None:
-    day = 86_400_000
     eng = engine()
     feed(
         eng,
@@ -392,12 +392,12 @@ def test_open_interest_and_price_changes_against_a_day_earlier() -> None:
     first = snap(eng, 11_000)
     assert first["oi_change_pct_24h"] is None  # no history a day back yet
     for event in (
-        mark(day + 10_000, 80_000.0),
-        OpenInterest(BINANCE_USDM, "BTCUSDT", day + 10_000, day + 10_000, 11.0),  # 880,000
-        trade(BINANCE_SPOT, day + 10_000, 51_000.0, 0.1, BUY),
+        mark(DAY_MS + 10_000, 80_000.0),
+        OpenInterest(BINANCE_USDM, "BTCUSDT", DAY_MS + 10_000, DAY_MS + 10_000, 11.0),  # 880,000
+        trade(BINANCE_SPOT, DAY_MS + 10_000, 51_000.0, 0.1, BUY),
     ):
         eng.on_event(event)  # the first one closes a (stale, so unrecorded) snapshot
-    v = snap(eng, day + 11_000)
+    v = snap(eng, DAY_MS + 11_000)
     assert v["open_interest_usd"] == approx(880_000.0)
     assert v["oi_change_pct_24h"] == approx(10.0)  # 880k / 800k - 1
     assert v["price_change_pct_24h"] == approx(2.0)  # 51k / 50k - 1
@@ -407,38 +407,38 @@ def test_open_interest_and_price_changes_against_a_day_earlier() -> None:
 def test_price_against_an_hour_earlier_and_against_the_24_h_high() -> None:
     """Hand-worked: the high is the highest 5-minute mean over the last 24 h; an hour back is
     the mean of the bucket that held that moment."""
-    minute, hour = 60_000, 3_600_000
     eng = engine()
     eng.on_event(trade(BINANCE_SPOT, 10_000, 60_000.0, 0.1, BUY))
     snap(eng, 11_000)  # bucket [0, 5 min): 60,000, the high, but more than a day before the end
     assert eng.assets["BTC"].history.samples().shape[0] == 1
-    start = 2 * hour
+    start = 2 * HOUR_MS
     prices = {  # the bucket each snapshot falls in, and the price it sees
         start: 50_000.0,  # [2 h, 2 h 5 min)
-        start + 2 * minute: 51_000.0,  # same bucket: its mean is 50,500
-        start + 10 * minute: 52_000.0,  # [2 h 10, 2 h 15): 52,000, the high of the last day
-        start + hour: 51_000.0,  # [3 h, 3 h 5): the hour-earlier bucket of the last snapshot
+        start + 2 * MINUTE_MS: 51_000.0,  # same bucket: its mean is 50,500
+        start + 10 * MINUTE_MS: 52_000.0,  # [2 h 10, 2 h 15): 52,000, the high of the last day
+        start + HOUR_MS: 51_000.0,  # [3 h, 3 h 5): the hour-earlier bucket of the last snapshot
     }
     for ts, price in prices.items():
         eng.on_event(trade(BINANCE_SPOT, ts + 10_000, price, 0.1, BUY))
         snap(eng, ts + 11_000)
     # At 26 h 11 s: the last 24 h start in [2 h, 2 h 5), so the 60,000 bucket is out of it;
     # 1 h earlier (25 h 11 s) falls in an empty bucket; 24 h earlier in [2 h, 2 h 5).
-    eng.on_event(trade(BINANCE_SPOT, 26 * hour + 10_000, 49_920.0, 0.1, BUY))
-    v = snap(eng, 26 * hour + 11_000)
+    eng.on_event(trade(BINANCE_SPOT, 26 * HOUR_MS + 10_000, 49_920.0, 0.1, BUY))
+    v = snap(eng, 26 * HOUR_MS + 11_000)
     assert v["price"] == approx(49_920.0)
     assert v["price_change_pct_1h"] is None  # no price in that bucket: missing, not 0
     assert v["price_change_pct_24h"] == approx((49_920.0 / 50_500.0 - 1) * 100)
     assert v["price_from_high_pct_24h"] == approx(-4.0)  # 49,920 / 52,000 - 1
     # At 27 h 11 s: 1 h earlier is the 49,920 bucket, and the price is a new high.
-    eng.on_event(trade(BINANCE_SPOT, 27 * hour + 10_000, 53_040.0, 0.1, BUY))
-    v = snap(eng, 27 * hour + 11_000)
+    eng.on_event(trade(BINANCE_SPOT, 27 * HOUR_MS + 10_000, 53_040.0, 0.1, BUY))
+    v = snap(eng, 27 * HOUR_MS + 11_000)
     assert v["price_change_pct_1h"] == approx(6.25)  # 53,040 / 49,920 - 1
     assert v["price_from_high_pct_24h"] == 0.0
 
 
-def test_open_interest_change_against_an_hour_earlier_is_the_bucket_mean() -> None:
-    hour = 3_600_000
+def test_open_interest_change_is_against_the_first_value_of_the_5_minute_bucket() -> None:
+    """The reference is the open interest at the 5-minute mark (the bucket's first value), as in
+    Binance's history (one row per mark); later polls in that bucket do not move it."""
     eng = engine()
     feed(
         eng,
@@ -448,13 +448,32 @@ def test_open_interest_change_against_an_hour_earlier_is_the_bucket_mean() -> No
     assert snap(eng, 11_000)["oi_change_pct_1h"] is None  # no history an hour back yet
     eng.on_event(OpenInterest(BINANCE_USDM, "BTCUSDT", 11_500, 11_500, 10.5))  # 840,000 USD
     snap(eng, 12_000)
-    # Both samples fall in the 5-minute bucket [0, 300 s): its mean is 820,000 USD.
+    # Both fall in the 5-minute bucket [0, 300 s): its first value, 800,000 USD, is kept.
     for event in (
-        mark(hour + 10_000, 80_000.0),
-        OpenInterest(BINANCE_USDM, "BTCUSDT", hour + 10_000, hour + 10_000, 9.7375),  # 779,000
+        mark(HOUR_MS + 10_000, 80_000.0),
+        OpenInterest(
+            BINANCE_USDM, "BTCUSDT", HOUR_MS + 10_000, HOUR_MS + 10_000, 9.7375
+        ),  # 779,000
     ):
         eng.on_event(event)
-    v = snap(eng, hour + 11_000)
+    v = snap(eng, HOUR_MS + 11_000)
     assert v["open_interest_usd"] == approx(779_000.0)
-    assert v["oi_change_pct_1h"] == approx(-5.0)  # 779k / 820k - 1
+    assert v["oi_change_pct_1h"] == approx(-2.625)  # 779k / 800k - 1
     assert v["oi_change_pct_24h"] is None  # and nothing a day back
+
+
+def test_a_bucket_without_open_interest_at_its_mark_takes_its_first_value() -> None:
+    """The mark price is stale at the bucket's first snapshots: the first value it has counts."""
+    eng = engine()
+    feed(eng, OpenInterest(BINANCE_USDM, "BTCUSDT", 1_000, 1_000, 10.0))
+    assert snap(eng, 2_000)["open_interest_usd"] is None  # no mark price: no USD value
+    eng.on_event(mark(100_000, 81_000.0))  # closes a snapshot still without a mark price
+    assert snap(eng, 101_000)["open_interest_usd"] == approx(810_000.0)  # the bucket's first
+    eng.on_event(mark(200_000, 90_000.0))  # closes one with a stale mark price
+    assert snap(eng, 201_000)["open_interest_usd"] == approx(900_000.0)  # kept out
+    for event in (
+        mark(HOUR_MS + 10_000, 81_000.0),
+        OpenInterest(BINANCE_USDM, "BTCUSDT", HOUR_MS + 10_000, HOUR_MS + 10_000, 11.0),  # 891,000
+    ):
+        eng.on_event(event)
+    assert snap(eng, HOUR_MS + 11_000)["oi_change_pct_1h"] == approx(10.0)  # 891k / 810k - 1

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from monitor.daemon import Daemon
-from streams.simulator.server import Simulator
+from simulator.server import Simulator
 from tests.conftest import sim_config
 
 BACKOFF_MAX_S = 1.0

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from monitor.config import Config
-from streams.simulator.hostile import (
+from simulator.hostile import (
     ABSURD_PRICE,
     ABSURD_PRICE150,
     FUTURE_TS,
@@ -26,7 +26,7 @@ from streams.simulator.hostile import (
     ID_JUMP50,
     UNKNOWN_SYMBOL,
 )
-from streams.simulator.server import Simulator
+from simulator.server import Simulator
 from tests.conftest import Mosquitto, Subscriber, free_port
 from tests.test_daemon import RunningDaemon, daemon_config
 from tests.test_hostile_input import COINBASE, COMBINED, PERP, SPOT

@@ -22,7 +22,7 @@ import yaml
 
 from monitor.config import Config, config_from_dict
 from monitor.health import Health
-from monitor.pipeline import BackfillRequest, Pipeline, Request
+from monitor.pipeline import Pipeline, RefetchRequest, Request
 from signals.baseline import Baseline
 from signals.window import BucketWindow
 from streams.tape import TapeRecord, read_tape
@@ -190,7 +190,7 @@ def test_a_trade_id_jump_is_not_believed(tape: list[TapeRecord], control: Run, a
     # The +50 forgery is dropped when the real trade of its id arrives; the +1e9 one once the
     # real sequence has outlived it by a minute of event time (the recording runs 160 s).
     assert counts["suspects_dropped"] == 1
-    assert not any(isinstance(r, BackfillRequest) for r in run.requests)
+    assert not any(isinstance(r, RefetchRequest) for r in run.requests)
 
 
 @pytest.mark.parametrize("absurd", ["1e200", "1e150"])
@@ -250,7 +250,7 @@ def test_unknown_symbols_create_no_state_and_real_gaps_are_still_recovered(
     assert flood.messages == plain.messages
     assert flood.rejected() == {f"{PERP}/unknown_symbol": 3000}
     assert flood.requests == plain.requests  # no REST work for them ...
-    assert any(isinstance(r, BackfillRequest) for r in flood.requests)  # ... the real gap's stays
+    assert any(isinstance(r, RefetchRequest) for r in flood.requests)  # ... the real gap's stays
     assert flood.pipeline is not None and plain.pipeline is not None
     assert flood.pipeline.continuity.symbols.keys() == plain.pipeline.continuity.symbols.keys()
     size = len(orjson.dumps(flood.pipeline.health_report(0)))

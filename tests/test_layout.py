@@ -14,8 +14,8 @@ PURE = [
     "streams/events.py",
     "streams/frames.py",
     "streams/binance.py",
-    "streams/simulator/market.py",
-    "streams/simulator/hostile.py",
+    "simulator/market.py",
+    "simulator/hostile.py",
     "signals/window.py",
     "signals/baseline.py",
     "signals/engine.py",
@@ -26,7 +26,13 @@ PURE = [
     "monitor/guards.py",
     "monitor/dashboard.py",
     "signals/backfill.py",
-    "streams/history.py",
+    "streams/venues/base.py",
+    "streams/venues/_binance.py",
+    "streams/venues/binance_spot.py",
+    "streams/venues/binance_usdm.py",
+    "streams/venues/coinbase.py",
+    "monitor/history_tape.py",
+    "monitor/delivery.py",
 ]
 # Optional modules that join PURE once they exist.
 PURE_WHEN_PRESENT = ["streams/book.py", "streams/coinbase.py", "streams/continuity.py"]
@@ -83,6 +89,37 @@ def test_lower_layers_never_import_monitor(package: str) -> None:
         assert not bad, f"{path.relative_to(REPO)} imports {bad}"
 
 
+def _simulator_imports(names: set[str]) -> set[str]:
+    return {n for n in names if n == "simulator" or n.startswith("simulator.")}
+
+
+# The simulator sits above monitor (it writes daemon configs with monitor.config): only the
+# `simulate` and `demo` commands may reach it, and only when they run.
+SIMULATOR_CLIENTS = {"monitor/cli.py"}
+
+
+@pytest.mark.parametrize("package", ["streams", "signals", "monitor"])
+def test_only_the_cli_imports_the_simulator(package: str) -> None:
+    for path in (REPO / package).rglob("*.py"):
+        if path.relative_to(REPO).as_posix() in SIMULATOR_CLIENTS:
+            continue
+        bad = _simulator_imports(imports(path))
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+def test_the_cli_imports_the_simulator_lazily() -> None:
+    """Inside functions, never at module level: importing the CLI does not load the simulator."""
+    for client in SIMULATOR_CLIENTS:
+        tree = ast.parse((REPO / client).read_text())
+        top: set[str] = set()
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                top.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                top.add(node.module)
+        assert not _simulator_imports(top), f"{client} imports the simulator at module level"
+
+
 def test_pipeline_loads_no_socket_code() -> None:
     """Transitively, not just directly: the replay path must not need the network stack."""
     import subprocess
@@ -100,4 +137,5 @@ def test_pipeline_loads_no_socket_code() -> None:
 def test_signals_see_only_events_from_streams() -> None:
     for path in (REPO / "signals").rglob("*.py"):
         from_streams = {n for n in imports(path) if n.startswith("streams")}
-        assert from_streams <= {"streams.events"}, f"{path.relative_to(REPO)}: {from_streams}"
+        allowed = {"streams.events", "streams.units"}
+        assert from_streams <= allowed, f"{path.relative_to(REPO)}: {from_streams}"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from streams.simulator.scenarios import BASELINE_MS, NARRATIVES
+from simulator.scenarios import BASELINE_MS, NARRATIVES
 from tests.conftest import Mosquitto
 from tests.test_daemon import RunningDaemon, daemon_config
 

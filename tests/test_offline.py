@@ -401,11 +401,12 @@ async def test_a_first_run_without_network_says_so_once_per_host(
         "retrying in 1 min, then up to every 30 min",
     ]
     # Requests: one per series of the newest day (2 assets: spot klines; perp klines, funding,
-    # open interest; Coinbase candles) and one per poller (3 per perp), nothing more.
+    # open interest; Coinbase candles) and one per poller (2 per perp: open interest and the
+    # long/short ratio), nothing more.
     rest = report["rest"]
     assert {venue: rest[venue]["requests"] for venue in rest} == {
         "binance-spot": 2,
-        "binance-usdm": 2 * 3 + 2 * 3,
+        "binance-usdm": 2 * 3 + 2 * 2,
         "coinbase": 2,
     }
     # Health names each venue as down, since when and why.

@@ -18,7 +18,7 @@ import pytest
 from monitor.config import MqttConfig
 from monitor.messages import MessageBuilder, OutMessage, Topics
 from monitor.mqtt import Publisher
-from monitor.outbox import Outbox
+from monitor.outbox import Outbox, OutboxMarks
 from signals.regimes import Reason, RegimeChange
 from streams.tasks import stop_tasks
 from tests.conftest import REPO, Mosquitto, free_port
@@ -179,6 +179,30 @@ def test_an_unreadable_file_is_moved_aside_and_a_fresh_outbox_works(
     again.close()
 
 
+def test_writes_run_on_the_outboxs_thread_in_call_order(tmp_path: Path) -> None:
+    """``append_soon`` never waits for SQLite: here another process holds the file's write
+    lock, as a slow disk would hold an fsync. Calls still take effect in the order made."""
+    path = tmp_path / "o.sqlite"
+    msgs = events(regime_flips(builder("p/v1", "s1"), 3))
+    outbox = Outbox(path)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # the outbox's insert waits (its busy timeout: 1 s)
+        written = [outbox.append_soon(m) for m in msgs]
+        acked = outbox.ack_soon(1)
+        assert not any(f.done() for f in (*written, acked))  # the caller did not wait
+        other.execute("COMMIT")
+    assert [f.result() for f in written] == [1, 2, 3]
+    assert acked.result() is None
+    # A read waits for the writes asked for before it.
+    assert outbox.marks() == OutboxMarks(last_id=3, pending=(2, 3), acked=1)
+    outbox.close()
+    outbox.close()  # twice is fine; anything else after it is an error
+    with pytest.raises(sqlite3.ProgrammingError):
+        outbox.append_soon(msgs[0]).result()
+    with pytest.raises(sqlite3.ProgrammingError):
+        len(outbox)
+
+
 def test_publisher_without_a_usable_outbox_keeps_publishing_from_memory(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -213,7 +237,11 @@ async def test_events_kept_while_the_broker_is_down_are_delivered_in_order_after
     for msg in old:
         first.publish(msg)
     old_ids = [(m.topic, m.payload["id"]) for m in events(old)]
-    assert stored(path) == old_ids  # in the file as soon as published: only the events
+    # Written on the outbox's thread, not the event loop's: in the file once those writes are
+    # done (before anything is sent). Only the events.
+    assert first.outbox is not None
+    first.outbox.flush()
+    assert stored(path) == old_ids
     assert await stop_tasks([running]) == []  # the daemon goes away
     assert first.connects == 0 and not first.connected.is_set()
     assert stored(path) == old_ids
@@ -244,6 +272,47 @@ async def test_events_kept_while_the_broker_is_down_are_delivered_in_order_after
         assert await stop_tasks([running]) == []
 
 
+async def test_an_event_is_on_disk_before_the_broker_gets_it_or_anything_published_with_it(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path
+) -> None:
+    """The outbox write runs on its own thread, and the publisher sends nothing meanwhile:
+    not the event, nor the regime state published just before it. Another connection holds the
+    file's write lock until the publisher has declined to send (so a publisher that did not
+    wait would send with the event not yet on disk); each send records what the file held."""
+    path = tmp_path / "outbox.sqlite"
+    pub = make_publisher(mosquitto.port, prefix, "durable", path)
+    task = asyncio.create_task(pub.run())
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await asyncio.wait_for(pub.connected.wait(), 30)
+        on_disk: list[tuple[str, list[tuple[str, str]]]] = []
+        hand_out, send = pub.queue.next, pub._send
+
+        def next_watched() -> Any:
+            item = hand_out()
+            if item is None and pub.queue.storing and other.in_transaction:
+                other.execute("COMMIT")  # the publisher waits for the write: let it happen
+            return item
+
+        async def send_watched(client: Any, msg: OutMessage) -> None:
+            on_disk.append((msg.topic, stored(path)))
+            await send(client, msg)
+
+        pub.queue.next = next_watched  # type: ignore[method-assign]
+        pub._send = send_watched  # type: ignore[method-assign]
+        other.execute("BEGIN IMMEDIATE")
+        state, event = regime_flips(builder(prefix, "durable"), 1)
+        pub.publish(state)
+        pub.publish(event)
+        await asyncio.wait_for(pub.acknowledged(), 10)
+    finally:
+        assert await stop_tasks([task]) == []
+        other.close()
+    row = [(event.topic, event.payload["id"])]
+    assert on_disk == [(state.topic, row), (event.topic, row)]
+    assert stored(path) == []  # acknowledged, so deleted
+
+
 CHILD = """
 import asyncio, sys
 from pathlib import Path
@@ -255,6 +324,7 @@ async def main() -> None:
     running = asyncio.create_task(pub.run())
     for msg in regime_flips(builder(prefix, "killed"), 5):
         pub.publish(msg)
+    pub.outbox.flush()  # the writes run on the outbox's thread: on disk from here
     print("published", flush=True)
     await running
 

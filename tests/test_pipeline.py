@@ -12,7 +12,7 @@ import orjson
 
 from monitor.config import Config, config_from_dict
 from monitor.messages import OutMessage
-from monitor.pipeline import BackfillRequest, Pipeline, ResubscribeRequest, SnapshotRequest
+from monitor.pipeline import Pipeline, RefetchRequest, ResubscribeRequest, SnapshotRequest
 from streams.continuity import TradeGap
 from streams.events import BINANCE_USDM, COINBASE
 from streams.tape import TapeRecord, read_tape
@@ -131,14 +131,14 @@ def test_outage_is_backfilled_exactly_and_signals_match_the_uncut_recording() ->
 
     # Pass 1: the pipeline asks for exactly the missing ids.
     p, _ = run(edited)
-    assert BackfillRequest(gap) in p.requests
+    assert RefetchRequest(gap) in p.requests
     assert p.continuity.symbols[BINANCE_USDM, "BTCUSDT"].missing == 25
 
     # Pass 2: the answer arrives shortly after the reconnect, then backfill_done.
     back = _after_reconnect(edited)
     url = f"/fapi/v1/aggTrades?symbol=BTCUSDT&fromId={gap.first_id}&limit=1000"
     done = {
-        "kind": "backfill_done",
+        "kind": "refetch_done",
         "symbol": "BTCUSDT",
         "first_id": gap.first_id,
         "last_id": gap.last_id,
@@ -166,7 +166,7 @@ def test_unrecovered_outage_marks_its_span_missing() -> None:
     first_id = orjson.loads(cut[0].msg)["data"]["t"]
     last_id = orjson.loads(cut[-1].msg)["data"]["t"]
     back = _after_reconnect(edited)
-    done = {"kind": "backfill_done", "symbol": "BTCUSDT", "first_id": first_id, "last_id": last_id}
+    done = {"kind": "refetch_done", "symbol": "BTCUSDT", "first_id": first_id, "last_id": last_id}
     failed = [
         *edited[:back],
         TapeRecord(edited[back].ts, BINANCE_USDM, "", ctl=done),
@@ -196,16 +196,20 @@ def test_duplicated_frames_are_not_counted_twice() -> None:
 COINBASE_CONFIG = make_config(BTC={"coinbase": "BTC-USD"}, ETH={"coinbase": "ETH-USD"})
 
 
+def sequence_gaps(p: Pipeline) -> int:
+    return p.decoders[COINBASE].health()["coinbase_sequence_gaps"]
+
+
 def test_coinbase_books_sync_and_a_sequence_gap_asks_for_a_resubscribe() -> None:
     records = list(read_tape(COINBASE_TAPE))
     p, _ = run(records, COINBASE_CONFIG)
     assert p.books[COINBASE, "BTC-USD"].synced and p.books[COINBASE, "ETH-USD"].synced
-    assert p.coinbase_sequence.gaps == 0 and p.take_requests() == []
+    assert sequence_gaps(p) == 0 and p.take_requests() == []
 
     # Drop one frame in the middle: sequence_num jumps, every Coinbase book is invalidated.
     middle = len(records) // 2
     p, _ = run(records[:middle] + records[middle + 1 :], COINBASE_CONFIG)
-    assert p.coinbase_sequence.gaps == 1
+    assert sequence_gaps(p) == 1
     assert p.take_requests() == [ResubscribeRequest(COINBASE, "sequence_gap")]
     assert not p.books[COINBASE, "BTC-USD"].synced
 
@@ -220,12 +224,12 @@ def test_a_coinbase_reconnect_resets_the_sequence_baseline() -> None:
     )
     # After a reconnect the new connection starts numbering afresh: not a gap.
     p, _ = run([*records[:300], lost, *records[400:]], COINBASE_CONFIG)
-    assert p.coinbase_sequence.gaps == 0
+    assert sequence_gaps(p) == 0
 
 
 def test_bad_control_records_are_counted_not_fatal() -> None:
     p = Pipeline.for_session(USDM, "t", "t", 0)
-    assert p.control(BINANCE_USDM, {"kind": "backfill_done", "symbol": "BTCUSDT"}) == []
+    assert p.control(BINANCE_USDM, {"kind": "refetch_done", "symbol": "BTCUSDT"}) == []
     assert p.control(BINANCE_USDM, {"kind": "backfill_done", "first_id": "x"}) == []
     assert p.control(BINANCE_USDM, {"kind": "mystery"}) == []
     assert p.control(BINANCE_USDM, ["not", "a", "mapping"]) == []  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from typing import Any
 from monitor.daemon import Daemon
 from monitor.recorder import Recorder, segment_path
 from monitor.replay import replay_messages
-from streams.simulator.server import Simulator
+from simulator.server import Simulator
 from streams.tape import merge, read_tape
 from tests.conftest import REPO, Mosquitto, sim_config
 

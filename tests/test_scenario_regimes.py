@@ -1,6 +1,6 @@
 """The default regime rules against the simulator's seed narratives: a diagonal confusion table.
 
-Each narrative scenario (``streams/simulator/scenarios.py``) runs in the pure market model for
+Each narrative scenario (``simulator/scenarios.py``) runs in the pure market model for
 its calm baseline plus the narrative; its ticks become wire frames through the simulator's own
 encoders (``binance_wire``, ``coinbase_feed``) and go through ``Pipeline`` with the rules of the
 shipped ``config.yaml``, exactly as the daemon would feed them: depth snapshots answer the
@@ -18,7 +18,7 @@ process per run (two at a time), about 45 s in all.
 
 Baselines. The z-scores need a baseline, and the one a daemon really has is the start-up
 backfill: ``AssetSignals.backfill`` is given 7 days of the simulator's own history
-(``streams/simulator/history.py``, the bars, funding and open-interest rows its REST endpoints
+(``simulator/history.py``, the bars, funding and open-interest rows its REST endpoints
 serve), so ``taker_imbalance``, ``net_taker_usd``, ``perp_spot_volume_ratio``,
 ``coinbase_premium_pct``, ``funding_rate`` and ``oi_change_pct_24h`` are scored against days of
 history with sell-offs in them, as live. Liquidations and depth have no history anywhere, so
@@ -48,11 +48,10 @@ from monitor.config import Config, config_from_dict, deep_merge
 from monitor.pipeline import Pipeline, SnapshotRequest
 from signals.backfill import AssetHistory
 from signals.regimes import NEUTRAL
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE, Bars, Points
-from streams.simulator import binance_wire, coinbase_wire
-from streams.simulator.coinbase_feed import CoinbaseFeed, CoinbaseSession
-from streams.simulator.history import DAY_MS, MINUTE_MS, MarketHistory
-from streams.simulator.market import (
+from simulator import binance_wire, coinbase_wire
+from simulator.coinbase_feed import CoinbaseFeed, CoinbaseSession
+from simulator.history import MarketHistory, ModelBars
+from simulator.market import (
     FUNDING_INTERVAL_MS,
     DepthTick,
     LiquidationTick,
@@ -60,8 +59,8 @@ from streams.simulator.market import (
     MarkTick,
     TradeTick,
 )
-from streams.simulator.published import PublishedBook
-from streams.simulator.scenarios import (
+from simulator.published import PublishedBook
+from simulator.scenarios import (
     BASELINE_MS,
     NARRATIVE_HISTORY_DAYS,
     NARRATIVE_WINDOWS,
@@ -70,6 +69,8 @@ from streams.simulator.scenarios import (
     TOUR_GAP_MS,
     tour_schedule,
 )
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE, Bars, Points
+from streams.units import DAY_MS, MINUTE_MS
 from tests.conftest import REPO
 
 START_MS = 1_780_000_020_000  # Thursday 2026-05-28 20:27:00 UTC
@@ -106,7 +107,7 @@ def shipped_config() -> Config:
 
 
 # -- history: what the start-up backfill would have fetched --------------------------------------
-def _bars(raw: Any, taker: bool = True) -> Bars:
+def _bars(raw: ModelBars, taker: bool = True) -> Bars:
     buy = raw.taker_buy_quote if taker else np.full(len(raw), np.nan)  # candles: no taker side
     return Bars(raw.open_ms.astype(np.int64), raw.close, raw.quote_volume, buy)
 

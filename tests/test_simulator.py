@@ -25,9 +25,9 @@ import yaml
 from websockets.asyncio.client import ClientConnection
 
 from monitor.config import config_from_dict, parse_duration
-from streams.simulator import Simulator
-from streams.simulator.market import FUNDING_INTERVAL_MS
-from streams.simulator.server import MINIMAL_BASE_CONFIG, serve_forever
+from simulator import Simulator
+from simulator.market import FUNDING_INTERVAL_MS
+from simulator.server import MINIMAL_BASE_CONFIG, serve_forever
 
 REPO = Path(__file__).parent.parent
 

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
+from simulator import Simulator
 from streams import binance, coinbase
 from streams.book import BookSync
 from streams.events import (
@@ -23,7 +24,7 @@ from streams.events import (
     DepthDiff,
     DepthSnapshot,
 )
-from streams.simulator import Simulator
+from streams.venues import BY_NAME
 from tests.test_simulator import connect
 
 VENUE_PATHS = {
@@ -51,7 +52,7 @@ class BinanceBook:
 
     def __init__(self, venue: str, symbol: str) -> None:
         self.venue = venue
-        self.sync = BookSync(venue, symbol)
+        self.sync = BookSync(venue, symbol, BY_NAME[venue].book_rule)
         self.gaps = 0
         self.matched_tickers = 0
 
@@ -124,7 +125,7 @@ async def test_usdm_snapshot_carries_times_and_ids_jump(sim: Simulator) -> None:
 async def test_coinbase_level2_snapshot_then_updates_and_ticker_matches_the_book(
     sim: Simulator,
 ) -> None:
-    sync = BookSync(COINBASE, "ETH-USD")
+    sync = BookSync(COINBASE, "ETH-USD", BY_NAME[COINBASE].book_rule)
     tracker = coinbase.SequenceTracker()
     matched = 0
     async with connect(f"{sim.base_ws}/coinbase") as ws:

@@ -15,10 +15,10 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from simulator import Simulator
+from simulator.server import SUBSCRIBE_TIMEOUT_S
 from streams import coinbase
 from streams.events import BUY, COINBASE, SELL
-from streams.simulator import Simulator
-from streams.simulator.server import SUBSCRIBE_TIMEOUT_S
 from tests.test_simulator import connect, recv_json, recv_until
 
 RFC3339_NS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
@@ -98,7 +98,9 @@ async def test_snapshots_then_subscriptions_listing_everything(sim: Simulator) -
 
 async def test_one_sequence_num_counter_per_connection_across_channels(sim: Simulator) -> None:
     async with connect(f"{sim.base_ws}/coinbase") as ws:
-        for raw in coinbase.subscribe_messages(["BTC-USD", "ETH-USD"]):
+        # The ticker too: tapewatch does not read it, but the simulator serves it.
+        channels = (*coinbase.DEFAULT_CHANNELS, "ticker")
+        for raw in coinbase.subscribe_messages(["BTC-USD", "ETH-USD"], channels):
             await ws.send(raw)
         frames = await recv_until(
             ws, lambda fs: len(fs) >= 150 and len({f["channel"] for f in fs}) == 5

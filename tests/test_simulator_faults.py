@@ -22,12 +22,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from simulator import Simulator
+from simulator.binance_wire import MALFORMED_KINDS
+from simulator.faults import StreamFaults
 from streams import binance, coinbase
 from streams.book import BookSync
 from streams.events import BINANCE_SPOT, BINANCE_USDM, DepthDiff
-from streams.simulator import Simulator
-from streams.simulator.binance_wire import MALFORMED_KINDS
-from streams.simulator.faults import StreamFaults
+from streams.venues import BY_NAME
 from tests.test_simulator import assert_agg_trade, connect, recv_json
 
 Received = list[tuple[float, Any]]  # (monotonic arrival time, decoded frame)
@@ -315,7 +316,7 @@ async def test_skip_depth_then_rest_resync_recovers_the_book() -> None:
     """The client sees the gap on BTCUSDT, refetches the snapshot and is in sync again."""
     sim = Simulator(speed=5.0, faults=frozenset({"skip_depth"}), fault_every=0.5, seed=9)
     await sim.start()
-    sync = BookSync(BINANCE_SPOT, "BTCUSDT")
+    sync = BookSync(BINANCE_SPOT, "BTCUSDT", BY_NAME[BINANCE_SPOT].book_rule)
     gaps = 0
     try:
         async with (

@@ -12,11 +12,12 @@ import aiohttp
 import numpy as np
 import pytest
 
-from streams.simulator import Simulator
-from streams.simulator.history import MINUTE_MS, PREMIUM_DAY_PCT, PREMIUM_MINUTE_PCT
-from streams.simulator.market import FUNDING_INTERVAL_MS
-from streams.simulator.scenarios import CALM
-from streams.simulator.weights import SPOT_LIMIT
+from simulator import Simulator
+from simulator.history import PREMIUM_DAY_PCT, PREMIUM_MINUTE_PCT
+from simulator.market import FUNDING_INTERVAL_MS
+from simulator.scenarios import CALM
+from simulator.weights import SPOT_LIMIT
+from streams.units import MINUTE_MS
 from tests.conftest import get
 
 WEIGHT = "X-MBX-USED-WEIGHT-1M"

@@ -25,11 +25,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from streams import binance, coinbase
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE, DepthDiff, Trade
-from streams.simulator import Simulator, binance_wire
-from streams.simulator.faults import count_sent
-from streams.simulator.hostile import (
+from simulator import Simulator, binance_wire
+from simulator.faults import count_sent
+from simulator.hostile import (
     ABSURD_PRICE,
     ABSURD_PRICE150,
     ABSURD_VALUES,
@@ -46,7 +44,9 @@ from streams.simulator.hostile import (
     hostile_agg_trade,
     hostile_market_trades,
 )
-from streams.simulator.market import TradeTick, assets_from_symbols, venue_specs
+from simulator.market import TradeTick, assets_from_symbols, venue_specs
+from streams import binance, coinbase
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE, DepthDiff, Trade
 from tests.test_simulator import AGG_TRADE_KEYS, SPOT_AGG_TRADE_KEYS, assert_agg_trade, connect
 
 KIND_OF_OFFSET = {offset: kind for kind, offset in ID_OFFSETS.items()}

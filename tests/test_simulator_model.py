@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
-from streams.simulator import SCENARIOS, MarketModel, Premium
-from streams.simulator.book_model import LEVELS, VenueBook, ask_grid, bid_grid
-from streams.simulator.market import (
+from simulator import SCENARIOS, MarketModel, Premium
+from simulator.book_model import LEVELS, VenueBook, ask_grid, bid_grid
+from simulator.market import (
     FUNDING_INTERVAL_MS,
     DepthTick,
     LiquidationTick,
@@ -24,8 +23,8 @@ from streams.simulator.market import (
     assets_from_symbols,
     venue_specs,
 )
-from streams.simulator.positioning import HISTORY_ROWS, PERIOD_MS
-from streams.simulator.scenarios import (
+from simulator.positioning import HISTORY_ROWS, PERIOD_MS
+from simulator.scenarios import (
     BASELINE_MS,
     NARRATIVES,
     RALLY_MS,
@@ -34,6 +33,7 @@ from streams.simulator.scenarios import (
     TOUR_HOLD_MS,
     tour_schedule,
 )
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
 
 REPO = Path(__file__).parent.parent
 START_MS = 1_780_000_000_123  # deliberately not on a whole second
@@ -96,7 +96,7 @@ def calm(off: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("module", MODEL_MODULES)
 def test_model_modules_import_no_io(module: str) -> None:
-    tree = ast.parse((REPO / "streams/simulator" / module).read_text())
+    tree = ast.parse((REPO / "simulator" / module).read_text())
     names = {alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names}
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not {n for n in names if n.split(".")[0] in IO_MODULES}, module

@@ -8,11 +8,11 @@ import aiohttp
 import orjson
 import pytest
 
+from simulator import Simulator
+from simulator.positioning import PERIOD_MS
+from simulator.weights import WeightMeter
 from streams import binance
 from streams.events import BINANCE_USDM
-from streams.simulator import Simulator
-from streams.simulator.positioning import PERIOD_MS
-from streams.simulator.weights import WeightMeter
 from tests.conftest import get
 from tests.test_simulator import connect, recv_until
 

@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.backfill import Backfill
 from monitor.config import load_config
 from monitor.daemon import Daemon
+from monitor.history_fetch import HistoryFetch
 from monitor.state import load_checkpoint, origin, save_checkpoint
 from tests.conftest import REPO, Mosquitto, free_port, sim_config
-from tests.test_backfill import config_for, engine_for, run_backfill
+from tests.test_backfill import config_for, engine_for, filling, run_backfill
 from tests.test_checkpoint import FAST, n_obs, run_until
 
 SHIPPED = REPO / "config.yaml"
@@ -157,13 +157,13 @@ async def test_a_history_cache_from_other_endpoints_is_set_aside(
     assert meta["origin"]["venues"] == origin(config)["venues"]
     before = digest(path)
     # The same endpoints find their cache.
-    again = Backfill(config, engine_for(config), {}, time.time_ns() // 1_000_000)
+    again = HistoryFetch(config, filling(engine_for(config)), {}, time.time_ns() // 1_000_000)
     assert again.stored["BTC"]["perp"].hi > again.stored["BTC"]["perp"].lo
 
     caplog.set_level(logging.WARNING, logger="tapewatch.backfill")
     venues = load_config(SHIPPED, env={}).venues
     real = replace(config, venues=venues)
-    fresh = Backfill(real, engine_for(real), {}, time.time_ns() // 1_000_000)
+    fresh = HistoryFetch(real, filling(engine_for(real)), {}, time.time_ns() // 1_000_000)
     assert all(s.hi <= s.lo for s in fresh.stored["BTC"].values())  # fetched afresh
     assert not path.exists()
     [aside] = set_aside_copies(path)

@@ -19,14 +19,14 @@ from pytest import approx
 
 from monitor.config import Config, ConfigError, config_from_dict, deep_merge
 from monitor.daemon import Daemon
-from monitor.pipeline import BackfillRequest, Pipeline
+from monitor.pipeline import Pipeline, RefetchRequest
 from signals.catalogue import SIGNALS
 from signals.engine import USDT_STALE_MS, SignalEngine
+from simulator import MarketModel, Simulator
+from simulator.market import USDT_USD, DepthTick, TradeTick
 from streams import coinbase
 from streams.continuity import TradeGap
 from streams.events import BINANCE_SPOT, BUY, COINBASE, SELL, Trade
-from streams.simulator import MarketModel, Simulator
-from streams.simulator.market import USDT_USD, DepthTick, TradeTick
 from tests.conftest import Mosquitto, Subscriber, sim_config
 from tests.test_simulator import connect, recv_until
 
@@ -157,7 +157,6 @@ def test_subscribe_adds_the_usdt_product_to_market_trades_only() -> None:
         '{"type":"subscribe","product_ids":["BTC-USD","ETH-USD"],"channel":"heartbeats"}',
         '{"type":"subscribe","product_ids":["BTC-USD","ETH-USD","USDT-USD"],'
         '"channel":"market_trades"}',
-        '{"type":"subscribe","product_ids":["BTC-USD","ETH-USD"],"channel":"ticker"}',
         '{"type":"subscribe","product_ids":["BTC-USD","ETH-USD"],"channel":"level2"}',
     ]
     # A product that is also an asset's is listed once.
@@ -235,7 +234,7 @@ def test_pipeline_routes_usdt_frames_to_the_rate_with_continuity_and_no_book() -
     p.feed_frame(COINBASE, cb_frame(1, ("USDT-USD", 105, "1.0003", 1200)), T0 + 1200)
     assert p.take_requests() == []  # one frame's word is not enough
     p.feed_frame(COINBASE, cb_frame(2, ("USDT-USD", 106, "1.0003", 1300)), T0 + 1300)
-    assert p.take_requests() == [BackfillRequest(TradeGap(COINBASE, "USDT-USD", 101, 104))]
+    assert p.take_requests() == [RefetchRequest(TradeGap(COINBASE, "USDT-USD", 101, 104))]
     v = published(p, T0 + 2000)
     # 77,990 x 1.0003 = 78,013.397: 78,010 - 78,013.397 = -3.397 USD.
     assert v["coinbase_premium_usd_adj"] == approx(-3.397, abs=1e-9)
@@ -350,7 +349,6 @@ async def test_usdt_usd_trades_arrive_over_the_simulator_websocket(start_simulat
                 "heartbeats": ["heartbeats"],
                 "level2": ["BTC-USD"],
                 "market_trades": ["BTC-USD", "USDT-USD"],
-                "ticker": ["BTC-USD"],
             }
         }
     ]

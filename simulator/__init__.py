@@ -1,7 +1,7 @@
 """The exchange simulator: a deterministic multi-venue market model and a loopback server that
 speaks Binance spot, Binance USDⓈ-M and Coinbase Advanced Trade on one port."""
 
-from streams.simulator.market import SCENARIOS, MarketModel, Premium
-from streams.simulator.server import Simulator
+from simulator.market import SCENARIOS, MarketModel, Premium
+from simulator.server import Simulator
 
 __all__ = ["SCENARIOS", "MarketModel", "Premium", "Simulator"]

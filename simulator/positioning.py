@@ -15,8 +15,10 @@ from typing import Final
 
 import numpy as np
 
-PERIOD_MS: Final = 5 * 60 * 1000
-HISTORY_ROWS: Final = 30 * 24 * 12  # 30 days of 5-minute rows
+from streams.units import DAY_MS, MINUTE_MS
+
+PERIOD_MS: Final = 5 * MINUTE_MS
+HISTORY_ROWS: Final = 30 * DAY_MS // PERIOD_MS  # 30 days of 5-minute rows
 OI_NOTIONAL_USD: Final = 6e9  # open interest a symbol starts with, in quote currency
 OI_REVERSION_PER_S: Final = 1 / 600  # calm phases pull OI back towards its start
 OI_VOL_PER_SQRT_S: Final = 3e-5

@@ -41,10 +41,9 @@ from typing import Final
 
 import numpy as np
 
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
-from streams.simulator.book_model import BookSpec, Level, VenueBook, book_shape
-from streams.simulator.positioning import Positioning, PositionRow
-from streams.simulator.scenarios import (
+from simulator.book_model import BookSpec, Level, VenueBook, book_shape
+from simulator.positioning import Positioning, PositionRow
+from simulator.scenarios import (
     CALM,
     CALM_FUNDING,
     SCENARIOS,
@@ -54,6 +53,8 @@ from streams.simulator.scenarios import (
     Premium,
     phase_function,
 )
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
+from streams.units import HOUR_MS, SECOND_MS
 
 __all__ = [
     "DEFAULT_SYMBOLS",
@@ -78,8 +79,8 @@ DEFAULT_SYMBOLS: Final[Mapping[str, float]] = {"BTCUSDT": 78000.0, "ETHUSDT": 25
 VENUES: Final = (BINANCE_USDM, BINANCE_SPOT, COINBASE)  # generation order within a step
 
 STEP_MS: Final = 100  # book updates (Binance @depth@100ms) and trade draws happen per step
-MARK_EVERY_MS: Final = 1000
-FUNDING_INTERVAL_MS: Final = 8 * 3600 * 1000  # 00/08/16 UTC; epoch midnight is a multiple
+MARK_EVERY_MS: Final = SECOND_MS
+FUNDING_INTERVAL_MS: Final = 8 * HOUR_MS  # 00/08/16 UTC; epoch midnight is a multiple
 
 VOL_BP_PER_S: Final = 2.0  # standard deviation of log fair price per second, in basis points
 SIZE_SIGMA: Final = 0.9  # log-normal shape of trade sizes; same for buyers and sellers

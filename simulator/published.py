@@ -11,8 +11,8 @@ import bisect
 from collections import deque
 from itertools import islice
 
-from streams.simulator.book_model import Level, VenueBook
-from streams.simulator.market import DepthTick, TradeTick
+from simulator.book_model import Level, VenueBook
+from simulator.market import DepthTick, TradeTick
 
 
 class PublishedBook:

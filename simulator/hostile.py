@@ -50,17 +50,18 @@ from typing import Any, Final
 
 import orjson
 
-from streams.events import COINBASE
-from streams.simulator import coinbase_wire
-from streams.simulator.binance_wire import (
+from simulator import coinbase_wire
+from simulator.binance_wire import (
     DEPTH_STREAM,
     agg_trade_payload,
     depth_payload,
     dumps,
 )
-from streams.simulator.book_model import Level
-from streams.simulator.faults import HOSTILE
-from streams.simulator.market import DepthTick, TradeTick, VenueSpec
+from simulator.book_model import Level
+from simulator.faults import HOSTILE
+from simulator.market import DepthTick, TradeTick, VenueSpec
+from streams.events import COINBASE
+from streams.units import DAY_MS
 
 Json = dict[str, Any]
 
@@ -76,7 +77,7 @@ HOSTILE_KINDS: Final = (*TRADE_KINDS, UNKNOWN_SYMBOL)
 # Coinbase market_trades carry the time and price kinds (its trade ids are not the subject).
 COINBASE_KINDS: Final = frozenset({FUTURE_TS, ABSURD_PRICE, ABSURD_PRICE150})
 
-TEN_YEARS_MS: Final = 3653 * 86_400_000  # 10 x 365.25 days, rounded up to whole days
+TEN_YEARS_MS: Final = 3653 * DAY_MS  # 10 x 365.25 days, rounded up to whole days
 ID_OFFSETS: Final = {
     ID_JUMP: 10**9,
     ID_JUMP50: 50,

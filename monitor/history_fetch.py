@@ -1,13 +1,16 @@
-"""The start-up backfill: REST history into the engine's baselines, newest day first.
+"""The start-up history fetch: REST history for the engine's baselines, newest day first.
 
 Why newest first: a z-score needs ``baseline_min_history`` (one day) of samples before it is
 published, so the most recent day is fetched first and z-scores work within seconds; older days
 then deepen the baselines while the daemon already runs live. The work goes in rounds of one day
-across every series of every asset, and after each round the engine is filled (idempotently:
-buckets that hold data are never touched; see ``signals.backfill``).
+across every series of every asset, and after each round each asset's history so far goes to
+``fill`` (the daemon queues it among the frames, so the pipeline backfills the baselines in the
+order the recorder writes it; the backfill is idempotent: buckets that hold data are never
+touched, see ``signals.backfill``).
 
-What is fetched per asset (README "Backfill"): Binance spot and USDⓈ-M 1-minute klines, Coinbase
-1-minute candles, funding history, and open-interest history (Binance keeps 30 days only, so
+What is fetched per asset (README "Backfill") is what its venues' adapters list
+(``Venue.history``): Binance spot and USDⓈ-M 1-minute klines, Coinbase 1-minute candles, funding
+history, and open-interest history (Binance keeps 30 days only, so
 ``oi_change_pct_24h`` has at most 30 days of backfilled samples: its ``n_obs`` and ``warmup`` say
 so). Everything fetched is cached in ``<state.dir>/history/<instance>-<ASSET>.npz``; a restart
 fetches only what the cache lacks: the time since the last run, then any older days still
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor.config import AssetConfig, Config
+from monitor.config import Config
 from monitor.state import (
     StateError,
     endpoint_differences,
@@ -45,26 +48,15 @@ from monitor.state import (
     save_checkpoint,
 )
 from signals.backfill import AssetHistory
-from signals.engine import SignalEngine
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE, Bars, Points
+from streams.events import Bars, Points
 from streams.frames import MalformedFrame
-from streams.history import (
-    MINUTE_MS,
-    parse_candles,
-    parse_funding_history,
-    parse_klines,
-    parse_open_interest_history,
-)
 from streams.reporting import duration
 from streams.rest import HostUnreachable, RestClient, RestError
+from streams.units import DAY_MS, MINUTE_MS
+from streams.venues import HistorySeries, Venue
 
 log = logging.getLogger("tapewatch.backfill")
 
-DAY_MS = 86_400_000
-FUNDING_STEP_MS = 8 * 3600_000
-OI_STEP_MS = 5 * MINUTE_MS
-OI_KEPT_MS = 30 * DAY_MS  # Binance serves open-interest history for the last 30 days only
-CANDLES_PATH = "/api/v3/brokerage/market/products/{product}/candles"
 LEAD_KINDS = ("perp", "spot")  # the rolling metrics' inputs
 SAVE_EVERY_S = 10.0  # cache writes: often enough to resume, rare enough to cost nothing
 # A group whose venue cannot be reached tries again after 1 min, then 2, 4, ... up to 30 min.
@@ -72,79 +64,7 @@ RETRY_INITIAL_S = 60.0
 RETRY_CAP_S = 1800.0
 
 Data = Bars | Points
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """One history to fetch: where, how it pages, how to read it."""
-
-    kind: str  # perp | spot | coinbase | funding | open_interest
-    venue: str
-    symbol: str
-    path: str
-    step_ms: int  # spacing of rows
-    page_rows: int  # rows per request
-    weight: int
-    parse: Callable[[str], Data]
-    kept_ms: int | None = None  # the venue serves only this much history
-    whole: bool = False  # small enough to fetch in one go in the first round
-    # Rows before the baseline window are needed too: the first samples' rolling windows (flow,
-    # volume, the 24 h open-interest change) reach back that far.
-    lead: bool = False
-
-    @property
-    def page_ms(self) -> int:
-        return self.step_ms * self.page_rows
-
-    def params(self, start_ms: int, end_ms: int) -> dict[str, Any]:
-        """Query for rows in [start_ms, end_ms)."""
-        if self.kind == "coinbase":
-            return {
-                "start": str(start_ms // 1000),
-                "end": str((end_ms - 1) // 1000),
-                "granularity": "ONE_MINUTE",
-                "limit": self.page_rows,
-            }
-        params: dict[str, Any] = {
-            "symbol": self.symbol,
-            "startTime": start_ms,
-            "endTime": end_ms - 1,
-            "limit": self.page_rows,
-        }
-        if self.kind in ("perp", "spot"):
-            params["interval"] = "1m"
-        elif self.kind == "open_interest":
-            params["period"] = "5m"
-        return params
-
-
-def plan(asset: AssetConfig) -> list[Series]:
-    """The series an asset's configured venues allow."""
-    out = []
-    if perp := asset.binance_usdm:
-        # limit 1000 weighs 5 (1500 would weigh 10): 3 assets' 90 days stay within 2400/min.
-        out += [
-            Series("perp", BINANCE_USDM, perp, "/fapi/v1/klines", step_ms=MINUTE_MS,
-                   page_rows=1000, weight=5, parse=parse_klines, lead=True),
-            Series("funding", BINANCE_USDM, perp, "/fapi/v1/fundingRate",
-                   step_ms=FUNDING_STEP_MS, page_rows=1000, weight=1,
-                   parse=parse_funding_history, whole=True, lead=True),
-            Series("open_interest", BINANCE_USDM, perp, "/futures/data/openInterestHist",
-                   step_ms=OI_STEP_MS, page_rows=500, weight=0,
-                   parse=parse_open_interest_history, kept_ms=OI_KEPT_MS - OI_STEP_MS,
-                   lead=True),
-        ]  # fmt: skip
-    if spot := asset.binance_spot:
-        out.append(
-            Series("spot", BINANCE_SPOT, spot, "/api/v3/klines", step_ms=MINUTE_MS,
-                   page_rows=1000, weight=2, parse=parse_klines, lead=True)
-        )  # fmt: skip
-    if product := asset.coinbase:
-        out.append(
-            Series("coinbase", COINBASE, product, CANDLES_PATH.format(product=product),
-                   step_ms=MINUTE_MS, page_rows=350, weight=1, parse=parse_candles)
-        )  # fmt: skip
-    return out
+Fill = Callable[[str, AssetHistory, bool], None]  # (asset, its history so far, final)
 
 
 @dataclass(slots=True)
@@ -177,13 +97,13 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
 
 
-class Backfill:
-    """Fetches history for every asset of ``config`` and fills ``engine`` as it goes."""
+class HistoryFetch:
+    """Fetches history for every asset of ``config`` and hands it to ``fill`` as it goes."""
 
     def __init__(
         self,
         config: Config,
-        engine: SignalEngine,
+        fill: Fill,
         rest: dict[str, RestClient],
         now_ms: int,
         retry_initial: float = RETRY_INITIAL_S,
@@ -194,7 +114,7 @@ class Backfill:
         self.retry_initial = retry_initial
         self.retry_cap = retry_cap
         self._sleep = sleep  # the wait between passes; injectable, so tests need not wait
-        self.engine = engine
+        self._fill = fill
         self.rest = rest
         self.span_ms = round(config.signals.baseline_window * 1000)
         # Only closed minutes: the bar under way is still changing.
@@ -205,11 +125,20 @@ class Backfill:
         self.window_start_ms = self.end_ms - self.span_ms
         self.start_ms = self.window_start_ms - lead_ms  # for the series that need a lead
         self.dir = Path(config.state.dir) / "history"
-        self.plans = {name: plan(asset) for name, asset in config.assets.items()}
+        venues = config.adapters()
+        self.plans = {
+            name: [
+                series
+                for key, venue in _by_key(venues).items()
+                if (symbol := getattr(asset, key))
+                for series in venue.history(symbol)
+            ]
+            for name, asset in config.assets.items()
+        }
+        self._group_of = {venue.name: venue.history_group for venue in venues.values()}
         self.origin = origin(config)
         self.stored = {name: self._load(name, series) for name, series in self.plans.items()}
         self.progress = Progress()
-        self.added: dict[str, dict[str, int]] = {name: {} for name in self.plans}
         self._saved_at = time.monotonic()
         self._saved_requests = 0  # progress.requests at the last save
         self._done: set[str] = set()  # venue groups whose rounds are all done
@@ -224,8 +153,8 @@ class Backfill:
         """Where this asset's history comes from: the endpoints and the asset's symbols."""
         return {"venues": self.origin["venues"], "assets": {asset: self.origin["assets"][asset]}}
 
-    def _load(self, asset: str, plans: list[Series]) -> dict[str, Stored]:
-        fresh = {s.kind: Stored(_empty(s), 0, 0) for s in plans}
+    def _load(self, asset: str, plans: list[HistorySeries]) -> dict[str, Stored]:
+        fresh = {s.kind: Stored(s.empty(), 0, 0) for s in plans}
         path = self._path(asset)
         try:
             arrays, meta = load_checkpoint(path)
@@ -310,27 +239,28 @@ class Backfill:
             ", ".join(self.plans),
             self.span_ms / DAY_MS,
         )
-        # Binance and Coinbase go at their own pace: Coinbase allows 10 requests/s and its
-        # candles come 350 to a page, so its part takes longer and must not hold Binance back.
+        # Each group (venues sharing a rate budget) goes at its own pace: Coinbase allows 10
+        # requests/s and its candles come 350 to a page, so its part takes longer and must not
+        # hold Binance back.
         await asyncio.gather(
-            self._run_rounds("binance", rounds, lambda s: s.venue != COINBASE),
-            self._run_rounds("coinbase", rounds, lambda s: s.venue == COINBASE),
+            *(self._run_rounds(group, rounds) for group in sorted(set(self._group_of.values())))
         )
         self.save()
-        summary = "; ".join(
-            f"{asset}: " + ", ".join(f"{n} {c}" for n, c in sorted(added.items()))
-            for asset, added in self.added.items()
-        )
-        log.info("backfill: done in %.0fs; samples added: %s", self.elapsed, summary or "none")
+        log.info("backfill: history fetched in %.0fs", self.elapsed)
 
-    async def _run_rounds(
-        self, group: str, rounds: list[tuple[int, int]], member: Callable[[Series], bool]
-    ) -> None:
+    async def _run_rounds(self, group: str, rounds: list[tuple[int, int]]) -> None:
         """The group's rounds; a pass that meets an unreachable venue is tried again later."""
-        series = [(a, s) for a, plans in self.plans.items() for s in plans if member(s)]
+        series = [
+            (a, s)
+            for a, plans in self.plans.items()
+            for s in plans
+            if self._group_of[s.venue] == group
+        ]
         if not series:
             self._done.add(group)
             self.finished[group] = 0.0
+            if self._done >= set(self._group_of.values()):
+                self.fill()  # the other groups are done: say so
             return
         delay = self.retry_initial
         while True:
@@ -353,7 +283,7 @@ class Backfill:
             delay = min(self.retry_cap, 2 * delay)
 
     async def _pass(
-        self, group: str, rounds: list[tuple[int, int]], series: list[tuple[str, Series]]
+        self, group: str, rounds: list[tuple[int, int]], series: list[tuple[str, HistorySeries]]
     ) -> str | None:
         """The rounds in order; returns None when all ran, or why the pass stopped early."""
         for i, (start, end) in enumerate(rounds, 1):
@@ -391,7 +321,7 @@ class Backfill:
         return time.monotonic() - self.progress.started
 
     async def _fetch(
-        self, asset: str, s: Series, start: int, end: int, first: bool
+        self, asset: str, s: HistorySeries, start: int, end: int, first: bool
     ) -> RestError | None:
         """Fetch what the series lacks of [start, end); returns the error that stopped it."""
         entry = self.stored[asset][s.kind]
@@ -410,8 +340,9 @@ class Backfill:
                 try:
                     # An unreachable host is not retried here: the pass stops and the group
                     # tries again on its own, slower schedule.
+                    call = s.call(page_lo, page_hi)
                     resp = await client.get_retrying(
-                        s.path, s.params(page_lo, page_hi), weight=s.weight, retry_unreachable=False
+                        call.path, call.params, weight=call.weight, retry_unreachable=False
                     )
                     rows = s.parse(resp.text)
                 except (RestError, MalformedFrame) as exc:
@@ -442,14 +373,15 @@ class Backfill:
             kind: entry.data.between(self.start_ms, self.end_ms) for kind, entry in stored.items()
         }
         bars = [e.lo for kind, e in stored.items() if kind in LEAD_KINDS and e.hi > e.lo]
-        complete_from = None if "binance" in self._done or not bars else max(bars)
+        lead_groups = {self._group_of[s.venue] for s in self.plans[asset] if s.kind in LEAD_KINDS}
+        complete_from = None if lead_groups <= self._done or not bars else max(bars)
         return AssetHistory(**data, complete_from_ms=complete_from)  # type: ignore[arg-type]
 
     def fill(self) -> None:
+        """Hand each asset's history so far to ``fill``; ``final`` once every group is done."""
+        final = self._done >= set(self._group_of.values())
         for asset in self.plans:
-            added = self.engine.assets[asset].backfill(self.history(asset))
-            for name, count in added.items():
-                self.added[asset][name] = self.added[asset].get(name, 0) + count
+            self._fill(asset, self.history(asset), final)
 
     def _report(self, group: str, done: int, total: int) -> None:
         p = self.progress
@@ -471,15 +403,15 @@ class Backfill:
         )
 
 
+def _by_key(venues: dict[str, Venue]) -> dict[str, Venue]:
+    return {venue.config_key: venue for venue in venues.values()}
+
+
 def _pages(lo: int, hi: int, size: int, forward: bool) -> list[tuple[int, int]]:
     """[lo, hi) cut into pages of ``size``, oldest first if ``forward`` else newest first."""
     if forward:
         return [(a, min(a + size, hi)) for a in range(lo, hi, size)]
     return [(max(lo, b - size), b) for b in range(hi, lo, -size)]
-
-
-def _empty(s: Series) -> Data:
-    return Points.empty() if s.kind in ("funding", "open_interest") else Bars.empty()
 
 
 def _columns(data: Data) -> tuple[np.ndarray, ...]:

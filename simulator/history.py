@@ -33,21 +33,20 @@ from typing import Final
 
 import numpy as np
 
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
-from streams.simulator.market import (
+from simulator.market import (
     COINBASE_SHARE_OF_SPOT,
     FUNDING_INTERVAL_MS,
     SIZE_SIGMA,
     Asset,
     VenueSpec,
 )
-from streams.simulator.scenarios import CALM, CALM_FUNDING, SELLING, Premium
+from simulator.scenarios import CALM, CALM_FUNDING, SELLING, Premium
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
+from streams.units import DAY_MS, HOUR_MS, MINUTE_MS
 
-MINUTE_MS: Final = 60_000
-DAY_MINUTES: Final = 1440
-DAY_MS: Final = DAY_MINUTES * MINUTE_MS
+DAY_MINUTES: Final = DAY_MS // MINUTE_MS
 LISTED_DAYS: Final = 400  # no bars before the scenario start minus this (the "listing")
-BRIDGE_MS: Final = 6 * 3600 * 1000  # the tilt towards the live start price spans this much
+BRIDGE_MS: Final = 6 * HOUR_MS  # the tilt towards the live start price spans this much
 HISTORY_STREAM: Final = 7_700  # rng stream tags, apart from the live model's
 ANCHOR_STREAM: Final = 7_701
 
@@ -69,8 +68,10 @@ _LOGNORMAL_MEAN: Final = math.exp(SIZE_SIGMA**2 / 2)
 
 
 @dataclass(frozen=True, slots=True)
-class Bars:
-    """Consecutive 1-minute bars of one symbol on one venue (unrounded floats)."""
+class ModelBars:
+    """Consecutive 1-minute bars of one symbol on one venue, as the model generates them
+    (unrounded floats, every kline field); ``rest`` formats them for the wire. Not
+    ``streams.events.Bars``, the columns the daemon parses out of those bodies."""
 
     open_ms: np.ndarray  # int64 open times
     open: np.ndarray
@@ -105,8 +106,10 @@ class _Day:
     funding: np.ndarray  # 3 rates: interval j's is settled at (j + 1) x 8 h after midnight
 
 
-class AssetHistory:
-    """The 1-minute history of one asset on every venue, ending where the live market starts."""
+class AssetHistoryModel:
+    """The generator of one asset's 1-minute history on every venue, ending where the live
+    market starts (not ``signals.backfill.AssetHistory``, what the daemon's backfill makes of
+    the bodies served from it)."""
 
     def __init__(
         self,
@@ -265,7 +268,7 @@ class AssetHistory:
             left -= take
         return out
 
-    def bars(self, venue: str, first_minute: int, count: int) -> Bars:
+    def bars(self, venue: str, first_minute: int, count: int) -> ModelBars:
         """``count`` bars of ``venue`` opening at minute ``first_minute`` (ms // 60000)."""
         span = self._span(first_minute, count)
 
@@ -274,7 +277,9 @@ class AssetHistory:
 
         if count <= 0:
             empty = np.zeros(0)
-            return Bars(np.zeros(0, np.int64), *([empty] * 6), np.zeros(0, np.int64), empty, empty)
+            return ModelBars(
+                np.zeros(0, np.int64), *([empty] * 6), np.zeros(0, np.int64), empty, empty
+            )
         # Minute boundaries: each slice's opens, then the close of the last minute.
         last_day, _, last_end = span[-1]
 
@@ -301,7 +306,9 @@ class AssetHistory:
         trades = np.maximum(1, np.rint(quote / notional)).astype(np.int64)
         open_ms = (first_minute + np.arange(count, dtype=np.int64)) * MINUTE_MS
         buy_volume, buy_quote = volume * buy, quote * buy
-        return Bars(open_ms, opens, high, low, closes, volume, quote, trades, buy_volume, buy_quote)
+        return ModelBars(
+            open_ms, opens, high, low, closes, volume, quote, trades, buy_volume, buy_quote
+        )
 
     def coinbase_price(self, spot: np.ndarray, noise_pct: np.ndarray | float = 0.0) -> np.ndarray:
         """Binance spot plus the calm premium (a percentage scales; USD adds) plus noise."""
@@ -342,14 +349,14 @@ class MarketHistory:
         start_ms: int,
         premium: Premium,
     ) -> None:
-        self.by_binance: dict[str, AssetHistory] = {}
-        self.by_product: dict[str, AssetHistory] = {}
+        self.by_binance: dict[str, AssetHistoryModel] = {}
+        self.by_product: dict[str, AssetHistoryModel] = {}
         for i, asset in enumerate(assets):
             venue_specs = {
                 BINANCE_SPOT: specs[(BINANCE_SPOT, asset.binance)],
                 BINANCE_USDM: specs[(BINANCE_USDM, asset.binance)],
                 COINBASE: specs[(COINBASE, asset.coinbase)],
             }
-            history = AssetHistory(asset, i, venue_specs, seed, start_ms, premium)
+            history = AssetHistoryModel(asset, i, venue_specs, seed, start_ms, premium)
             self.by_binance[asset.binance] = history
             self.by_product[asset.coinbase] = history

@@ -3,7 +3,8 @@
 
 Binance answers carry ``X-MBX-USED-WEIGHT-1M`` (weight used by the client's IP in the current
 minute, spot and USDⓈ-M counted apart); a request over the limit gets 429 with ``Retry-After``
-and ``{"code": -1003, ...}``, as do the injected ``rest_429``/``rest_418`` faults.
+and ``{"code": -1003, ...}``, as do the injected ``rest_429``/``rest_418`` faults (Binance's
+limits and endpoints: ``docs/exchange-protocols.md`` §3).
 """
 
 from __future__ import annotations
@@ -21,28 +22,27 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
-from streams.simulator import binance_wire
-from streams.simulator.coinbase_feed import CoinbaseFeed
-from streams.simulator.faults import REST_418, REST_429
-from streams.simulator.history import MINUTE_MS, Bars, MarketHistory
-from streams.simulator.market import FUNDING_INTERVAL_MS, MarketModel, VenueSpec
-from streams.simulator.positioning import PERIOD_MS, PositionRow
-from streams.simulator.published import PublishedBook, TradeRing
-from streams.simulator.weights import (
+from simulator import binance_wire
+from simulator.coinbase_feed import CoinbaseFeed
+from simulator.faults import REST_418, REST_429
+from simulator.history import MarketHistory, ModelBars
+from simulator.market import FUNDING_INTERVAL_MS, MarketModel, VenueSpec
+from simulator.positioning import PERIOD_MS, PositionRow
+from simulator.published import PublishedBook, TradeRing
+from simulator.weights import (
     SPOT_LIMIT,
-    USDM_DEPTH_LIMITS,
     USDM_LIMIT,
     WeightMeter,
-    spot_depth_weight,
-    usdm_depth_weight,
 )
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
+from streams.units import DAY_MS, HOUR_MS, MINUTE_MS
+from streams.venues import BinanceSpot, BinanceUsdm
 
 Json = dict[str, Any]
-USDM_TRADE_HISTORY_MS: Final = 48 * 3600 * 1000  # /fapi/v1/aggTrades reaches back 48 h
+USDM_TRADE_HISTORY_MS: Final = 48 * HOUR_MS  # /fapi/v1/aggTrades reaches back 48 h
 COINBASE_MAX_TRADES: Final = 1000
 STATS_PERIODS: Final = {"5m": PERIOD_MS}
-STATS_HISTORY_MS: Final = 30 * 24 * 3600 * 1000  # /futures/data/* keep the latest 30 days
+STATS_HISTORY_MS: Final = 30 * DAY_MS  # /futures/data/* keep the latest 30 days
 SPOT_KLINES_MAX: Final = 1000
 USDM_KLINES_MAX: Final = 1500
 FUNDING_MAX: Final = 1000
@@ -517,7 +517,7 @@ def _fixed(values: np.ndarray, decimals: int) -> list[str]:
     return [f"{v:.{decimals}f}" for v in values.tolist()]
 
 
-def _kline_rows(bars: Bars, spec: VenueSpec) -> list[list[Any]]:
+def _kline_rows(bars: ModelBars, spec: VenueSpec) -> list[list[Any]]:
     """Binance kline rows, prices on the venue's tick and volumes on its lot, so the rows read
     like the venue's (and V <= v, Q <= q survive the rounding)."""
     tick, lot, pd, qd = spec.book.tick_exp, spec.book.lot_exp, spec.price_decimals, 8
@@ -594,11 +594,11 @@ def _spot_depth_weight(request: web.Request) -> int:
     limit = _int(request, "limit", 100)
     if limit > 5000:
         raise _bad(-1100, "Illegal characters found in parameter 'limit'; legal range is '1-5000'.")
-    return spot_depth_weight(limit)
+    return BinanceSpot.depth_weight(limit)
 
 
 def _usdm_depth_weight(request: web.Request) -> int:
     limit = _int(request, "limit", 500)
-    if limit not in USDM_DEPTH_LIMITS:
+    if limit not in BinanceUsdm.depth_limits:
         raise _bad(-1130, "Data sent for parameter 'limit' is not valid.")
-    return usdm_depth_weight(limit)
+    return BinanceUsdm.depth_weight(limit)

@@ -1,7 +1,8 @@
 """Coinbase Advanced Trade market-data feed: what each channel carries, and one connection's
 protocol state (pure: no I/O; the server passes event times in and writes the frames out).
 
-Protocol (Coinbase Advanced Trade's documented feed, and the recorded feed in tests/data):
+Protocol (Coinbase Advanced Trade's documented feed, ``docs/exchange-protocols.md`` §4.1, and the
+recorded feed in tests/data):
 
 - a client subscribes with ``{"type":"subscribe","product_ids":[...],"channel":"..."}``, one
   channel per message; it gets each product's snapshot (``market_trades``: recent trades newest
@@ -24,11 +25,12 @@ from typing import Any, Final
 
 import orjson
 
+from simulator import coinbase_wire as wire
+from simulator.faults import DUPLICATE, REORDER, SKIP_DEPTH, count
+from simulator.market import DepthTick, QuoteTick, TradeTick, VenueSpec
+from simulator.published import PublishedBook, TradeRing
 from streams.events import COINBASE
-from streams.simulator import coinbase_wire as wire
-from streams.simulator.faults import DUPLICATE, REORDER, SKIP_DEPTH, count
-from streams.simulator.market import DepthTick, QuoteTick, TradeTick, VenueSpec
-from streams.simulator.published import PublishedBook, TradeRing
+from streams.units import DAY_MS, SECOND_MS
 
 BATCH_MS: Final = 250
 SNAPSHOT_TRADES: Final = 50
@@ -65,7 +67,7 @@ class CoinbaseFeed:
             mid = spec.book.price((bid + ask) // 2)
             last = wire.trimmed(mid, spec.price_decimals)
             # A day's volume of the product before the simulation, so the figure looks real.
-            day_volume = spec.trades_per_s * 86_400 * spec.median_qty * 1.5
+            day_volume = spec.trades_per_s * (DAY_MS / SECOND_MS) * spec.median_qty * 1.5
             self._stats[product] = _Stats(mid, mid * 0.99, mid * 1.01, day_volume, last)
         self._batch: dict[str, list[TradeTick]] = {}
         self._batch_end: dict[str, int] = {}

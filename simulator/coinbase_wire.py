@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from streams.simulator.book_model import Level
-from streams.simulator.market import DepthTick, TradeTick, VenueSpec
+from simulator.book_model import Level
+from simulator.market import DepthTick, TradeTick, VenueSpec
 
 Json = dict[str, Any]
 

@@ -30,9 +30,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
+from streams.units import MINUTE_MS
+
 SELL_WAVE_CYCLE_MS: Final = 100_000
 SELL_WAVE_SELLING_MS: Final = (10_000, 50_000)  # [start, end) offsets into the cycle
-MINUTE_MS: Final = 60_000
 BASELINE_MS: Final = 10 * MINUTE_MS  # calm before a narrative starts
 RALLY_MS: Final = 3 * MINUTE_MS  # distribution: the rally to the high before the selling
 TOUR_HOLD_MS: Final = 5 * MINUTE_MS  # tour: how long each narrative's last phase is held

@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 from typing import Final
 
-SPOT_LIMIT: Final = 6000
-USDM_LIMIT: Final = 2400
+from streams.venues import BinanceSpot, BinanceUsdm
+
+# The venues' limits and depth weights are the adapters' (the one place tapewatch states them).
+SPOT_LIMIT: Final = BinanceSpot.limits.weight_limit or 0
+USDM_LIMIT: Final = BinanceUsdm.limits.weight_limit or 0
 WINDOW_S: Final = 60
 
 
@@ -43,26 +46,3 @@ class WeightMeter:
     def retry_after(now_s: float) -> int:
         """Whole seconds until the window resets (at least 1)."""
         return max(1, math.ceil((now_s // WINDOW_S + 1) * WINDOW_S - now_s))
-
-
-def spot_depth_weight(limit: int) -> int:
-    if limit <= 100:
-        return 5
-    if limit <= 500:
-        return 25
-    if limit <= 1000:
-        return 50
-    return 250
-
-
-USDM_DEPTH_LIMITS: Final = (5, 10, 20, 50, 100, 500, 1000)
-
-
-def usdm_depth_weight(limit: int) -> int:
-    if limit <= 50:
-        return 2
-    if limit <= 100:
-        return 5
-    if limit <= 500:
-        return 10
-    return 20

@@ -3,7 +3,7 @@
 Prices and quantities are strings as Binance prints them: USDⓈ-M BTCUSDT "78000.10" and "0.013",
 spot "78000.01000000" and "0.01524000". Spot payloads differ from USDⓈ-M ones where Binance's do:
 spot ``aggTrade`` has ``M`` and no ``nq``; spot ``depthUpdate`` has no ``T``/``pu``; spot
-``bookTicker`` has no ``e``/``E``/``T`` at all.
+``bookTicker`` has no ``e``/``E``/``T`` at all (``docs/exchange-protocols.md`` §1.4, §2.3).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from typing import Any
 
 import orjson
 
-from streams.events import BINANCE_SPOT, BINANCE_USDM
-from streams.simulator.book_model import Level
-from streams.simulator.market import (
+from simulator.book_model import Level
+from simulator.market import (
     DepthTick,
     LiquidationTick,
     MarkTick,
@@ -23,10 +22,12 @@ from streams.simulator.market import (
     TradeTick,
     VenueSpec,
 )
+from streams.events import BINANCE_SPOT, BINANCE_USDM
+from streams.units import SECOND_MS
 
 Json = dict[str, Any]
 
-MARK_3S_EVERY_MS = 3000  # ``<sym>@markPrice`` without ``@1s`` updates every 3 s
+MARK_3S_EVERY_MS = 3 * SECOND_MS  # ``<sym>@markPrice`` without ``@1s`` updates every 3 s
 DEPTH_STREAM = "depth@100ms"
 
 # Which socket family carries which venue's streams.

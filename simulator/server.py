@@ -41,9 +41,9 @@ import orjson
 import yaml
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
-from streams.simulator import coinbase_wire
-from streams.simulator.binance_wire import (
+from monitor.config import deep_merge
+from simulator import coinbase_wire
+from simulator.binance_wire import (
     DEPTH_STREAM,
     MALFORMED_KINDS,
     MARKET,
@@ -54,14 +54,14 @@ from streams.simulator.binance_wire import (
     malformed_frame,
     tick_frames,
 )
-from streams.simulator.coinbase_feed import (
+from simulator.coinbase_feed import (
     HEARTBEATS,
     CoinbaseFeed,
     CoinbaseSession,
     Outgoing,
     ProtocolError,
 )
-from streams.simulator.faults import (
+from simulator.faults import (
     DEAD_VENUE,
     DEAD_VENUES,
     DROP,
@@ -77,7 +77,7 @@ from streams.simulator.faults import (
     count,
     count_sent,
 )
-from streams.simulator.hostile import (
+from simulator.hostile import (
     HOSTILE_KINDS,
     UNKNOWN_SYMBOL,
     HostileTrades,
@@ -87,7 +87,7 @@ from streams.simulator.hostile import (
     tag,
     unknown_symbol_frames,
 )
-from streams.simulator.market import (
+from simulator.market import (
     DEFAULT_SYMBOLS,
     SCENARIOS,
     USDT_USD,
@@ -100,9 +100,10 @@ from streams.simulator.market import (
     VenueSpec,
     assets_from_symbols,
 )
-from streams.simulator.published import PublishedBook, TradeRing
-from streams.simulator.rest import MarketState, RestApi, json_response
-from streams.simulator.scenarios import NARRATIVE_WINDOWS, NARRATIVES
+from simulator.published import PublishedBook, TradeRing
+from simulator.rest import MarketState, RestApi, json_response
+from simulator.scenarios import NARRATIVE_WINDOWS, NARRATIVES
+from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE
 
 __all__ = ["FAULTS", "MALFORMED_KINDS", "MINIMAL_BASE_CONFIG", "Simulator", "serve_forever"]
 
@@ -273,16 +274,6 @@ def _route_of(path: str) -> tuple[str, bool, list[str]] | None:
     if parts and parts[0] == "ws":
         return family, False, [p for p in parts[1:] if p]
     return None
-
-
-def _deep_merge(base: Json, over: Json) -> Json:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _own_state(config: Json) -> Json:
@@ -589,7 +580,7 @@ class Simulator:
         ``<state.dir>/sim``): a real daemon on the base config must never restore the
         simulated market's baselines, history cache, regimes or outbox."""
         overrides = self.config_overrides()
-        merged = _deep_merge(base, overrides)
+        merged = deep_merge(base, overrides)
         return {**merged, "assets": overrides["assets"], **_own_state(merged)}
 
     def write_config(self, path: str | Path, base_config_path: str | Path = "config.yaml") -> None:

@@ -1,0 +1,165 @@
+"""The delivery queue: which message the publisher sends next, and what a PUBACK settles.
+
+Pure bookkeeping, no sockets, no files, no clock: ``monitor/mqtt.py`` owns the connection and
+hands this queue's decisions to the MQTT client; ``monitor/outbox.py`` owns the SQLite file.
+
+- Signals and health (QoS 0) are state, not history: only the newest message per topic waits,
+  and one that is sent is gone (a drop mid-send loses state the next message replaces).
+- QoS >= 1 messages (regime state and events) wait in publish order and leave only when
+  ``delivered`` reports the broker's PUBACK, so a connection lost mid-send sends the same
+  message again first on the next connection. One is in flight at a time: the broker receives
+  them in publish order. They go before any signal.
+- With an outbox, the QoS >= 1 messages that are history rather than state (not retained: the
+  ``events`` topics) are written to it when published (``add`` returns the entry to write;
+  ``stored`` reports the write's outcome). Nothing at all is handed out while such a write is
+  under way: whatever the broker has, every event published before it is on disk (what a
+  synchronous write gave). A message in the outbox is never dropped; one in memory only is
+  dropped, oldest first, when ``max_queued`` are waiting.
+- Every retained message is kept, newest per topic, for a rebirth (``request_rebirth``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from monitor.messages import OutMessage
+
+log = logging.getLogger("tapewatch.mqtt")
+
+
+@dataclass(eq=False, slots=True)
+class Entry:
+    """One message handed out to send. QoS >= 1: it stays queued until ``delivered``."""
+
+    msg: OutMessage
+    # Wall-clock receive time (ms) of the frame that caused it: its receive → PUBACK latency is
+    # measured. None: not measured (QoS 0, or no receive time given).
+    received_ms: int | None = None
+    outbox_id: int | None = None  # its outbox row once stored; None: in memory only
+    storing: bool = False  # its outbox write is under way
+
+    @property
+    def durable(self) -> bool:
+        """In the outbox, or on its way there: never dropped to make room."""
+        return self.storing or self.outbox_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Rebirth:
+    """Send the birth, then every retained message (newest per topic) in first-seen order."""
+
+    retained: tuple[OutMessage, ...]
+
+
+class DeliveryQueue:
+    def __init__(self, max_queued: int = 100_000, outbox: bool = False) -> None:
+        """``outbox``: there is an outbox to write events to (``add`` says which)."""
+        self.max_queued = max_queued
+        self.outbox = outbox
+        self.dropped = 0  # in-memory messages dropped because the queue was full
+        self._ordered: deque[Entry] = deque()  # QoS >= 1: order and delivery matter
+        self._latest: OrderedDict[str, OutMessage] = OrderedDict()  # QoS 0: newest only
+        self._retained: dict[str, OutMessage] = {}  # everything retained, for a rebirth
+        self._storing = 0  # outbox writes under way
+        self._rebirth = False
+
+    # -- what goes in -------------------------------------------------------------------------
+    def resume(self, left: Iterable[tuple[int, OutMessage]]) -> None:
+        """What an earlier process left in the outbox, oldest first: it goes before anything
+        published in this one."""
+        self._ordered.extendleft(reversed([Entry(msg, outbox_id=i) for i, msg in left]))
+
+    def add(self, msg: OutMessage, received_ms: int | None = None) -> Entry | None:
+        """Queue ``msg``; returns its entry when it must be written to the outbox (then report
+        the outcome with ``stored``), else None."""
+        if msg.retain:
+            self._retained[msg.topic] = msg
+        if msg.qos == 0:
+            self._latest[msg.topic] = msg
+            self._latest.move_to_end(msg.topic)
+            return None
+        store = self.outbox and not msg.retain
+        if not store and len(self._ordered) >= self.max_queued:
+            self._drop_oldest_in_memory()
+        entry = Entry(msg, received_ms, storing=store)
+        self._ordered.append(entry)
+        if store:
+            self._storing += 1
+            return entry
+        return None
+
+    def stored(self, entry: Entry, outbox_id: int | None) -> None:
+        """``entry``'s outbox write ended: its row id, or None when it failed (the message is
+        then kept in memory only, like one published without an outbox)."""
+        if not entry.storing:
+            return
+        entry.storing = False
+        entry.outbox_id = outbox_id
+        self._storing -= 1
+
+    def request_rebirth(self) -> None:
+        """Republish the birth and every retained message, once, before anything else."""
+        self._rebirth = True
+
+    def _drop_oldest_in_memory(self) -> None:
+        for i, entry in enumerate(self._ordered):
+            if not entry.durable:
+                del self._ordered[i]
+                self.dropped += 1
+                log.error("publish queue full (%d): dropped the oldest message", self.max_queued)
+                return
+
+    # -- what goes out ------------------------------------------------------------------------
+    def next(self) -> Entry | Rebirth | None:
+        """What to send now; None when nothing may be sent (see ``idle`` for why).
+
+        A QoS >= 1 entry is the head of the queue and stays there until ``delivered``: asked
+        again before that (after a lost connection) it is handed out again. A QoS 0 message
+        leaves the queue here."""
+        if self._storing:
+            return None  # an event is not on disk yet: nothing may overtake its write
+        if self._rebirth:
+            self._rebirth = False
+            return Rebirth(tuple(self._retained.values()))
+        if self._ordered:
+            return self._ordered[0]
+        if self._latest:
+            _topic, msg = self._latest.popitem(last=False)
+            return Entry(msg)
+        return None
+
+    def delivered(self, entry: Entry) -> int | None:
+        """The broker acknowledged ``entry`` (a QoS 0 one: it was written to the socket).
+        Returns its outbox row, to be deleted there, or None if it has none."""
+        # Dropped while in flight (a full queue), it is no longer the head: leave the new one.
+        if self._ordered and self._ordered[0] is entry:
+            self._ordered.popleft()
+        return entry.outbox_id
+
+    # -- where it stands ----------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Messages waiting to be sent or acknowledged."""
+        return len(self._ordered) + len(self._latest)
+
+    @property
+    def acknowledged(self) -> bool:
+        """Every QoS >= 1 message has the broker's PUBACK (signals may still wait)."""
+        return not self._ordered
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits to be sent: no message, no rebirth."""
+        return not (self._ordered or self._latest or self._rebirth)
+
+    @property
+    def storing(self) -> int:
+        """Outbox writes under way."""
+        return self._storing
+
+    def retained(self) -> list[OutMessage]:
+        """The newest retained message of each topic, in first-seen order."""
+        return list(self._retained.values())

@@ -1,0 +1,251 @@
+"""The delivery queue on its own: ordering, coalescing, outbox bookkeeping, reconnects.
+
+No broker and no files: ``DeliveryQueue`` only decides; the tests play the connection loop's
+part (take what ``next`` hands out, report the PUBACK with ``delivered``) and the outbox's part
+(report each write with ``stored``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from monitor.delivery import DeliveryQueue, Entry, Rebirth
+from monitor.messages import OutMessage
+
+P = "p/v1"
+
+
+def signals(asset: str, seq: int) -> OutMessage:
+    return OutMessage(f"{P}/{asset}/signals", {"seq": seq}, qos=0, retain=True, expiry=30)
+
+
+def health(seq: int) -> OutMessage:
+    return OutMessage(f"{P}/health/tw", {"seq": seq}, qos=0, retain=True, expiry=90)
+
+
+def regime(asset: str, seq: int) -> OutMessage:
+    return OutMessage(f"{P}/{asset}/regime", {"seq": seq}, qos=1, retain=True)
+
+
+def event(asset: str, seq: int) -> OutMessage:
+    return OutMessage(
+        f"{P}/{asset}/events", {"seq": seq, "id": f"s:{asset}:{seq}"}, qos=1, retain=False
+    )
+
+
+def entry(item: Entry | Rebirth | None) -> Entry:
+    assert isinstance(item, Entry), item
+    return item
+
+
+def send_all(queue: DeliveryQueue) -> list[OutMessage]:
+    """The connection loop on a broker that acknowledges everything: every message handed out,
+    in order, each one settled before the next is asked for."""
+    sent = []
+    while (item := queue.next()) is not None:
+        assert isinstance(item, Entry)
+        sent.append(item.msg)
+        queue.delivered(item)
+    return sent
+
+
+# -- ordering -----------------------------------------------------------------------------------
+def test_qos1_messages_leave_in_publish_order_one_at_a_time_and_before_signals() -> None:
+    queue = DeliveryQueue()
+    published = [signals("BTC", 1), regime("BTC", 1), event("BTC", 1), regime("ETH", 1)]
+    for msg in published:
+        queue.add(msg)
+
+    first = entry(queue.next())
+    assert first.msg == regime("BTC", 1)
+    assert queue.next() is first  # not acknowledged yet: still the one in flight
+    assert queue.delivered(first) is None  # in memory only: nothing to delete from an outbox
+    assert send_all(queue) == [event("BTC", 1), regime("ETH", 1), signals("BTC", 1)]
+    assert queue.next() is None and queue.idle
+
+
+def test_acknowledged_counts_qos1_messages_only_and_idle_counts_everything() -> None:
+    queue = DeliveryQueue()
+    assert queue.acknowledged and queue.idle and queue.pending == 0
+    queue.add(signals("BTC", 1))
+    assert queue.acknowledged and not queue.idle and queue.pending == 1
+    queue.add(regime("BTC", 1))
+    assert not queue.acknowledged and queue.pending == 2
+
+    queue.delivered(entry(queue.next()))
+    assert queue.acknowledged  # the signals still wait: they do not count
+    assert not queue.idle and queue.pending == 1
+    queue.delivered(entry(queue.next()))
+    assert queue.idle and queue.pending == 0
+
+
+# -- coalescing ---------------------------------------------------------------------------------
+def test_only_the_newest_signals_per_topic_wait_in_order_of_their_last_update() -> None:
+    queue = DeliveryQueue()
+    for msg in (signals("BTC", 1), signals("ETH", 1), health(1), signals("BTC", 2), health(2)):
+        queue.add(msg)
+    assert queue.pending == 3
+    assert send_all(queue) == [signals("ETH", 1), signals("BTC", 2), health(2)]
+
+
+def test_qos1_messages_are_never_coalesced() -> None:
+    queue = DeliveryQueue()
+    msgs = [regime("BTC", 1), regime("BTC", 2), regime("BTC", 3)]
+    for msg in msgs:
+        queue.add(msg)
+    assert send_all(queue) == msgs
+
+
+def test_a_rebirth_republishes_the_newest_retained_message_per_topic_first() -> None:
+    queue = DeliveryQueue()
+    for msg in (regime("BTC", 1), signals("BTC", 1), event("BTC", 1), regime("BTC", 2)):
+        queue.add(msg)
+    assert queue.retained() == [regime("BTC", 2), signals("BTC", 1)]  # events are not retained
+    send_all(queue)
+    queue.add(signals("BTC", 2))
+
+    queue.request_rebirth()
+    queue.request_rebirth()  # requests before it is handed out: one rebirth
+    assert not queue.idle
+    assert queue.next() == Rebirth((regime("BTC", 2), signals("BTC", 2)))
+    assert send_all(queue) == [signals("BTC", 2)]  # then the queue as it was
+    assert queue.idle
+
+
+# -- the outbox's bookkeeping -------------------------------------------------------------------
+def test_only_unretained_qos1_messages_go_to_the_outbox() -> None:
+    queue = DeliveryQueue(outbox=True)
+    assert queue.add(signals("BTC", 1)) is None
+    assert queue.add(regime("BTC", 1)) is None  # state: the next session republishes it
+    stored = queue.add(event("BTC", 1))
+    assert stored is not None and stored.msg == event("BTC", 1) and stored.storing
+    assert queue.storing == 1
+    assert DeliveryQueue(outbox=False).add(event("BTC", 1)) is None  # no outbox to write to
+
+
+def test_nothing_leaves_while_an_event_is_being_written_and_its_row_is_acked_after() -> None:
+    queue = DeliveryQueue(outbox=True)
+    queue.add(regime("BTC", 1))
+    ev = queue.add(event("BTC", 1))
+    assert ev is not None
+    queue.add(signals("BTC", 1))
+    queue.request_rebirth()
+    # The regime state was published before the event, but whatever the broker has, the
+    # events published before it must be on disk: nothing at all is handed out yet.
+    assert queue.next() is None
+    assert not queue.idle and not queue.acknowledged
+
+    queue.stored(ev, 7)
+    assert not ev.storing and ev.outbox_id == 7 and queue.storing == 0
+    assert isinstance(queue.next(), Rebirth)
+    state = entry(queue.next())
+    assert state.msg == regime("BTC", 1)
+    assert queue.delivered(state) is None  # in memory only
+    assert queue.next() is ev
+    assert queue.delivered(ev) == 7  # its row is deleted only now, after the PUBACK
+    assert send_all(queue) == [signals("BTC", 1)]
+
+
+def test_a_failed_outbox_write_keeps_the_event_in_memory() -> None:
+    queue = DeliveryQueue(outbox=True)
+    ev = queue.add(event("BTC", 1))
+    assert ev is not None
+    queue.stored(ev, None)
+    assert not ev.durable
+    assert queue.next() is ev
+    assert queue.delivered(ev) is None  # no row to delete
+    queue.stored(ev, 3)  # a second report of the same write changes nothing
+    assert ev.outbox_id is None and queue.storing == 0
+
+
+def test_what_an_earlier_process_left_goes_first_in_its_order() -> None:
+    queue = DeliveryQueue(outbox=True)
+    ev = queue.add(event("BTC", 9))
+    assert ev is not None
+    queue.resume([(4, event("BTC", 4)), (5, event("ETH", 1))])
+    assert queue.pending == 3
+    queue.stored(ev, 6)
+    acked = []
+    while (item := queue.next()) is not None:
+        acked.append(queue.delivered(entry(item)))
+    assert acked == [4, 5, 6]
+
+
+def test_a_full_queue_drops_the_oldest_message_in_memory_never_one_in_the_outbox() -> None:
+    queue = DeliveryQueue(max_queued=3, outbox=True)
+    ev = queue.add(event("BTC", 1))
+    assert ev is not None
+    queue.stored(ev, 1)
+    queue.add(regime("BTC", 1))
+    queue.add(regime("BTC", 2))
+    queue.add(regime("BTC", 3))  # full: regime 1, the oldest in memory, goes
+    assert queue.dropped == 1 and queue.pending == 3
+    ev2 = queue.add(event("BTC", 2))  # outbox-bound: never a reason to drop, the queue grows
+    assert ev2 is not None
+    queue.stored(ev2, 2)
+    assert queue.dropped == 1 and queue.pending == 4
+    assert send_all(queue) == [event("BTC", 1), regime("BTC", 2), regime("BTC", 3), event("BTC", 2)]
+
+
+def test_a_message_dropped_while_in_flight_does_not_take_the_next_one_with_it() -> None:
+    queue = DeliveryQueue(max_queued=2)
+    queue.add(regime("BTC", 1))
+    in_flight = entry(queue.next())
+    queue.add(regime("BTC", 2))
+    queue.add(regime("BTC", 3))  # full: the one in flight is the oldest in memory
+    assert queue.dropped == 1
+    assert queue.delivered(in_flight) is None  # its PUBACK arrives anyway
+    assert send_all(queue) == [regime("BTC", 2), regime("BTC", 3)]
+
+
+# -- across a reconnect -------------------------------------------------------------------------
+def test_a_message_in_flight_when_the_connection_drops_is_sent_again_first() -> None:
+    queue = DeliveryQueue(outbox=True)
+    ev = queue.add(event("BTC", 1))
+    assert ev is not None
+    queue.stored(ev, 11)
+    queue.add(regime("BTC", 2))
+    queue.add(signals("BTC", 1))
+
+    # First connection: the event is handed out, then the connection drops before its PUBACK
+    # (the connection loop never calls ``delivered``).
+    assert queue.next() is ev
+    # Meanwhile the pipeline keeps publishing.
+    queue.add(signals("BTC", 2))
+    ev2 = queue.add(event("BTC", 2))
+    assert ev2 is not None
+    queue.stored(ev2, 12)
+
+    # Next connection: the same event again, then the rest in publish order, each row acked
+    # once; the signals coalesced to the newest while the broker was away.
+    assert queue.next() is ev
+    acked = [queue.delivered(ev)]
+    sent = []
+    while (item := queue.next()) is not None:
+        sent.append(entry(item).msg)
+        acked.append(queue.delivered(entry(item)))
+    assert sent == [regime("BTC", 2), event("BTC", 2), signals("BTC", 2)]
+    assert [i for i in acked if i is not None] == [11, 12]
+
+
+def test_a_signal_lost_mid_send_is_not_sent_again_the_next_one_replaces_it() -> None:
+    queue = DeliveryQueue()
+    queue.add(signals("BTC", 1))
+    assert entry(queue.next()).msg == signals("BTC", 1)  # handed out: it left the queue
+    # The connection drops mid-send: state, not history; nothing waits.
+    assert queue.next() is None and queue.idle
+    queue.add(signals("BTC", 2))
+    assert send_all(queue) == [signals("BTC", 2)]
+
+
+@pytest.mark.parametrize("outbox", [False, True])
+def test_a_rebirth_is_handed_out_once_even_if_the_connection_drops_during_it(
+    outbox: bool,
+) -> None:
+    """The reconnect publishes the birth anyway; the broker keeps the retained messages."""
+    queue = DeliveryQueue(outbox=outbox)
+    queue.add(regime("BTC", 1))
+    queue.request_rebirth()
+    assert isinstance(queue.next(), Rebirth)
+    # Dropped mid-rebirth: the next connection goes on with the queue.
+    assert entry(queue.next()).msg == regime("BTC", 1)
