@@ -1,8 +1,8 @@
 """Every seed narrative end to end: simulator (real websockets and REST) → daemon with the
 shipped rules → real Mosquitto → subscriber.
 
-The simulator plays the narrative (10 min of calm, then the narrative held) at 40x, so the calm
-takes 15 s of wall time; the daemon backfills a 7-day baseline from the simulator's history, as
+The simulator plays the narrative (10 min of calm, then the narrative held) at 20x, so the calm
+takes 30 s of wall time; the daemon backfills a 7-day baseline from the simulator's history, as
 a fresh install would from the exchanges, and runs config.yaml's five rules with the compressed
 signal windows of ``NARRATIVE_WINDOWS``. One asset (BTC) keeps the load under one core.
 
@@ -23,13 +23,16 @@ from simulator.scenarios import BASELINE_MS, NARRATIVES
 from tests.conftest import Mosquitto
 from tests.test_daemon import RunningDaemon, daemon_config
 
-SPEED = 40.0
+# Not faster: at 40x the premium's 10 s staleness bound is 250 ms of wall time, and with the
+# other core busy the sockets' frames reached the daemon further apart than that, so the
+# premium was null (rightly, for such inputs) when the narrative's other conditions held.
+SPEED = 20.0
 SEED = 7
 # Event time by which the narrative's regime must be on the topic: 10 min of calm, then at most
 # ~10 min of the narrative (distribution rallies for 3 min first). The simulator is paced, so on
 # a busy machine the market slows down with the daemon: the test waits on event time.
 DEADLINE_MS = BASELINE_MS + 13 * 60_000
-# Wall seconds: only a safety net against a hang (about 20 s are needed on an idle machine).
+# Wall seconds: only a safety net against a hang (about 40 s are needed on an idle machine).
 SAFETY_S = 600.0
 
 
