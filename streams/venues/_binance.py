@@ -3,12 +3,13 @@ aggregate-trade refetch paged by id. The venue modules add their hosts, paths an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from streams import binance
 from streams.continuity import TradeGap
 from streams.events import Event, Trade
+from streams.frames import IgnoredFrame
 from streams.units import MINUTE_MS
 from streams.venues.base import FrameDecoder, HistorySeries, RestCall, Socket, Venue
 
@@ -19,14 +20,25 @@ KLINES_PAGE = 1000  # a page of 1000 klines weighs less than one of 1500 on both
 
 
 class BinanceDecoder(FrameDecoder):
-    def __init__(self, venue: str) -> None:
+    """Combined-stream frames of the streams read (``streams``, e.g. ``aggTrade``); a frame of
+    any other stream (a tape recorded when more was subscribed) is skipped from its prefix,
+    before the JSON is parsed."""
+
+    def __init__(self, venue: str, streams: Iterable[str]) -> None:
         self.venue = venue
+        self.streams = frozenset(streams)
 
     def decode(self, raw: str | bytes, ts_recv: int) -> list[Event]:
+        name = binance.stream_name(raw)
+        if name is not None:
+            stream = name.partition("@")[2]
+            if stream not in self.streams:
+                raise IgnoredFrame("not_subscribed", stream)
         return binance.parse_frame(self.venue, raw, ts_recv)
 
 
 class BinanceVenue(Venue):
+    streams: tuple[str, ...]  # every stream read, on any of its sockets
     depth_path: str
     depth_limits: tuple[int, ...]  # the book limits the snapshot may ask for
     depth_weight: Callable[[int], int]  # the snapshot's weight, by limit
@@ -61,7 +73,7 @@ class BinanceVenue(Venue):
         return out
 
     def decoder(self) -> FrameDecoder:
-        return BinanceDecoder(self.name)
+        return BinanceDecoder(self.name, self.streams)
 
     def parse_rest(self, url: str, body: str | bytes, ts_recv: int) -> list[Event]:
         return binance.parse_rest(self.name, url, body, ts_recv)
