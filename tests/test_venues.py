@@ -13,6 +13,7 @@ from monitor.defaults import default_config_data
 from streams.book import BookRule
 from streams.continuity import TradeGap
 from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE, Trade
+from streams.frames import IgnoredFrame
 from streams.units import DAY_MS, MINUTE_MS
 from streams.venues import ADAPTERS, BY_NAME, BinanceSpot, BinanceUsdm, Coinbase, Pace, Resync
 
@@ -192,3 +193,21 @@ def test_the_config_builds_every_adapter_on_its_urls() -> None:
     assert query(market.url)["streams"] == [
         "btcusdt@aggTrade/btcusdt@markPrice@1s/btcusdt@forceOrder"
     ]
+
+
+def test_frames_of_streams_no_signal_reads_are_skipped_unparsed() -> None:
+    decoder = USDM.decoder()
+    # The prefix decides: the rest of a bookTicker frame is never parsed (here it is not JSON).
+    with pytest.raises(IgnoredFrame) as skipped:
+        decoder.decode('{"stream":"btcusdt@bookTicker","data":{not json', 1)
+    assert (skipped.value.kind, skipped.value.detail) == ("not_read", "bookTicker")
+    # Every variant of a stream that is read is parsed: @trade as well as @aggTrade, @depth@0ms
+    # (as the 2024 tapes recorded it) as well as @depth@100ms.
+    trade = '{"e":"trade","E":2,"T":1,"s":"BTCUSDT","t":7,"p":"100","q":"1","m":true}'
+    depth = '{"e":"depthUpdate","E":1,"T":1,"s":"BTCUSDT","U":1,"u":2,"pu":0,"b":[],"a":[]}'
+    for stream, data in (("trade", trade), ("depth@0ms", depth), ("depth@100ms", depth)):
+        (event,) = decoder.decode(f'{{"stream":"btcusdt@{stream}","data":{data}}}', 1)
+        assert event.symbol == "BTCUSDT"
+    # A frame without the combined-stream prefix is parsed as before.
+    (event,) = decoder.decode(trade, 1)
+    assert isinstance(event, Trade)

@@ -3,7 +3,7 @@ aggregate-trade refetch paged by id. The venue modules add their hosts, paths an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from streams import binance
@@ -20,25 +20,23 @@ KLINES_PAGE = 1000  # a page of 1000 klines weighs less than one of 1500 on both
 
 
 class BinanceDecoder(FrameDecoder):
-    """Combined-stream frames of the streams read (``streams``, e.g. ``aggTrade``); a frame of
-    any other stream (a tape recorded when more was subscribed) is skipped from its prefix,
-    before the JSON is parsed."""
+    """Combined-stream frames. A frame of a stream kind no signal reads (``bookTicker`` on a
+    tape recorded when it was subscribed) is skipped from its prefix, before the JSON is
+    parsed; the kinds read are ``binance.READ_STREAM_KINDS``."""
 
-    def __init__(self, venue: str, streams: Iterable[str]) -> None:
+    def __init__(self, venue: str) -> None:
         self.venue = venue
-        self.streams = frozenset(streams)
 
     def decode(self, raw: str | bytes, ts_recv: int) -> list[Event]:
         name = binance.stream_name(raw)
         if name is not None:
-            stream = name.partition("@")[2]
-            if stream not in self.streams:
-                raise IgnoredFrame("not_subscribed", stream)
+            kind = name.partition("@")[2].partition("@")[0]  # btcusdt@depth@100ms -> depth
+            if kind not in binance.READ_STREAM_KINDS:
+                raise IgnoredFrame("not_read", kind)
         return binance.parse_frame(self.venue, raw, ts_recv)
 
 
 class BinanceVenue(Venue):
-    streams: tuple[str, ...]  # every stream read, on any of its sockets
     depth_path: str
     depth_limits: tuple[int, ...]  # the book limits the snapshot may ask for
     depth_weight: Callable[[int], int]  # the snapshot's weight, by limit
@@ -73,7 +71,7 @@ class BinanceVenue(Venue):
         return out
 
     def decoder(self) -> FrameDecoder:
-        return BinanceDecoder(self.name, self.streams)
+        return BinanceDecoder(self.name)
 
     def parse_rest(self, url: str, body: str | bytes, ts_recv: int) -> list[Event]:
         return binance.parse_rest(self.name, url, body, ts_recv)

@@ -26,7 +26,6 @@ class BinanceSpot(BinanceVenue):
     book_rule = BookRule.FIRST_ID
     resync = Resync.SNAPSHOT
     history_group = "binance"
-    streams = STREAMS
     depth_path = "/api/v3/depth"
     depth_limits = DEPTH_LIMITS
     depth_weight = staticmethod(depth_weight)

@@ -32,7 +32,6 @@ class BinanceUsdm(BinanceVenue):
     book_rule = BookRule.PREVIOUS_ID
     resync = Resync.SNAPSHOT
     history_group = "binance"
-    streams = MARKET_STREAMS + PUBLIC_STREAMS
     depth_path = "/fapi/v1/depth"
     depth_limits = DEPTH_LIMITS
     depth_weight = staticmethod(depth_weight)
