@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
 import orjson
 
 from streams.events import (
@@ -198,6 +199,50 @@ def _depth_diff(venue: str, p: dict, ts_recv: int) -> DepthDiff:
         bids=_levels(p, "b"),
         asks=_levels(p, "a"),
     )
+
+
+class _DepthPayload(msgspec.Struct):
+    e: str
+    E: int
+    s: str
+    U: int
+    u: int
+    b: list[tuple[float, float]]
+    a: list[tuple[float, float]]
+    pu: int | None = None
+
+
+class _CombinedDepth(msgspec.Struct):
+    stream: str
+    data: _DepthPayload
+
+
+# Depth frames are most of the work: msgspec decodes one into typed fields in C, the level
+# strings converted to floats there ("lax" mode: numbers may also come as numeric strings),
+# about five times faster than orjson and two float() calls per level.
+_DEPTH_DECODER = msgspec.json.Decoder(_CombinedDepth, strict=False)
+
+
+def parse_depth_frame(venue: str, raw: str | bytes, ts_recv: int) -> list[Event]:
+    """A combined-stream depth frame: same outcome as ``parse_frame``. Anything the fast
+    decoder does not take as it is (another shape, a bad level) goes the strict way, which
+    says exactly what is wrong."""
+    try:
+        p = _DEPTH_DECODER.decode(raw).data
+    except msgspec.MsgspecError:
+        return parse_frame(venue, raw, ts_recv)
+    bids, asks = p.b, p.a
+    if p.e != "depthUpdate" or not p.s or not (_sane(bids) and _sane(asks)):
+        return parse_frame(venue, raw, ts_recv)
+    return [DepthDiff(venue, p.s, p.E, ts_recv, p.U, p.u, p.pu, tuple(bids), tuple(asks))]
+
+
+def _sane(levels: list[tuple[float, float]]) -> bool:
+    for price, qty in levels:  # noqa: SIM110 (a plain loop: it runs over every level)
+        # NaN fails every comparison.
+        if not (0.0 < price < math.inf and 0.0 <= qty < math.inf):
+            return False
+    return True
 
 
 def _book_ticker(venue: str, p: dict, ts_recv: int) -> BookTicker:

@@ -8,7 +8,14 @@ from collections import Counter
 import orjson
 import pytest
 
-from streams.binance import combined_stream_url, parse_frame, parse_rest, stream_name
+from streams import binance
+from streams.binance import (
+    combined_stream_url,
+    parse_depth_frame,
+    parse_frame,
+    parse_rest,
+    stream_name,
+)
 from streams.events import (
     BINANCE_SPOT,
     BINANCE_USDM,
@@ -282,3 +289,39 @@ def test_combined_stream_url_lowercases_symbols() -> None:
         "ws://h:1/market/stream?streams=btcusdt@aggTrade/btcusdt@markPrice@1s/"
         "ethusdt@aggTrade/ethusdt@markPrice@1s"
     )
+
+
+@pytest.mark.parametrize("name", sorted(TAPES))
+def test_the_fast_depth_decoder_gives_what_the_strict_parser_gives(name: str) -> None:
+    venue, seen = TAPES[name], 0
+    for rec in read_tape(DATA / name):
+        if rec.url is None and rec.ctl is None and "@depth" in rec.msg[:40]:
+            assert parse_depth_frame(venue, rec.msg, 7) == parse_frame(venue, rec.msg, 7)
+            binance._DEPTH_DECODER.decode(rec.msg)  # the fast path took it (no fallback)
+            seen += 1
+    assert seen > 100, "the tape holds depth frames"
+
+
+BAD_DEPTH = [
+    '"b":[["NaN","1"]],"a":[]',  # the fast decoder takes NaN: the check after it does not
+    '"b":[["-1","1"]],"a":[]',
+    '"b":[["1","-2"]],"a":[]',
+    '"b":[["1e400","1"]],"a":[]',
+    '"b":[["1","2","3"]],"a":[]',
+    '"b":[["x","1"]],"a":[]',
+    '"b":[],"a":[["1","inf"]]',
+    '"b":[]',
+]
+
+
+@pytest.mark.parametrize("levels", BAD_DEPTH)
+def test_a_bad_depth_frame_is_malformed_the_same_way_on_the_fast_path(levels: str) -> None:
+    raw = (
+        '{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT",'
+        f'"U":1,"u":2,"pu":0,{levels}}}}}'
+    )
+    with pytest.raises(MalformedFrame) as strict:
+        parse_frame(BINANCE_USDM, raw, 1)
+    with pytest.raises(MalformedFrame) as fast:
+        parse_depth_frame(BINANCE_USDM, raw, 1)
+    assert (fast.value.kind, fast.value.detail) == (strict.value.kind, strict.value.detail)

@@ -31,6 +31,8 @@ class BinanceDecoder(FrameDecoder):
         name = binance.stream_name(raw)
         if name is not None:
             kind = name.partition("@")[2].partition("@")[0]  # btcusdt@depth@100ms -> depth
+            if kind == "depth":
+                return binance.parse_depth_frame(self.venue, raw, ts_recv)
             if kind not in binance.READ_STREAM_KINDS:
                 raise IgnoredFrame("not_read", kind)
         return binance.parse_frame(self.venue, raw, ts_recv)
