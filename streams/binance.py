@@ -52,11 +52,10 @@ from streams.units import MINUTE_MS
 # (not the market) stopped. Trades and book tickers are irregular and are not watched.
 CADENCED_SUFFIXES = ("@markPrice@1s", "@depth@100ms")
 
-# The stream kinds (the name between the symbol and any ``@`` option) whose frames become the
-# events tapewatch reads, whichever variant was subscribed (``trade`` or ``aggTrade``,
-# ``depth@100ms`` or ``depth@0ms``). Others (``bookTicker``: no signal uses it) are skipped
-# unparsed.
-READ_STREAM_KINDS = frozenset({"aggTrade", "trade", "depth", "markPrice", "forceOrder"})
+# Stream kinds (the name between the symbol and any ``@`` option) that are Binance's, valid, and
+# read by no signal: a tape recorded when they were subscribed has their frames skipped from the
+# stream name, unparsed. A stream of any other unknown kind is parsed (and found malformed).
+UNREAD_STREAM_KINDS = frozenset({"bookTicker", "ticker", "miniTicker"})
 
 # Most streams one connection may carry (USDⓈ-M documents 200 or 1024; plan for 200).
 MAX_STREAMS_PER_CONNECTION = 200

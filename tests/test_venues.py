@@ -13,7 +13,7 @@ from monitor.defaults import default_config_data
 from streams.book import BookRule
 from streams.continuity import TradeGap
 from streams.events import BINANCE_SPOT, BINANCE_USDM, COINBASE, Trade
-from streams.frames import IgnoredFrame
+from streams.frames import IgnoredFrame, MalformedFrame
 from streams.units import DAY_MS, MINUTE_MS
 from streams.venues import ADAPTERS, BY_NAME, BinanceSpot, BinanceUsdm, Coinbase, Pace, Resync
 
@@ -211,3 +211,9 @@ def test_frames_of_streams_no_signal_reads_are_skipped_unparsed() -> None:
     # A frame without the combined-stream prefix is parsed as before.
     (event,) = decoder.decode(trade, 1)
     assert isinstance(event, Trade)
+
+
+def test_a_stream_nobody_knows_is_parsed_and_found_malformed_not_skipped() -> None:
+    frame = '{"stream":"btcusdt@mysteryStream","data":{"e":"mysteryUpdate","E":1,"s":"BTCUSDT"}}'
+    with pytest.raises(MalformedFrame, match="unknown_event"):
+        SPOT.decoder().decode(frame, 1)

@@ -21,8 +21,8 @@ KLINES_PAGE = 1000  # a page of 1000 klines weighs less than one of 1500 on both
 
 class BinanceDecoder(FrameDecoder):
     """Combined-stream frames. A frame of a stream kind no signal reads (``bookTicker`` on a
-    tape recorded when it was subscribed) is skipped from its prefix, before the JSON is
-    parsed; the kinds read are ``binance.READ_STREAM_KINDS``."""
+    tape recorded when it was subscribed: ``binance.UNREAD_STREAM_KINDS``) is skipped from its
+    prefix, before the JSON is parsed; depth frames take the fast decoder."""
 
     def __init__(self, venue: str) -> None:
         self.venue = venue
@@ -33,7 +33,7 @@ class BinanceDecoder(FrameDecoder):
             kind = name.partition("@")[2].partition("@")[0]  # btcusdt@depth@100ms -> depth
             if kind == "depth":
                 return binance.parse_depth_frame(self.venue, raw, ts_recv)
-            if kind not in binance.READ_STREAM_KINDS:
+            if kind in binance.UNREAD_STREAM_KINDS:
                 raise IgnoredFrame("not_read", kind)
         return binance.parse_frame(self.venue, raw, ts_recv)
 
