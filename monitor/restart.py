@@ -93,24 +93,13 @@ def audit_outbox(outbox: Outbox | None, saved: object, checkpoint: Path) -> int:
     return loss.count
 
 
-def take_over_regimes(
-    pipeline: Pipeline,
-    saved: Mapping[str, Any] | None,
-    outbox: Outbox | None,
-    hold: int,
-) -> list[RegimeChange]:
-    """Restore each asset's newest known regime into ``pipeline`` (see the module docstring)
-    and return the regimes now in force, to be republished. ``saved``: the checkpoint's
-    metadata if one was trusted, ``{}`` if there was no checkpoint at all, None if one existed
-    but was not used (then the outbox cannot be placed against it either, and regimes start
-    afresh)."""
-    return restore_regimes(pipeline, regimes_to_take_over(pipeline, saved, outbox), hold)
-
-
 def regimes_to_take_over(
     pipeline: Pipeline, saved: Mapping[str, Any] | None, outbox: Outbox | None
 ) -> dict[str, Any]:
-    """asset -> the regime state to continue (the arguments of ``take_over_regimes``)."""
+    """asset -> the regime state to continue (see the module docstring). ``saved``: the
+    checkpoint's metadata if one was trusted, ``{}`` if there was no checkpoint at all, None if
+    one existed but was not used (then the outbox cannot be placed against it either, and
+    regimes start afresh)."""
     if saved is None:
         return {}
     regimes = saved.get("regimes")
