@@ -30,6 +30,7 @@ from monitor.messages import OutMessage
 from monitor.mqtt import MAX_COMMAND_BYTES, REBIRTH_MIN_INTERVAL_S, Publisher
 from streams.tasks import stop_tasks
 from tests.conftest import Mosquitto, Subscriber, free_port
+from tests.test_mqtt_protocol import running
 from tests.test_outbox import builder, make_publisher
 
 FLOOD = 50_000  # rebirth commands in the burst (unbounded, this took a daemon from 67 to 275 MB)
@@ -278,16 +279,6 @@ async def wait_until(check: Any, timeout: float, what: str) -> None:
         while not check():
             await asyncio.sleep(0.05)  # polling a counter: no event to wait on
     assert check(), what
-
-
-@contextlib.asynccontextmanager
-async def running(publisher: Publisher) -> AsyncIterator[Publisher]:
-    task = asyncio.create_task(publisher.run())
-    try:
-        await asyncio.wait_for(publisher.connected.wait(), 30)
-        yield publisher
-    finally:
-        await stop_tasks([task])
 
 
 async def test_on_mqtt_3_1_1_huge_payloads_are_read_and_dropped_without_a_trace(
