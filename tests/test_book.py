@@ -413,6 +413,32 @@ def test_order_book_matches_reference_and_numpy_bands(
                 assert got == pytest.approx(expected, rel=1e-12, abs=1e-9)
 
 
+# Prices 0.0005 apart, so levels crowd the band edges and slots are freed and reused often.
+FINE_PRICE = st.integers(0, 8000).map(lambda k: 98 + k * 0.0005)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(st.tuples(batch(FINE_PRICE), batch(FINE_PRICE)), min_size=1, max_size=40),
+    pct=st.floats(min_value=0.0001, max_value=3),
+)
+def test_depth_band_on_a_crowded_book_matches_numpy(
+    steps: list[tuple[list[Level], list[Level]]], pct: float
+) -> None:
+    book = OrderBook()
+    history: list[Update] = []
+    for bids, asks in steps:
+        book.apply_levels(bids, asks)
+        history += [(BID, p, q) for p, q in bids] + [(ASK, p, q) for p, q in asks]
+        ref_bids, ref_asks = reference(history)
+        expected = numpy_band(ref_bids, ref_asks, pct)
+        got = book.depth_band(pct)
+        if expected is None:
+            assert got is None
+        else:
+            assert got == pytest.approx(expected, rel=1e-12, abs=1e-9)
+
+
 def test_order_book_heap_stays_bounded_under_level_churn() -> None:
     # Levels that appear and vanish deep in the book never reach the top of the lazy heap; the
     # heap must still be compacted, and best levels stay right throughout.
