@@ -26,7 +26,7 @@ from monitor.config import Config
 from monitor.health import Health
 from monitor.history_fetch import HistoryFetch
 from monitor.history_tape import HistoryItem
-from monitor.mqtt import Publisher
+from monitor.mqtt import Publisher, PublisherThread
 from monitor.pipeline import (
     Pipeline,
     RefetchRequest,
@@ -113,9 +113,11 @@ class Daemon:
             config, self.session, __version__, self.started_ms, self.health
         )
         builder = self.pipeline.builder
-        self.publisher: Publisher | None = None
+        self.publisher: PublisherThread | None = None
         if publish:
-            self.publisher = Publisher(
+            # On a thread and loop of its own: a regime change reaches the broker without
+            # waiting for the frame work on this loop (see PublisherThread).
+            publisher = Publisher(
                 config.mqtt,
                 client_id=f"tapewatch-{config.instance}-{self.session}",
                 birth=builder.status("online"),
@@ -125,6 +127,7 @@ class Daemon:
                 outbox_path=Path(config.state.dir) / f"{config.instance}.outbox.sqlite",
                 latency=self.health.publish_latency,
             )
+            self.publisher = PublisherThread(publisher)
         self.queue = FrameQueue(config.collector.queue_size)
         # One reporter for every socket and REST client: an unreachable host is one log line
         # (then reminders at a falling rate), however many of them use it.
@@ -366,9 +369,10 @@ class Daemon:
             return
         for msg in msgs:
             publisher.publish(msg, received_ms)
-        if publisher.connected.is_set() and any(msg.qos for msg in msgs):
+        wait = URGENT_WAIT_S
+        if wait > 0 and publisher.connected.is_set() and any(msg.qos for msg in msgs):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(publisher.acknowledged(), URGENT_WAIT_S)
+                await asyncio.wait_for(publisher.acknowledged(), wait)
 
     async def _consume(self) -> None:
         pipeline, recorder = self.pipeline, self.recorder

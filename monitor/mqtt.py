@@ -45,11 +45,14 @@ import contextlib
 import logging
 import math
 import sqlite3
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 from aiomqtt import ProtocolVersion
@@ -524,6 +527,184 @@ class Publisher:
         self.queue.request_rebirth()
         self._idle.clear()
         self._wake.set()
+
+
+# How long ``PublisherThread.run`` waits, once stopped, for its thread to end (the outbox
+# finishing its writes, the broker connection closing): shutdown stays bounded.
+THREAD_STOP_S = 10.0
+# The GIL switch interval while a publisher thread runs (CPython's default is 5 ms). When the
+# frame loop keeps the interpreter busy, each time the publisher thread (or the outbox's) needs
+# the GIL it waits up to this long, and a PUBACK round trip needs it several times (the wake-up,
+# the send, the outbox write's result, the PUBACK): at 5 ms that alone broke a 5 ms budget.
+# Only threads that ask for the GIL cause a switch, so the frame loop pays nearly nothing.
+SWITCH_INTERVAL_S = 0.0002
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when it is installed (as ``tapewatch run`` uses), asyncio's own otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class PublisherThread:
+    """A ``Publisher`` on a thread and event loop of its own, driven from the caller's loop.
+
+    Why: on the daemon's loop the publisher waits for every consumer step (hundreds of frames
+    at a time at 5,000 frames/s), for the socket readers and for the outbox write's result to
+    come back through that loop, so a regime change spent tens of ms between the pipeline and
+    the broker. On its own loop the send and the PUBACK wait for nothing of the frame work but
+    the GIL (see ``SWITCH_INTERVAL_S``).
+
+    ``publish`` keeps its contract (never blocks, messages go out in call order): it is handed
+    to the thread's loop with ``call_soon_threadsafe``, which runs callbacks in call order.
+    Before ``run`` starts the thread and after it ended, it goes to the ``Publisher`` directly
+    (start-up tests, the restored regimes republished before the tasks start). The outbox,
+    delivery queue and counters are the wrapped publisher's; the outbox is thread-safe (its
+    own worker thread), the rest is read for the health report only.
+    """
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self._loop: asyncio.AbstractEventLoop | None = None  # the thread's, while it runs
+
+    # -- what the daemon uses, forwarded ----------------------------------------------------
+    @property
+    def outbox(self) -> Outbox | None:
+        return self.publisher.outbox
+
+    @property
+    def connected(self) -> asyncio.Event:
+        """The wrapped publisher's event: only ``is_set()`` may be used from another thread."""
+        return self.publisher.connected
+
+    @property
+    def latency(self) -> LatencyWindow:
+        return self.publisher.latency
+
+    @property
+    def pending(self) -> int:
+        return self.publisher.pending
+
+    @property
+    def dropped(self) -> int:
+        return self.publisher.dropped
+
+    @property
+    def published(self) -> int:
+        return self.publisher.published
+
+    def prefer_v311(self) -> None:
+        self.publisher.prefer_v311()
+
+    def command_stats(self) -> dict[str, int]:
+        return self.publisher.command_stats()
+
+    def publish(self, msg: OutMessage, received_ms: int | None = None) -> None:
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self.publisher.publish, msg, received_ms)
+                return
+            except RuntimeError:  # the thread's loop closed meanwhile: as after the thread
+                pass
+        self.publisher.publish(msg, received_ms)
+
+    async def acknowledged(self) -> None:
+        """Return once every QoS >= 1 message published so far has its PUBACK."""
+        await self._on_thread(self.publisher.acknowledged)
+
+    async def drained(self) -> None:
+        await self._on_thread(self.publisher.drained)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """``Publisher.close`` on the thread: flush, then the retained ``offline``."""
+        await self._on_thread(lambda: self.publisher.close(timeout))
+
+    async def _on_thread(self, make: Callable[[], Any]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        # Submitted after the publishes before it (the same FIFO), so it waits for them too.
+        # Cancelling the wait here cancels the coroutine on the thread.
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(make(), loop))
+
+    # -- the thread ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run the publisher on its thread until cancelled (or until it fails: its exception is
+        raised here). On cancellation the publisher is stopped on its loop and the thread is
+        waited for, at most ``THREAD_STOP_S``: its outbox is closed when this returns."""
+        caller = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = caller.create_future()
+        loop = _new_loop()
+        stop = asyncio.Event()  # bound to ``loop`` by its first wait, on the thread
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(min(previous, SWITCH_INTERVAL_S))
+        # Set before the thread starts, so a publish from now on is queued for it, never run
+        # here while the thread runs the same publisher.
+        self._loop = loop
+        thread = threading.Thread(
+            target=self._thread, args=(loop, stop, caller, ended), name="tapewatch-mqtt"
+        )
+        thread.start()
+        try:
+            await asyncio.shield(ended)
+        finally:
+            with contextlib.suppress(RuntimeError):  # already closed: the thread has ended
+                loop.call_soon_threadsafe(stop.set)
+            deadline = time.monotonic() + THREAD_STOP_S
+            while not ended.done() and (left := deadline - time.monotonic()) > 0:
+                # A repeated cancellation (stop_tasks) must not cut the wait for the outbox.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([ended], timeout=left)
+            if not ended.done():
+                log.error("mqtt: the publisher thread did not stop in %gs", THREAD_STOP_S)
+            sys.setswitchinterval(previous)
+
+    def _thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        stop: asyncio.Event,
+        caller: asyncio.AbstractEventLoop,
+        ended: asyncio.Future[None],
+    ) -> None:
+        asyncio.set_event_loop(loop)
+        error: BaseException | None = None
+        try:
+            loop.run_until_complete(self._serve(stop))
+        except BaseException as exc:  # handed to ``run`` on the caller's loop
+            error = exc
+        finally:
+            self._loop = None
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
+                caller.call_soon_threadsafe(_settle, ended, error)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        task = asyncio.create_task(self.publisher.run(), name="publisher")
+        stopping = asyncio.create_task(stop.wait(), name="publisher-stop")
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            stopping.cancel()
+            task.result()  # its exception, if any, ends the thread with it
+            raise RuntimeError("the publisher ended")
+        stuck = await stop_tasks([task])
+        if stuck:
+            log.error("mqtt: the publisher did not stop: %s", ", ".join(stuck))
+
+
+def _settle(ended: asyncio.Future[None], error: BaseException | None) -> None:
+    if ended.done():
+        return
+    if error is None:
+        ended.set_result(None)
+    else:
+        ended.set_exception(error)
 
 
 def _handled_on_arrival(

@@ -13,8 +13,10 @@ so a replay is reproducible to the byte.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from monitor.config import Config
 from monitor.guards import BOOK_LEVEL, EventGuard, GuardLimits, Rejection
@@ -342,7 +344,7 @@ class Pipeline:
             self.health.count_rejected(
                 event.venue, Rejection(BOOK_LEVEL, detail), event.ts_recv, dropped
             )
-            event = replace(event, bids=bids, asks=asks)
+            event = msgspec.structs.replace(event, bids=bids, asks=asks)
         result = sync.on_diff(event) if isinstance(event, DepthDiff) else sync.on_snapshot(event)
         if result.needs_snapshot:
             self._request_snapshot(sync, result.reason or "resync")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 import numpy as np
 
 BINANCE_SPOT: Final = "binance-spot"
@@ -27,8 +28,13 @@ BUY: Final = "buy"
 SELL: Final = "sell"
 
 
-@dataclass(slots=True, frozen=True)
-class Trade:
+class _Record(msgspec.Struct, frozen=True, gc=False):
+    """The base of every event: immutable, compared by value, built in C (a frozen dataclass
+    costs ~1 µs to build, eight times as much; one is built per trade). ``gc=False``: events
+    hold only strings, numbers and tuples of them, never a cycle."""
+
+
+class Trade(_Record, frozen=True):
     """One trade (or Binance aggregate trade) with the *taker's* side already resolved."""
 
     venue: str
@@ -45,8 +51,7 @@ class Trade:
         return self.price * self.qty
 
 
-@dataclass(slots=True, frozen=True)
-class MarkPrice:
+class MarkPrice(_Record, frozen=True):
     """Binance USDⓈ-M markPrice update: mark/index price and the *predicted* funding rate."""
 
     venue: str
@@ -62,8 +67,7 @@ class MarkPrice:
 Level = tuple[float, float]  # (price, quantity); quantity 0 removes the level
 
 
-@dataclass(slots=True, frozen=True)
-class DepthDiff:
+class DepthDiff(_Record, frozen=True):
     """An incremental book update with absolute quantities per level.
 
     Binance spot: ``first_id``=U, ``last_id``=u, ``prev_last_id`` None.
@@ -82,8 +86,7 @@ class DepthDiff:
     asks: tuple[Level, ...]
 
 
-@dataclass(slots=True, frozen=True)
-class DepthSnapshot:
+class DepthSnapshot(_Record, frozen=True):
     """A full book: Binance REST depth (``last_id``=lastUpdateId) or a Coinbase l2 snapshot."""
 
     venue: str
@@ -95,8 +98,7 @@ class DepthSnapshot:
     asks: tuple[Level, ...]
 
 
-@dataclass(slots=True, frozen=True)
-class BookTicker:
+class BookTicker(_Record, frozen=True):
     venue: str
     symbol: str
     ts_event: int  # Binance spot bookTicker has no time: the receive time stands in
@@ -107,8 +109,7 @@ class BookTicker:
     ask_qty: float
 
 
-@dataclass(slots=True, frozen=True)
-class Liquidation:
+class Liquidation(_Record, frozen=True):
     """Binance forceOrder snapshot (at most one per symbol per second: a floor, not a total)."""
 
     venue: str
@@ -120,8 +121,7 @@ class Liquidation:
     qty: float  # filled quantity `z`
 
 
-@dataclass(slots=True, frozen=True)
-class OpenInterest:
+class OpenInterest(_Record, frozen=True):
     """Polled ``/fapi/v1/openInterest``: contracts outstanding (base asset for USDⓈ-M)."""
 
     venue: str
@@ -131,8 +131,7 @@ class OpenInterest:
     open_interest: float
 
 
-@dataclass(slots=True, frozen=True)
-class LongShortRatio:
+class LongShortRatio(_Record, frozen=True):
     """Global long/short *account* ratio of one 5-minute period (``/futures/data``)."""
 
     venue: str
@@ -144,8 +143,7 @@ class LongShortRatio:
     short_share: float
 
 
-@dataclass(slots=True, frozen=True)
-class FeedGap:
+class FeedGap(_Record, frozen=True):
     """A stretch of event time in which a venue's feed is known to be incomplete.
 
     Emitted by the collector side (a disconnect, a detected sequence gap); windows mark the
@@ -160,8 +158,7 @@ class FeedGap:
     reason: str
 
 
-@dataclass(slots=True, frozen=True)
-class Heartbeat:
+class Heartbeat(_Record, frozen=True):
     """A venue-wide sign of life with no market data (Coinbase ``heartbeats``): the socket that
     carries the venue's trades is alive at ``ts_event``, even when nothing trades."""
 
