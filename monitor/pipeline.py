@@ -155,10 +155,21 @@ class Pipeline:
     ) -> list[OutMessage]:
         """One raw websocket frame. ``now_ms`` is the wall clock (live) or None (replay)."""
         self.health.frames[venue] += 1
+        decoder = self.decoders.get(venue)
+        if decoder is None:
+            self.health.count_ignored(venue, IgnoredFrame("venue_not_collected", venue))
+            return []
         try:
-            events = self._parse_frame(venue, raw, ts_recv_ms)
+            events = decoder.decode(raw, ts_recv_ms)
         except SkippedFrame as skip:
             self._count(venue, skip)
+            events = []
+        if decoder.frames_lost:
+            # Frames were lost on the connection (even if this one is unusable): its books
+            # may be missing updates.
+            decoder.frames_lost = False
+            self._frames_lost(venue)
+        if not events:  # a frame of a stream no signal reads, a control reply, a bad frame
             return []
         self.guard.observe_frame(venue, events)
         return self._process(venue, events, now_ms, live=True)
@@ -252,18 +263,6 @@ class Pipeline:
         if adapter is None:
             raise IgnoredFrame("venue_not_collected", venue)
         return adapter
-
-    def _parse_frame(self, venue: str, raw: str | bytes, ts_recv_ms: int) -> list[Event]:
-        decoder = self.decoders.get(venue)
-        if decoder is None:
-            raise IgnoredFrame("venue_not_collected", venue)
-        try:
-            return decoder.decode(raw, ts_recv_ms)
-        finally:
-            # Frames were lost on the connection (even if this one is unusable): its books
-            # may be missing updates.
-            if decoder.take_lost_frames():
-                self._frames_lost(venue)
 
     def _count(self, venue: str, skip: SkippedFrame) -> None:
         if isinstance(skip, MalformedFrame):
@@ -385,8 +384,10 @@ class Pipeline:
             for (venue, symbol), sync in sorted(self.books.items())
         }
         report["trades"] = self.continuity.report()
-        for decoder in self.decoders.values():
+        for venue, decoder in self.decoders.items():
             report.update(decoder.health())
+            if decoder.not_read:
+                report["ignored"][f"{venue}/not_read"] = decoder.not_read
         report["silent_feeds"] = self.engine.silent_feeds()
         return report
 

@@ -12,6 +12,8 @@ Facts (as Binance documents them: docs/exchange-protocols.md §1–3, with sourc
 from __future__ import annotations
 
 import math
+import sys
+from typing import Annotated
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -200,14 +202,21 @@ def _depth_diff(venue: str, p: dict, ts_recv: int) -> DepthDiff:
     )
 
 
+# Checked by msgspec in C as it decodes: a price is finite and > 0, a size finite and >= 0
+# (> 0 for a trade). NaN fails every bound. A frame that breaks one goes the strict way.
+_Price = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
+_Size = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
+_LevelSize = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
+
+
 class _DepthPayload(msgspec.Struct):
     e: str
     E: int
     s: str
     U: int
     u: int
-    b: list[tuple[float, float]]
-    a: list[tuple[float, float]]
+    b: list[tuple[_Price, _LevelSize]]
+    a: list[tuple[_Price, _LevelSize]]
     pu: int | None = None
 
 
@@ -217,8 +226,8 @@ class _CombinedDepth(msgspec.Struct):
 
 
 # Depth frames are most of the work: msgspec decodes one into typed fields in C, the level
-# strings converted to floats there ("lax" mode: numbers may also come as numeric strings),
-# about five times faster than orjson and two float() calls per level.
+# strings converted to floats and checked there ("lax" mode: numbers may also come as numeric
+# strings), about five times faster than orjson and two float() calls per level.
 _DEPTH_DECODER = msgspec.json.Decoder(_CombinedDepth, strict=False)
 
 
@@ -230,18 +239,45 @@ def parse_depth_frame(venue: str, raw: str | bytes, ts_recv: int) -> list[Event]
         p = _DEPTH_DECODER.decode(raw).data
     except msgspec.MsgspecError:
         return parse_frame(venue, raw, ts_recv)
-    bids, asks = p.b, p.a
-    if p.e != "depthUpdate" or not p.s or not (_sane(bids) and _sane(asks)):
+    if p.e != "depthUpdate" or not p.s:
         return parse_frame(venue, raw, ts_recv)
-    return [DepthDiff(venue, p.s, p.E, ts_recv, p.U, p.u, p.pu, tuple(bids), tuple(asks))]
+    return [DepthDiff(venue, p.s, p.E, ts_recv, p.U, p.u, p.pu, tuple(p.b), tuple(p.a))]
 
 
-def _sane(levels: list[tuple[float, float]]) -> bool:
-    for price, qty in levels:  # noqa: SIM110 (a plain loop: it runs over every level)
-        # NaN fails every comparison.
-        if not (0.0 < price < math.inf and 0.0 <= qty < math.inf):
-            return False
-    return True
+class _TradePayload(msgspec.Struct):
+    """``trade`` (id ``t``) or ``aggTrade`` (id ``a``)."""
+
+    e: str
+    s: str
+    p: _Price
+    q: _Size
+    T: int
+    m: bool
+    t: int | None = None
+    a: int | None = None
+
+
+class _CombinedTrade(msgspec.Struct):
+    stream: str
+    data: _TradePayload
+
+
+# Trades are most of the frames a signal reads: decoded like depth (lax: the price and size
+# strings become floats in C), with the strict parser as the fallback for anything odd.
+_TRADE_DECODER = msgspec.json.Decoder(_CombinedTrade, strict=False)
+
+
+def parse_trade_frame(venue: str, raw: str | bytes, ts_recv: int) -> list[Event]:
+    """A combined-stream trade or aggTrade frame: same outcome as ``parse_frame``."""
+    try:
+        p = _TRADE_DECODER.decode(raw).data
+    except msgspec.MsgspecError:
+        return parse_frame(venue, raw, ts_recv)
+    kind = p.e
+    trade_id = p.t if kind == "trade" else p.a if kind == "aggTrade" else None
+    if trade_id is None or not p.s:
+        return parse_frame(venue, raw, ts_recv)
+    return [Trade(venue, p.s, p.T, ts_recv, p.p, p.q, SELL if p.m else BUY, trade_id)]
 
 
 def _book_ticker(venue: str, p: dict, ts_recv: int) -> BookTicker:
@@ -383,11 +419,17 @@ _REST = {
 
 def stream_name(raw: str | bytes) -> str | None:
     """The stream of a combined-mode frame, read from its prefix without parsing the JSON."""
-    head = raw[:80] if isinstance(raw, str) else raw[:80].decode("ascii", "replace")
-    if not head.startswith('{"stream":"'):
+    if not isinstance(raw, str):
+        raw = raw[:80].decode("ascii", "replace")
+    if not raw.startswith('{"stream":"'):
         return None
-    end = head.find('"', 11)
-    return head[11:end] if end > 11 else None
+    end = raw.find('"', 11, 80)
+    return raw[11:end] if end > 11 else None
+
+
+def stream_kind(name: str) -> str:
+    """``btcusdt@depth@100ms`` -> ``depth``."""
+    return name.partition("@")[2].partition("@")[0]
 
 
 # -- start-up history bodies: columns of many rows --------------------------------------------

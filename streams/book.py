@@ -95,7 +95,8 @@ class _Ladder:
     def apply(self, levels: Iterable[Level]) -> None:
         """Set each level to its absolute quantity; 0 removes it. One loop with everything in
         locals: this runs for every level of every diff."""
-        slot_of, qtys, heap, sign = self.slot_of, self._qtys, self._heap, self._sign
+        slot_of, prices, qtys, free = self.slot_of, self._prices, self._qtys, self._free
+        heap, sign = self._heap, self._sign
         changed = False
         for price, qty in levels:
             slot = slot_of.get(price)
@@ -105,25 +106,23 @@ class _Ladder:
                 else:
                     del slot_of[price]
                     qtys[slot] = 0.0
-                    self._free.append(slot)
+                    free.append(slot)
                     changed = True
             elif qty > 0:
-                slot_of[price] = self._slot(price, qty)
+                if free:
+                    slot = free.pop()
+                    prices[slot] = price
+                    qtys[slot] = qty
+                else:
+                    slot = len(prices)
+                    prices.append(price)
+                    qtys.append(qty)
+                slot_of[price] = slot
                 heapq.heappush(heap, sign * price)
                 changed = True
             # else: removing a level we never saw is normal (it lay outside the snapshot).
         if changed:
             self._maybe_compact()
-
-    def _slot(self, price: float, qty: float) -> int:
-        if self._free:
-            slot = self._free.pop()
-            self._prices[slot] = price
-            self._qtys[slot] = qty
-            return slot
-        self._prices.append(price)
-        self._qtys.append(qty)
-        return len(self._prices) - 1
 
     def best(self) -> Level | None:
         heap, slot_of, sign = self._heap, self.slot_of, self._sign

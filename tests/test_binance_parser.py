@@ -14,6 +14,7 @@ from streams.binance import (
     parse_depth_frame,
     parse_frame,
     parse_rest,
+    parse_trade_frame,
     stream_name,
 )
 from streams.events import (
@@ -303,7 +304,7 @@ def test_the_fast_depth_decoder_gives_what_the_strict_parser_gives(name: str) ->
 
 
 BAD_DEPTH = [
-    '"b":[["NaN","1"]],"a":[]',  # the fast decoder takes NaN: the check after it does not
+    '"b":[["NaN","1"]],"a":[]',  # NaN fails every bound the fast decoder checks
     '"b":[["-1","1"]],"a":[]',
     '"b":[["1","-2"]],"a":[]',
     '"b":[["1e400","1"]],"a":[]',
@@ -324,4 +325,52 @@ def test_a_bad_depth_frame_is_malformed_the_same_way_on_the_fast_path(levels: st
         parse_frame(BINANCE_USDM, raw, 1)
     with pytest.raises(MalformedFrame) as fast:
         parse_depth_frame(BINANCE_USDM, raw, 1)
+    assert (fast.value.kind, fast.value.detail) == (strict.value.kind, strict.value.detail)
+
+
+@pytest.mark.parametrize("name", sorted(TAPES))
+def test_the_fast_trade_decoder_gives_what_the_strict_parser_gives(name: str) -> None:
+    venue, seen = TAPES[name], 0
+    for rec in read_tape(DATA / name):
+        head = "" if rec.url is not None or rec.ctl is not None else rec.msg[:40]
+        if "@trade" in head or "@aggTrade" in head:
+            assert parse_trade_frame(venue, rec.msg, 7) == parse_frame(venue, rec.msg, 7)
+            binance._TRADE_DECODER.decode(rec.msg)  # the fast path took it (no fallback)
+            seen += 1
+    assert seen > 0, "the tape holds trade frames"
+
+
+def test_an_agg_trade_frame_takes_its_id_from_a_on_the_fast_path() -> None:
+    raw = (
+        '{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":5,"s":"BTCUSDT","a":42,'
+        '"p":"100.5","q":"2","f":1,"l":3,"T":4,"m":false}}'
+    )
+    assert parse_trade_frame(BINANCE_USDM, raw, 9) == [
+        Trade(BINANCE_USDM, "BTCUSDT", 4, 9, 100.5, 2.0, BUY, 42)
+    ]
+    assert parse_trade_frame(BINANCE_USDM, raw, 9) == parse_frame(BINANCE_USDM, raw, 9)
+
+
+BAD_TRADE = [
+    '"p":"NaN","q":"1","t":1',
+    '"p":"-1","q":"1","t":1',
+    '"p":"1","q":"0","t":1',
+    '"p":"1e400","q":"1","t":1',
+    '"p":"x","q":"1","t":1',
+    '"p":"1","q":"1"',  # no id
+    '"p":"1","q":"1","a":1',  # an aggTrade id on a trade
+    '"p":"1","q":"1","t":"x"',
+]
+
+
+@pytest.mark.parametrize("fields", BAD_TRADE)
+def test_a_bad_trade_frame_is_malformed_the_same_way_on_the_fast_path(fields: str) -> None:
+    raw = (
+        '{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","T":1,"m":true,'
+        f"{fields}}}}}"
+    )
+    with pytest.raises(MalformedFrame) as strict:
+        parse_frame(BINANCE_USDM, raw, 1)
+    with pytest.raises(MalformedFrame) as fast:
+        parse_trade_frame(BINANCE_USDM, raw, 1)
     assert (fast.value.kind, fast.value.detail) == (strict.value.kind, strict.value.detail)

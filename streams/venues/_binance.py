@@ -4,12 +4,12 @@ aggregate-trade refetch paged by id. The venue modules add their hosts, paths an
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from streams import binance
 from streams.continuity import TradeGap
 from streams.events import Event, Trade
-from streams.frames import IgnoredFrame
 from streams.units import MINUTE_MS
 from streams.venues.base import FrameDecoder, HistorySeries, RestCall, Socket, Venue
 
@@ -17,25 +17,53 @@ from streams.venues.base import FrameDecoder, HistorySeries, RestCall, Socket, V
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 AGG_TRADES_PAGE = 1000  # rows per aggTrades request (the most Binance serves)
 KLINES_PAGE = 1000  # a page of 1000 klines weighs less than one of 1500 on both venues
+# Stream names whose parser a decoder remembers: a few per subscribed symbol.
+MAX_CACHED_STREAMS = 4096
+
+Parser = Callable[[str | bytes, int], list[Event]]
 
 
 class BinanceDecoder(FrameDecoder):
-    """Combined-stream frames. A frame of a stream kind no signal reads (``bookTicker`` on a
-    tape recorded when it was subscribed: ``binance.UNREAD_STREAM_KINDS``) is skipped from its
-    prefix, before the JSON is parsed; depth frames take the fast decoder."""
+    """Combined-stream frames, each sent to its stream kind's parser: depth and trades to the
+    fast decoders, kinds no signal reads (``bookTicker`` on a tape recorded when it was
+    subscribed: ``binance.UNREAD_STREAM_KINDS``) counted and skipped unparsed, anything else to
+    the strict parser. The parser is looked up by the stream name in the frame's first bytes,
+    cached for the names of known kinds (so a hostile stream of made-up names cannot grow the
+    cache)."""
 
     def __init__(self, venue: str) -> None:
         self.venue = venue
+        self._strict: Parser = partial(binance.parse_frame, venue)
+        self._by_kind: dict[str, Parser] = {
+            "depth": partial(binance.parse_depth_frame, venue),
+            "trade": partial(binance.parse_trade_frame, venue),
+            "aggTrade": partial(binance.parse_trade_frame, venue),
+        }
+        self._parsers: dict[str, Parser] = {}
 
     def decode(self, raw: str | bytes, ts_recv: int) -> list[Event]:
         name = binance.stream_name(raw)
-        if name is not None:
-            kind = name.partition("@")[2].partition("@")[0]  # btcusdt@depth@100ms -> depth
-            if kind == "depth":
-                return binance.parse_depth_frame(self.venue, raw, ts_recv)
-            if kind in binance.UNREAD_STREAM_KINDS:
-                raise IgnoredFrame("not_read", kind)
-        return binance.parse_frame(self.venue, raw, ts_recv)
+        parse = self._parsers.get(name) if name is not None else None
+        if parse is None:
+            parse = self._parser(name)
+        return parse(raw, ts_recv)
+
+    def _parser(self, name: str | None) -> Parser:
+        if name is None:
+            return self._strict
+        kind = binance.stream_kind(name)
+        parse = self._by_kind.get(kind)
+        if parse is None:
+            if kind not in binance.UNREAD_STREAM_KINDS:
+                return self._strict  # a kind nobody knows: parsed, and found malformed
+            parse = self._skip
+        if len(self._parsers) < MAX_CACHED_STREAMS:
+            self._parsers[name] = parse
+        return parse
+
+    def _skip(self, raw: str | bytes, ts_recv: int) -> list[Event]:
+        self.not_read += 1
+        return []
 
 
 class BinanceVenue(Venue):

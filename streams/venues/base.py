@@ -115,17 +115,20 @@ class FrameDecoder:
     """Turns one connection's frames into events; may keep per-connection state (Coinbase
     numbers every frame of a connection). Subclasses implement ``decode``."""
 
+    # Frames of streams that are valid and read by no signal, skipped unparsed (health
+    # ``ignored``: ``not_read``). Counted here, not raised: they can be most of a tape.
+    not_read: int = 0
+    # Frames went missing on the connection (the venue's books cannot be trusted): set by the
+    # decoder, cleared by the reader once it has acted. An attribute, not a call: it is read
+    # after every frame.
+    frames_lost: bool = False
+
     def decode(self, raw: str | bytes, ts_recv: int) -> list[Event]:
         """Events of one frame; raises ``IgnoredFrame``/``MalformedFrame``, nothing else."""
         raise NotImplementedError
 
     def connection_lost(self) -> None:
         """The socket dropped: the next frame starts a new connection."""
-
-    def take_lost_frames(self) -> bool:
-        """Whether frames went missing on the connection since the last call (the venue's
-        books cannot be trusted then)."""
-        return False
 
     def health(self) -> dict[str, int]:
         """Counters for the health topic."""

@@ -32,20 +32,15 @@ class CoinbaseDecoder(FrameDecoder):
     def __init__(self, venue: str) -> None:
         self.venue = venue
         self.sequence = coinbase.SequenceTracker()
-        self._lost = False
 
     def decode(self, raw: str | bytes, ts_recv: int) -> list[Event]:
         msg = coinbase.parse_envelope(raw)
         if self.sequence.observe(msg):
-            self._lost = True
+            self.frames_lost = True
         return coinbase.events_from(self.venue, msg, ts_recv)
 
     def connection_lost(self) -> None:
         self.sequence.reset()  # a new connection numbers from its own baseline
-
-    def take_lost_frames(self) -> bool:
-        lost, self._lost = self._lost, False
-        return lost
 
     def health(self) -> dict[str, int]:
         return {"coinbase_sequence_gaps": self.sequence.gaps}
