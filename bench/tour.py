@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,8 @@ class SignalNulls:
         def counted(event: Any, now: int | None = None) -> list[OutMessage]:
             out = feed_event(event, now)
             self.max_queue = max(self.max_queue, len(queue))
+            if out:
+                self.tickers[f"{type(event).__name__}/{getattr(event, 'venue', '?')}"] += 1
             for msg in out:
                 if msg.topic.endswith("/signals"):
                     self.snapshots += 1
@@ -88,10 +90,15 @@ class SignalNulls:
         # Silences: a venue's trade socket unheard for ``silence_timeout`` of event time, its
         # windows marked missing from then on (signals/engine.py ``_mark_silences``).
         self.silences: Counter[str] = Counter()
+        self.tickers: Counter[str] = Counter()  # the kind of event that crossed a boundary
+        # venue -> at each snapshot, event ms since its trade socket was last heard
+        self.unheard: dict[str, list[int]] = defaultdict(list)
         for state in pipeline.engine.assets.values():
             mark = state._mark_silences
 
             def marked(boundary_ms: int, state: Any = state, mark: Any = mark) -> None:
+                for venue, heard in state.heard_ms.items():
+                    self.unheard[venue].append(boundary_ms - heard)
                 before = dict(state._silence_marked)
                 mark(boundary_ms)
                 for venue, at in state._silence_marked.items():
@@ -198,6 +205,10 @@ async def main() -> None:
     print(f"rejected: {report['rejected']}; malformed: {report['malformed']}")
     print(f"trades: {report['trades']}")
     print(f"silences marked (snapshots with a venue unheard past silence_timeout): {dict(nulls.silences)}")
+    for venue, gaps in sorted(nulls.unheard.items()):
+        g = sorted(gaps)
+        print(f"  {venue}: event ms since last heard at a snapshot: p50 {g[len(g) // 2]}, p90 {g[len(g) * 9 // 10]}, max {g[-1]}")
+    print(f"events that crossed a publish boundary: {dict(nulls.tickers)}")
     history = sorted(nulls.history_ms)
     print(
         f"start-up history items: {len(history)}, consumer ms each: "

@@ -11,9 +11,12 @@ clock: ``advance`` moves the window's end but a window that was only advanced co
 ``touch`` says "the feed behind this window was alive here" without adding a value, which is
 how a live but quiet feed (no liquidation for an hour) covers its window.
 
-Running totals are kept by add/subtract for O(1) reads. Subtraction drifts in floating point
-(catastrophically after a volatile stretch, then calm), so totals are recomputed exactly from the
-slots once per full rotation of the ring and whenever a read follows a large eviction.
+Running totals of the buckets that are not missing are kept by add/subtract for O(1) reads (a
+bucket marked missing leaves them, an evicted one too), with counts of the missing buckets and
+of the buckets that hold data, so no read scans the ring (a day of 1-second buckets is 86,400
+slots). Subtraction drifts in floating point (catastrophically after a volatile stretch, then
+calm), so totals are recomputed exactly from the slots once per full rotation of the ring, and
+are exactly zero whenever no bucket with data is left.
 
 The newest bucket, where nearly every event lands, is summed in a plain Python list and written
 to the numpy slots when the window moves on or is read: a numpy scalar update costs about ten
@@ -35,7 +38,9 @@ class BucketWindow:
         self._sums = np.zeros((self.slots, channels))
         self._filled = np.zeros(self.slots, dtype=bool)  # the bucket received data
         self._missing = np.zeros(self.slots, dtype=bool)
-        self._totals = np.zeros(channels)
+        self._totals = np.zeros(channels)  # over the slots that are not missing
+        self._n_missing = 0  # slots flagged missing
+        self._n_kept = 0  # slots filled and not missing: the ones the totals are made of
         self._head: int | None = None  # absolute index of the newest bucket in the window
         self._first: int | None = None  # absolute index of the first bucket with data or touch
         self._advances_since_exact = 0
@@ -49,6 +54,7 @@ class BucketWindow:
             pending = self._open
             if pending is None:
                 self._open = list(values)
+                self._start_coverage(bucket)  # the head may have been reached by advance()
             else:
                 for i, v in enumerate(values):
                     pending[i] += v
@@ -61,10 +67,7 @@ class BucketWindow:
             self.late_dropped += 1
             return
         else:  # late, but still in the window
-            slot = bucket % self.slots
-            self._sums[slot] += values
-            self._totals += values
-            self._filled[slot] = True
+            self._write(bucket % self.slots, values)
             self._start_coverage(bucket)
             return
         self._open = list(values)
@@ -89,11 +92,18 @@ class BucketWindow:
         if pending is None:
             return
         assert self._head is not None
-        slot = self._head % self.slots
-        self._sums[slot] += pending
-        self._totals += pending
-        self._filled[slot] = True
+        self._write(self._head % self.slots, pending)
         self._open = None
+
+    def _write(self, slot: int, values: tuple[float, ...] | list[float]) -> None:
+        self._sums[slot] += values
+        if self._missing[slot]:
+            self._filled[slot] = True
+            return  # kept (a later read of the bucket sees it), never counted in the totals
+        self._totals += values
+        if not self._filled[slot]:
+            self._filled[slot] = True
+            self._n_kept += 1
 
     def advance(self, ts_ms: int) -> None:
         """Move the window's end to ``ts_ms`` (event time) without adding data."""
@@ -114,8 +124,17 @@ class BucketWindow:
             self._advance_to(end_bucket)
         lo = max(start_ms // self.bucket_ms, self._head - self.slots + 1)
         hi = min((end_ms - 1) // self.bucket_ms, self._head)
-        for bucket in range(lo, hi + 1):
-            self._missing[bucket % self.slots] = True
+        if hi < lo:
+            return
+        self._flush()
+        slots = np.arange(lo, hi + 1) % self.slots
+        slots = slots[~self._missing[slots]]  # newly missing
+        self._missing[slots] = True
+        self._n_missing += len(slots)
+        kept = slots[self._filled[slots]]
+        if len(kept):
+            self._n_kept -= len(kept)
+            self._totals -= self._sums[kept].sum(axis=0)
 
     def fill(self, buckets: np.ndarray, values: np.ndarray) -> int:
         """Fill empty buckets with history (``values`` shape ``(n, channels)``, one row per
@@ -153,31 +172,40 @@ class BucketWindow:
             self._filled[:] = False
             self._missing[:] = False
             self._totals[:] = 0.0
+            self._n_missing = self._n_kept = 0
             self._advances_since_exact = 0
         else:
+            sums, filled, missing = self._sums, self._filled, self._missing
             for b in range(self._head + 1, bucket + 1):
                 slot = b % self.slots
-                self._totals -= self._sums[slot]
-                self._sums[slot] = 0.0
-                self._filled[slot] = False
-                self._missing[slot] = False
+                if missing[slot]:
+                    missing[slot] = False
+                    self._n_missing -= 1
+                elif filled[slot]:
+                    self._totals -= sums[slot]
+                    self._n_kept -= 1
+                sums[slot] = 0.0
+                filled[slot] = False
             self._advances_since_exact += steps
             if self._advances_since_exact >= self.slots:
                 self.recompute()
         self._head = bucket
 
     def recompute(self) -> None:
-        """Exact totals from the slots, discarding accumulated rounding drift."""
+        """Exact totals and counts from the slots, discarding accumulated rounding drift."""
         self._flush()
-        self._totals = self._sums.sum(axis=0)
+        self._n_missing = int(self._missing.sum())
+        kept = self._filled & ~self._missing
+        self._n_kept = int(kept.sum())
+        self._totals = self._sums[kept].sum(axis=0) if self._n_missing else self._sums.sum(axis=0)
         self._advances_since_exact = 0
 
     # -- reading -------------------------------------------------------------------------
     def totals(self) -> np.ndarray:
         """Per-channel sums over the non-missing buckets of the window (a copy)."""
         self._flush()
-        if self._missing.any():
-            return self._sums[~self._missing].sum(axis=0)
+        if not self._n_kept:
+            return np.zeros_like(self._totals)  # exactly: no drift left over from the past
         return self._totals.copy()
 
     def bucket(self, ts_ms: int) -> np.ndarray | None:
@@ -244,10 +272,10 @@ class BucketWindow:
     def _missing_since_first(self, length: int) -> int:
         """Missing buckets among the newest ``length`` (a feed silent before it ever delivered
         is marked missing too, but those buckets are not part of its coverage span)."""
-        if not self._missing.any():
+        if not self._n_missing:
             return 0
         if length >= self.slots:
-            return int(self._missing.sum())
+            return self._n_missing
         assert self._head is not None
         slots = np.arange(self._head - length + 1, self._head + 1) % self.slots
         return int(self._missing[slots].sum())

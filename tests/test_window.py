@@ -192,3 +192,63 @@ def test_samples_since_keeps_the_buckets_from_the_one_holding_the_time_on() -> N
     assert w.samples_since(4000)[:, 0].tolist() == [16.0]
     assert w.samples_since(6000).shape == (0, 1)
     assert BucketWindow(5000, 1000, 1).samples_since(0).shape == (0, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(0, 30_000), st.floats(0, 1e6)),
+            st.tuples(st.just("gap"), st.integers(0, 30_000), st.integers(1, 8_000)),
+            st.tuples(st.just("advance"), st.integers(0, 30_000), st.just(0)),
+        ),
+        min_size=1,
+        max_size=150,
+    ),
+    st.sampled_from([(5000, 1000), (10_000, 500), (1000, 1000)]),
+)
+def test_totals_and_coverage_match_numpy_with_gaps_marked_in_between(
+    ops: list[tuple[str, int, float]], shape: tuple[int, int]
+) -> None:
+    """Adds, missing stretches and moves in any order, read after every step: the totals are
+    numpy's sum over the buckets in the window that are not missing (exactly 0 when none holds
+    data), and coverage counts the missing ones, as a model that keeps every bucket says."""
+    span, bucket = shape
+    slots = span // bucket
+    w = BucketWindow(span, bucket, 1)
+    values: dict[int, list[float]] = {}  # bucket -> values added while it was in the window
+    missing: set[int] = set()
+    head: int | None = None
+    first: int | None = None
+    for op, t, x in ops:
+        b = t // bucket
+        if op == "add":
+            w.add(t, (float(x),))
+            if head is not None and b <= head - slots:
+                continue  # too late: dropped
+            values.setdefault(b, []).append(float(x))
+            first = b if first is None else min(first, b)
+            head = b if head is None else max(head, b)
+        elif op == "advance":
+            w.advance(t)
+            head = b if head is None else max(head, b)
+        elif head is not None:  # a gap is only marked on a window that has started
+            end = t + int(x)
+            w.mark_missing(t, end)
+            head = max(head, (end - 1) // bucket)
+            missing |= {k for k in range(b, (end - 1) // bucket + 1) if k > head - slots}
+        if head is None:
+            continue
+        in_window = range(head - slots + 1, head + 1)
+        missing = {k for k in missing if k in in_window}
+        values = {k: v for k, v in values.items() if k in in_window}
+        kept = [v for k, vs in values.items() if k not in missing for v in vs]
+        expected = float(np.sum(kept)) if kept else 0.0
+        got = w.totals()[0]
+        if not [k for k in values if k not in missing]:
+            assert got == 0.0  # exactly: no bucket with data is left
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-6 * (1 + max(kept, default=0)))
+        if first is not None and first > head - slots:
+            length = head - first + 1
+            gaps = len([k for k in missing if k >= first])
+            assert w.coverage() == pytest.approx(1 - gaps / length)
