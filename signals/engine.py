@@ -591,7 +591,11 @@ class SignalEngine:
         self.usdt_trade: Trade | None = None
 
     def on_event(self, event: Event) -> list[SignalSnapshot]:
-        snapshots = self._tick(event.ts_event)
+        next_boundary = self._next_boundary
+        if next_boundary is not None and event.ts_event < next_boundary:
+            snapshots = []  # nearly every event: ``_tick`` would say the same
+        else:
+            snapshots = self._tick(event.ts_event)
         cls = event.__class__  # exact class checks: this is the per-event path
         if cls is FeedGap or cls is Heartbeat:  # venue-wide, or several symbols at once
             for (venue, symbol), state in self._route.items():

@@ -13,7 +13,7 @@ how a live but quiet feed (no liquidation for an hour) covers its window.
 
 Running totals of the buckets that are not missing are kept by add/subtract for O(1) reads (a
 bucket marked missing leaves them, an evicted one too), with counts of the missing buckets and
-of the buckets that hold data, so no read scans the ring (a day of 1-second buckets is 86,400
+of the buckets that hold data, so no read scans the ring (an hour of 1-second buckets is 3,600
 slots). Subtraction drifts in floating point (catastrophically after a volatile stretch, then
 calm), so totals are recomputed exactly from the slots once per full rotation of the ring, and
 are exactly zero whenever no bucket with data is left.
@@ -127,6 +127,15 @@ class BucketWindow:
         if hi < lo:
             return
         self._flush()
+        if lo == hi:  # the common case, a silence growing by a bucket: no arrays
+            slot = lo % self.slots
+            if not self._missing[slot]:
+                self._missing[slot] = True
+                self._n_missing += 1
+                if self._filled[slot]:
+                    self._n_kept -= 1
+                    self._totals -= self._sums[slot]
+            return
         slots = np.arange(lo, hi + 1) % self.slots
         slots = slots[~self._missing[slots]]  # newly missing
         self._missing[slots] = True

@@ -42,11 +42,13 @@ class BinanceDecoder(FrameDecoder):
         self._parsers: dict[str, Parser] = {}
 
     def decode(self, raw: str | bytes, ts_recv: int) -> list[Event]:
-        name = binance.stream_name(raw)
-        parse = self._parsers.get(name) if name is not None else None
-        if parse is None:
-            parse = self._parser(name)
-        return parse(raw, ts_recv)
+        if raw.__class__ is str and raw.startswith('{"stream":"'):
+            # ``binance.stream_name`` inline: this runs for every frame. A name cut short
+            # (no closing quote within 80 characters) is never a key of the cache.
+            parse = self._parsers.get(raw[11 : raw.find('"', 11, 80)])  # type: ignore[union-attr]
+            if parse is not None:
+                return parse(raw, ts_recv)
+        return self._parser(binance.stream_name(raw))(raw, ts_recv)
 
     def _parser(self, name: str | None) -> Parser:
         if name is None:
