@@ -51,6 +51,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--assets", default="BTC,ETH", help="simulated assets [BTC,ETH]")
     parser.add_argument("--seed", type=int, default=1, help="simulator seed [1]")
     parser.add_argument(
+        "--trace", action="store_true", help="print the queue and each venue's lag every second"
+    )
+    parser.add_argument(
         "--margin", type=float, default=30.0, help="wall seconds allowed past the tour's end [30]"
     )
     return parser.parse_args()
@@ -119,6 +122,22 @@ class SignalNulls:
         pipeline.fill_history = timed_fill  # type: ignore[method-assign]
 
 
+_last_cpu: list[float] = []
+
+
+def trace(daemon: Daemon, pid: int) -> None:
+    """One line: wall s, daemon CPU over the last second, queue depth, and for the first asset
+    each venue's newest trade event time behind the engine's newest boundary (event s)."""
+    cpu = cpu_seconds(pid)
+    used = cpu - _last_cpu[-1] if _last_cpu else 0.0
+    _last_cpu.append(cpu)
+    engine = daemon.pipeline.engine
+    state = next(iter(engine.assets.values()))
+    boundary = engine._last_boundary or 0
+    lags = " ".join(f"{v} {(boundary - t) / 1000:6.0f}" for v, t in sorted(state.heard_ms.items()))
+    print(f"{time.monotonic():9.1f} cpu {used:4.0%} queue {len(daemon.queue):5d} behind: {lags}")
+
+
 async def main() -> None:
     args = parse_args()
     assets = args.assets.split(",")
@@ -166,7 +185,11 @@ async def main() -> None:
             started = time.monotonic()
             task = asyncio.create_task(daemon.run(stop))
             # The tour's event time at `speed`, the backfill before it, and a margin.
-            await asyncio.sleep(tour_ms / 1000 / args.speed + args.margin)
+            until = time.monotonic() + tour_ms / 1000 / args.speed + args.margin
+            while (left := until - time.monotonic()) > 0:
+                await asyncio.sleep(min(1.0, left))
+                if args.trace:
+                    trace(daemon, pids["daemon"])
             wall = time.monotonic() - started
             cpu = {k: (cpu_seconds(p) - cpu0[k]) / wall for k, p in pids.items()}
             stop.set()
