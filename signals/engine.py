@@ -256,23 +256,21 @@ class AssetSignals:
                 self._silence_marked[venue] = boundary_ms
 
     def on_trade(self, trade: Trade) -> None:
-        last = self.heard_ms.get(trade.venue)
-        if last is None or trade.ts_event > last:  # ``heard``, inline: the per-trade path
-            self.heard(trade.venue, trade.ts_event)
+        venue, ts = trade.venue, trade.ts_event
+        last = self.heard_ms.get(venue)
+        if last is None or ts > last:  # ``heard``, inline: the per-trade path
+            self.heard(venue, ts)
         notional = trade.price * trade.qty
-        window = self.flow.get(trade.venue)
+        window = self.flow.get(venue)
         if window is not None:
-            if trade.taker_side == BUY:
-                window.add(trade.ts_event, (notional, 0.0))
-            else:
-                window.add(trade.ts_event, (0.0, notional))
-        if trade.venue == BINANCE_USDM:
-            self.volume.add(trade.ts_event, (notional, 0.0))
-        elif trade.venue == BINANCE_SPOT:
-            self.volume.add(trade.ts_event, (0.0, notional))
-        last = self.last_trade.get(trade.venue)
-        if last is None or trade.ts_event >= last.ts_event:
-            self.last_trade[trade.venue] = trade
+            window.add_one(ts, 0 if trade.taker_side == BUY else 1, notional)
+        if venue == BINANCE_USDM:
+            self.volume.add_one(ts, 0, notional)
+        elif venue == BINANCE_SPOT:
+            self.volume.add_one(ts, 1, notional)
+        latest = self.last_trade.get(venue)
+        if latest is None or ts >= latest.ts_event:
+            self.last_trade[venue] = trade
 
     def on_mark(self, mark: MarkPrice) -> None:
         self.heard(mark.venue, mark.ts_event)

@@ -73,6 +73,17 @@ class BucketWindow:
         self._open = list(values)
         self._start_coverage(bucket)
 
+    def add_one(self, ts_ms: int, channel: int, value: float) -> None:
+        """``add`` of ``value`` to one channel (the others 0): the per-trade path, with no
+        tuple built when the event lands in the open head bucket, as nearly every one does."""
+        pending = self._open
+        if pending is not None and ts_ms // self.bucket_ms == self._head:
+            pending[channel] += value
+            return
+        values = [0.0] * self._sums.shape[1]
+        values[channel] = value
+        self.add(ts_ms, values)
+
     def touch(self, ts_ms: int) -> None:
         """The feed behind this window was alive at ``ts_ms``: coverage starts here at the
         latest, as if a zero had been added (a live, quiet feed is information)."""

@@ -252,3 +252,21 @@ def test_totals_and_coverage_match_numpy_with_gaps_marked_in_between(
             length = head - first + 1
             gaps = len([k for k in missing if k >= first])
             assert w.coverage() == pytest.approx(1 - gaps / length)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 20_000), st.integers(0, 1), st.floats(0, 1e6)),
+        min_size=1,
+        max_size=100,
+    )
+)
+def test_add_one_is_add_with_the_other_channel_zero(ops: list[tuple[int, int, float]]) -> None:
+    one, both = BucketWindow(5000, 1000, 2), BucketWindow(5000, 1000, 2)
+    for t, channel, v in ops:
+        one.add_one(t, channel, v)
+        both.add(t, (v, 0.0) if channel == 0 else (0.0, v))
+        assert one.totals() == pytest.approx(both.totals(), rel=1e-12, abs=1e-9)
+    assert one.late_dropped == both.late_dropped
+    np.testing.assert_allclose(one.samples(), both.samples(), rtol=1e-12, atol=1e-9)
