@@ -79,6 +79,11 @@ HEALTH_EXPIRY_S = round(3 * HEALTH_INTERVAL_S)
 
 # How long the consumer waits for a regime change's PUBACK before it goes on with the frames.
 URGENT_WAIT_S = 0.1
+# A regime change is checkpointed this long after it (the outbox holds its event meanwhile):
+# the state copy holds the frame loop for tens of ms with 90-day baselines, and changes come in
+# clusters (one market move changes several assets within a few ticks); taken at once, the copy
+# for the first change delayed the next ones by its whole length. One copy covers the cluster.
+REGIME_CHECKPOINT_DELAY_S = 1.0
 
 
 def _freeze_long_lived_objects() -> None:
@@ -147,6 +152,7 @@ class Daemon:
         self.origin = origin(config)
         # Regime changes are checkpointed at once (in the background), not only periodically.
         self._regime_topics = frozenset(builder.topics.regime(a) for a in config.assets)
+        self._regime_checkpoint_due = False  # one is scheduled (REGIME_CHECKPOINT_DELAY_S)
         # Checkpoints are numbered when taken, so an older one never replaces a newer on disk.
         self._taken = self._written = 0
         self._write_lock = threading.Lock()
@@ -398,11 +404,24 @@ class Daemon:
                 self._dispatch(request)
 
     def _checkpoint_regime_change(self, msgs: list[Any]) -> None:
-        """A regime change is saved at once, in the background, not a checkpoint interval
-        later: a restart then continues it rather than forgetting it (its event is in the
-        outbox meanwhile, which covers the moments until the file is written)."""
-        if self.stateful and any(msg.topic in self._regime_topics for msg in msgs):
-            self._spawn(self.save_checkpoint_in_background(), "checkpoint")
+        """A regime change is saved within ``REGIME_CHECKPOINT_DELAY_S``, in the background,
+        not a checkpoint interval later: a restart then continues it rather than forgetting it
+        (its event is in the outbox meanwhile, which covers the moments until the file is
+        written, see monitor/restart.py). Changes within the delay share one checkpoint."""
+        if (
+            self.stateful
+            and not self._regime_checkpoint_due
+            and any(msg.topic in self._regime_topics for msg in msgs)
+        ):
+            self._regime_checkpoint_due = True
+            self._spawn(self._checkpoint_after_regime_change(), "checkpoint")
+
+    async def _checkpoint_after_regime_change(self) -> None:
+        try:
+            await asyncio.sleep(REGIME_CHECKPOINT_DELAY_S)
+        finally:
+            self._regime_checkpoint_due = False  # a change from now on schedules another
+        await self.save_checkpoint_in_background()
 
     # -- REST side ------------------------------------------------------------------------------
     def _dispatch(self, request: Request) -> None:
