@@ -149,6 +149,19 @@ class RefreshBudget:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class _ClosedBuckets:
+    """Means of the 5-minute history buckets an hour, a day and a week back, and the highest
+    mean price of the closed buckets of the last 24 h (None: no data there)."""
+
+    oi_1h: float | None
+    oi_24h: float | None
+    oi_7d: float | None
+    price_1h: float | None
+    price_24h: float | None
+    high_24h: float | None
+
+
 class AssetSignals:
     """The rolling state of one asset."""
 
@@ -211,6 +224,8 @@ class AssetSignals:
         self.heard_ms: dict[str, int] = {}  # venue -> event time its trade socket last spoke
         self._silence_marked: dict[str, int] = {}  # venue -> marked missing up to here
         self._started_ms: int | None = None  # the first snapshot's boundary
+        self._closed: _ClosedBuckets | None = None  # see _closed_buckets
+        self._closed_key: tuple[BucketWindow, int] | None = None
 
     def _venue_windows(self, venue: str) -> list[BucketWindow]:
         """The windows a venue's trade socket feeds."""
@@ -362,24 +377,46 @@ class AssetSignals:
             ),
         )
 
+        past = self._closed_buckets(end)
+        values["oi_change_pct_1h"] = _change_pct(oi, past.oi_1h)
+        values["oi_change_pct_24h"] = _change_pct(oi, past.oi_24h)
+        values["oi_change_pct_7d"] = _change_pct(oi, past.oi_7d)
+        values["price_change_pct_1h"] = _change_pct(price, past.price_1h)
+        values["price_change_pct_24h"] = _change_pct(price, past.price_24h)
+        high = None
+        if price is not None:
+            # The highest 5-minute mean price of the last 24 h: the closed buckets', this
+            # bucket's so far, or the price now.
+            held = self.history.bucket(end)
+            now_mean = float(held[2] / held[3]) if held is not None and held[3] > 0 else price
+            high = max(price, now_mean, past.high_24h or price)
+        values["price_from_high_pct_24h"] = _change_pct(price, high)
+
+    def _closed_buckets(self, end: int) -> _ClosedBuckets:
+        """What the 5-minute history's closed buckets say at ``end``: they change only when
+        the history moves to a new bucket or is filled, so this is worked out once per bucket,
+        not once per snapshot."""
+        history = self.history
+        key = (history, history.changes)
+        if self._closed_key == key and self._closed is not None:
+            return self._closed
+
         def past(ago_ms: int, total: int, count: int) -> float | None:
-            sums = self.history.bucket(end - ago_ms)
+            sums = history.bucket(end - ago_ms)
             return None if sums is None or sums[count] == 0 else float(sums[total] / sums[count])
 
-        values["oi_change_pct_1h"] = _change_pct(oi, past(HOUR_MS, 0, 1))
-        values["oi_change_pct_24h"] = _change_pct(oi, past(DAY_MS, 0, 1))
-        values["oi_change_pct_7d"] = _change_pct(oi, past(7 * DAY_MS, 0, 1))
-        values["price_change_pct_1h"] = _change_pct(price, past(HOUR_MS, 2, 3))
-        values["price_change_pct_24h"] = _change_pct(price, past(DAY_MS, 2, 3))
-        values["price_from_high_pct_24h"] = _change_pct(price, self._high(end - DAY_MS, price))
-
-    def _high(self, since_ms: int, price: float | None) -> float | None:
-        """The highest 5-minute mean price since ``since_ms``, or ``price`` if higher."""
-        if price is None:
-            return None
-        rows = self.history.samples_since(since_ms)
+        rows = history.samples_since(end - DAY_MS, end - history.bucket_ms)
         rows = rows[rows[:, 3] > 0]
-        return max(price, float((rows[:, 2] / rows[:, 3]).max())) if len(rows) else price
+        self._closed = _ClosedBuckets(
+            oi_1h=past(HOUR_MS, 0, 1),
+            oi_24h=past(DAY_MS, 0, 1),
+            oi_7d=past(7 * DAY_MS, 0, 1),
+            price_1h=past(HOUR_MS, 2, 3),
+            price_24h=past(DAY_MS, 2, 3),
+            high_24h=float((rows[:, 2] / rows[:, 3]).max()) if len(rows) else None,
+        )
+        self._closed_key = key
+        return self._closed
 
     def _fresh_price(self, venue: str, boundary_ms: int, max_age_ms: int) -> float | None:
         trade = self.last_trade.get(venue)
@@ -405,19 +442,20 @@ class AssetSignals:
         self._mark_silences(boundary_ms)
         values: dict[str, float | None] = {}
 
-        buy, sell = self._flow(BINANCE_USDM) or (0.0, 0.0)
+        flow = {venue: self._flow(venue) for venue in FLOW_VENUES}
+        buy, sell = flow[BINANCE_USDM] or (0.0, 0.0)
         total = buy + sell
         values["taker_imbalance_perp"] = (buy - sell) / total if total > 0 else None
         values["taker_buy_ratio"] = buy / total if total > 0 else None
         values["taker_sell_ratio"] = sell / total if total > 0 else None
         values["taker_buy_sell_ratio"] = buy / sell if sell > 0 else None
-        values["taker_imbalance_spot"] = _imbalance(self._flow(BINANCE_SPOT))
-        values["taker_imbalance_coinbase"] = _imbalance(self._flow(COINBASE))
+        values["taker_imbalance_spot"] = _imbalance(flow[BINANCE_SPOT])
+        values["taker_imbalance_coinbase"] = _imbalance(flow[COINBASE])
 
         # All venues: only when every venue configured for the asset covers its window. Summing
         # just the covered ones would make the number jump whenever a venue drops out, and a
         # Binance-only sum would pass for a market-wide one.
-        flows = [self._flow(venue) for venue in FLOW_VENUES if venue in self.symbols]
+        flows = [flow[venue] for venue in FLOW_VENUES if venue in self.symbols]
         combined: tuple[float, float] | None = None
         if flows and all(f is not None for f in flows):
             combined = (sum(f[0] for f in flows if f), sum(f[1] for f in flows if f))

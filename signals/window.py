@@ -46,6 +46,10 @@ class BucketWindow:
         self._advances_since_exact = 0
         self._open: list[float] | None = None  # sums for the head bucket not yet in the slots
         self.late_dropped = 0  # events older than the window when they arrived
+        # Bumped by every change to a bucket other than the open head one (the window moved,
+        # a late event, a fill, a gap): what a reader caching results over closed buckets
+        # keys its cache on.
+        self.changes = 0
 
     # -- writing -------------------------------------------------------------------------
     def add(self, ts_ms: int, values: tuple[float, ...] | list[float]) -> None:
@@ -67,6 +71,7 @@ class BucketWindow:
             self.late_dropped += 1
             return
         else:  # late, but still in the window
+            self.changes += 1
             self._write(bucket % self.slots, values)
             self._start_coverage(bucket)
             return
@@ -138,6 +143,7 @@ class BucketWindow:
         if hi < lo:
             return
         self._flush()
+        self.changes += 1
         if lo == hi:  # the common case, a silence growing by a bucket: no arrays
             slot = lo % self.slots
             if not self._missing[slot]:
@@ -164,6 +170,7 @@ class BucketWindow:
         if len(buckets) == 0:
             return 0
         self._flush()
+        self.changes += 1
         last = int(buckets.max())
         if self._head is None:
             self._head = last
@@ -186,6 +193,7 @@ class BucketWindow:
     def _advance_to(self, bucket: int) -> None:
         assert self._head is not None
         self._flush()
+        self.changes += 1
         steps = bucket - self._head
         if steps >= self.slots:
             self._sums[:] = 0.0
@@ -204,6 +212,8 @@ class BucketWindow:
                 elif filled[slot]:
                     self._totals -= sums[slot]
                     self._n_kept -= 1
+                else:
+                    continue  # never written: its sums are zero already
                 sums[slot] = 0.0
                 filled[slot] = False
             self._advances_since_exact += steps
@@ -217,7 +227,7 @@ class BucketWindow:
         self._n_missing = int(self._missing.sum())
         kept = self._filled & ~self._missing
         self._n_kept = int(kept.sum())
-        self._totals = self._sums[kept].sum(axis=0) if self._n_missing else self._sums.sum(axis=0)
+        self._totals = self._sums[kept].sum(axis=0)
         self._advances_since_exact = 0
 
     # -- reading -------------------------------------------------------------------------
@@ -263,13 +273,15 @@ class BucketWindow:
         keep = self._filled & ~self._missing
         return column if keep.all() else column[keep]
 
-    def samples_since(self, ts_ms: int) -> np.ndarray:
-        """``samples()`` restricted to the buckets from the one holding ``ts_ms`` on."""
+    def samples_since(self, ts_ms: int, until_ms: int | None = None) -> np.ndarray:
+        """``samples()`` restricted to the buckets from the one holding ``ts_ms`` on (up to
+        the one holding ``until_ms``, if given)."""
         if self._head is None:
             return self._sums[:0].copy()
         self._flush()
         first = max(ts_ms // self.bucket_ms, self._head - self.slots + 1)
-        order = np.arange(first, self._head + 1) % self.slots
+        last = self._head if until_ms is None else min(until_ms // self.bucket_ms, self._head)
+        order = np.arange(first, last + 1) % self.slots
         keep = self._filled[order] & ~self._missing[order]
         return self._sums[order[keep]]
 
@@ -328,6 +340,7 @@ class BucketWindow:
             state["sums"].astype(float), state["filled"].astype(bool)
         )
         window._missing = state["missing"].astype(bool, copy=True)
+        window._sums[~window._filled] = 0.0  # a slot without data holds nothing
         window._head = None if head < 0 else head
         window._first = None if first < 0 else first
         window._advances_since_exact = advances
