@@ -1,10 +1,19 @@
 """Throughput of the full pipeline on real frames, against the orjson-parse-only floor.
 
-    .venv/bin/python bench/pipeline.py [TAPE ...]
+    .venv/bin/python bench/pipeline.py [--runs 5] [--json OUT] [TAPE ...]
 
 Frames are loaded into memory first, so the figures exclude tape decompression. "floor" is
-``orjson.loads`` on every frame; "pipeline" is parse → events → signals → regimes → messages
-(the publisher is not involved). Reports frames/s for trade frames alone and for all frames.
+``orjson.loads`` on every frame; "pipeline" is parse → books / trade continuity → signals →
+regimes → messages (the publisher is not involved), with the shipped config. The recorded REST
+depth snapshots are fed in tape order with the frames, so the books sync and every diff is
+applied to a live book, as in the daemon.
+
+Reported per tape, best of ``--runs``:
+- whole tape: every record in order, snapshots every second (the shipped config);
+- per-frame path: the same with snapshots pushed outside the tape's span;
+- per kind: frames/s of each stream kind, timed frame by frame (a ``perf_counter`` pair around
+  each) in a whole-tape pass, as the cryptofeed comparison harness times its own;
+- snapshots: their cost per second of event time.
 """
 
 from __future__ import annotations
@@ -12,34 +21,123 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import yaml
 
-from monitor.config import config_from_dict
+from monitor.config import Config, config_from_dict
 from monitor.pipeline import Pipeline
 from streams.tape import read_tape
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TAPE = REPO / "tests/data/binance-usdm-2024-07-18-btc-eth-90s.tape.jsonl.zst"
 
-
 Frame = tuple[str, str | None, str, int]  # venue, REST url (None for a websocket frame), body, ms
 
 
-def _load(paths: list[Path]) -> list[Frame]:
+def load(paths: list[Path]) -> list[Frame]:
     return [(r.src, r.url, r.msg, round(r.ts * 1000)) for p in paths for r in read_tape(p)]
 
 
-def _best_of(n: int, fn) -> float:  # type: ignore[no-untyped-def]
-    best = float("inf")
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def kind_of(frame: Frame) -> str:
+    """``trade``, ``depth``, ``bookTicker``, ... from a combined stream's name; ``rest``."""
+    if frame[1] is not None:
+        return "rest"
+    msg = frame[2]
+    if not msg.startswith('{"stream":"'):
+        return "other"
+    name = msg[11 : msg.find('"', 11)]
+    return name.partition("@")[2].partition("@")[0] or "other"
+
+
+def configs() -> tuple[Config, Config]:
+    """The shipped config, and the same with snapshots pushed outside any tape's span."""
+    data = yaml.safe_load((REPO / "config.yaml").read_text())
+    shipped = config_from_dict(data, env={})
+    data["signals"]["publish_interval"] = "1d"
+    return shipped, config_from_dict(data, env={})
+
+
+def run(frames: list[Frame], config: Config) -> float:
+    """Seconds for every frame through a fresh pipeline (construction not timed)."""
+    p = Pipeline.for_session(config, "bench", "bench", 0)
+    feed_frame, feed_rest = p.feed_frame, p.feed_rest
+    t0 = time.perf_counter()
+    for src, url, msg, ts in frames:
+        if url is None:
+            feed_frame(src, msg, ts)
+        else:
+            feed_rest(src, url, msg, ts)
+    return time.perf_counter() - t0
+
+
+def run_by_kind(frames: list[Frame], config: Config) -> dict[str, float]:
+    """Seconds per frame kind, each frame timed on its own, in one whole-tape pass."""
+    p = Pipeline.for_session(config, "bench", "bench", 0)
+    kinds = [kind_of(f) for f in frames]
+    spent: dict[str, float] = defaultdict(float)
+    clock = time.perf_counter
+    for (src, url, msg, ts), kind in zip(frames, kinds, strict=True):
+        t0 = clock()
+        if url is None:
+            p.feed_frame(src, msg, ts)
+        else:
+            p.feed_rest(src, url, msg, ts)
+        spent[kind] += clock() - t0
+    return dict(spent)
+
+
+def floor(frames: list[Frame]) -> float:
+    t0 = time.perf_counter()
+    for _, _, msg, _ in frames:
+        orjson.loads(msg)
+    return time.perf_counter() - t0
+
+
+def best(runs: int, fn: Callable[[], float]) -> float:
+    return min(fn() for _ in range(runs))
+
+
+def measure(path: Path, runs: int) -> dict[str, Any]:
+    frames = load([path])
+    shipped, no_snapshots = configs()
+    counts: dict[str, int] = defaultdict(int)
+    for f in frames:
+        counts[kind_of(f)] += 1
+    whole = best(runs, lambda: run(frames, shipped))
+    per_frame = best(runs, lambda: run(frames, no_snapshots))
+    passes = [run_by_kind(frames, shipped) for _ in range(runs)]
+    by_kind = {k: min(p.get(k, 0.0) for p in passes) for k in counts}
+    span_s = (frames[-1][3] - frames[0][3]) / 1000
+    return {
+        "tape": path.name,
+        "frames": len(frames),
+        "span_s": span_s,
+        "floor_s": best(runs, lambda: floor(frames)),
+        "whole_s": whole,
+        "per_frame_path_s": per_frame,
+        "snapshots_ms_per_s": 1000 * (whole - per_frame) / span_s,
+        "kinds": {k: {"frames": n, "seconds": by_kind[k]} for k, n in sorted(counts.items())},
+    }
+
+
+def report(m: dict[str, Any]) -> str:
+    n = m["frames"]
+    lines = [
+        f"{m['tape']}: {n:,} records over {m['span_s']:.0f} s",
+        f"  whole tape, snapshots on: {m['whole_s']:.3f} s ({n / m['whole_s'] / 1000:.0f}k/s, "
+        f"{m['whole_s'] / m['floor_s']:.1f}x the orjson floor of {m['floor_s']:.3f} s)",
+        f"  per-frame path (no snapshots): {m['per_frame_path_s']:.3f} s; snapshots "
+        f"{m['snapshots_ms_per_s']:.2f} ms per second of event time",
+    ]
+    for kind, k in m["kinds"].items():
+        rate = k["frames"] / k["seconds"] / 1000 if k["seconds"] else float("inf")
+        lines.append(f"    {kind:>11} {k['frames']:8,d} frames {rate:8.1f}k/s")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -51,55 +149,20 @@ def main() -> None:
         nargs="*",
         type=Path,
         metavar="TAPE",
-        help=f"tapes to load [{DEFAULT_TAPE.relative_to(REPO)}]",
+        help=f"tapes to measure, each on its own [{DEFAULT_TAPE.relative_to(REPO)}]",
     )
-    paths = parser.parse_args().tapes or [DEFAULT_TAPE]
-    frames = _load(paths)
-    trades = [f for f in frames if '@trade"' in f[2][:40] or '@aggTrade"' in f[2][:40]]
-    # The recorded depth snapshots (REST bodies) come with the depth frames, in tape order, so
-    # the books sync and the diffs are applied to them as live.
-    depth = [f for f in frames if f[1] is not None or "@depth" in f[2][:40]]
-    data = yaml.safe_load((REPO / "config.yaml").read_text())
-    config = config_from_dict(data, env={})
-    # Snapshots cost a fixed amount per second of event time, not per frame: measure the
-    # per-frame path alone with snapshots pushed out of the tape's span, and report both.
-    data["signals"]["publish_interval"] = "1d"
-    no_snapshots = config_from_dict(data, env={})
-
-    def floor(batch: list[Frame]) -> None:
-        for _, _, msg, _ in batch:
-            orjson.loads(msg)
-
-    def pipeline(batch: list[Frame], cfg: Any = config) -> float:
-        p = Pipeline.for_session(cfg, "bench", "bench", 0)  # construction is not timed
-        t0 = time.perf_counter()
-        for src, url, msg, ts in batch:
-            if url is None:
-                p.feed_frame(src, msg, ts)
-            else:
-                p.feed_rest(src, url, msg, ts)
-        return time.perf_counter() - t0
-
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {cpu}, Python {platform.python_version()}")
-    span_s = (frames[-1][3] - frames[0][3]) / 1000
-    for label, batch in (("trade", trades), ("depth", depth), ("all", frames)):
-        t_floor = _best_of(5, lambda b=batch: floor(b))
-        t_frames = min(pipeline(batch, no_snapshots) for _ in range(5))
-        t_full = min(pipeline(batch) for _ in range(5))
-        n = len(batch)
-        print(
-            f"{label:>5} frames {n:6d} | floor {n / t_floor:10,.0f}/s | per-frame path "
-            f"{n / t_frames:10,.0f}/s ({t_frames / t_floor:4.1f}x floor) | with snapshots "
-            f"{n / t_full:10,.0f}/s"
-        )
-    t_snap = min(pipeline(frames) for _ in range(3)) - min(
-        pipeline(frames, no_snapshots) for _ in range(3)
-    )
+    parser.add_argument("--runs", type=int, default=5, help="best of this many [5]")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
     print(
-        f"snapshots: {1000 * t_snap / span_s:.2f} ms per second of event time "
-        f"({len(config.assets)} assets, z-score baselines included)"
+        f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}"
     )
+    results = []
+    for path in args.tapes or [DEFAULT_TAPE]:
+        results.append(measure(path, args.runs))
+        print(report(results[-1]))
+    if args.json:
+        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
 
 
 if __name__ == "__main__":
