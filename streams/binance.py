@@ -12,8 +12,6 @@ Facts (as Binance documents them: docs/exchange-protocols.md §1–3, with sourc
 from __future__ import annotations
 
 import math
-import sys
-from typing import Annotated
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -37,7 +35,10 @@ from streams.events import (
 )
 from streams.frames import (
     IgnoredFrame,
+    LevelSize,
     MalformedFrame,
+    Price,
+    Size,
     boolean,
     integer,
     non_negative_number,
@@ -202,21 +203,14 @@ def _depth_diff(venue: str, p: dict, ts_recv: int) -> DepthDiff:
     )
 
 
-# Checked by msgspec in C as it decodes: a price is finite and > 0, a size finite and >= 0
-# (> 0 for a trade). NaN fails every bound. A frame that breaks one goes the strict way.
-_Price = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
-_Size = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
-_LevelSize = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
-
-
 class _DepthPayload(msgspec.Struct):
     e: str
     E: int
     s: str
     U: int
     u: int
-    b: list[tuple[_Price, _LevelSize]]
-    a: list[tuple[_Price, _LevelSize]]
+    b: list[tuple[Price, LevelSize]]
+    a: list[tuple[Price, LevelSize]]
     pu: int | None = None
 
 
@@ -249,8 +243,8 @@ class _TradePayload(msgspec.Struct):
 
     e: str
     s: str
-    p: _Price
-    q: _Size
+    p: Price
+    q: Size
     T: int
     m: bool
     t: int | None = None

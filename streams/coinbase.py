@@ -17,6 +17,11 @@ events, so heartbeats (which produce no events) still count for continuity::
     msg = parse_envelope(raw)  # MalformedFrame if not a JSON object
     missed = tracker.observe(msg)  # int when frames were lost: resubscribe level2, FeedGap
     events = events_from(venue, msg, ts_recv)  # or IgnoredFrame / MalformedFrame
+
+``l2_data`` and ``market_trades`` frames, nearly all the work, first try ``decode_fast``
+(msgspec in C, prices and sizes checked as they are read), which gives the same events and the
+frame's ``sequence_num`` for ``tracker.observe_number``, or None for anything it does not take
+exactly as the strict path would; those go the strict way above (``CoinbaseDecoder``).
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from datetime import date
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import msgspec
 import orjson
 
 from streams.events import (
@@ -44,7 +50,10 @@ from streams.events import (
 )
 from streams.frames import (
     IgnoredFrame,
+    LevelSize,
     MalformedFrame,
+    Price,
+    Size,
     non_negative_number,
     positive_number,
     rest_rows,
@@ -165,7 +174,11 @@ class SequenceTracker:
         (and raise ``MalformedFrame`` like ``parse_envelope``). Frames without an integer
         ``sequence_num`` (error replies) say nothing about continuity: None."""
         msg = frame if isinstance(frame, dict) else parse_envelope(frame)
-        seq = msg.get("sequence_num")
+        return self.observe_number(msg.get("sequence_num"))
+
+    def observe_number(self, seq: object) -> int | None:
+        """``observe`` for a frame already decoded elsewhere (the fast path): ``seq`` is its
+        ``sequence_num`` as ``parse_envelope`` would give it (None when absent)."""
         if type(seq) is not int:  # bool is an int subclass: exclude it exactly
             return None
         last = self.last
@@ -369,6 +382,228 @@ def _book_ticker(venue: str, t: dict, ts_event: int, ts_recv: int) -> BookTicker
         ask=positive_number(t, "best_ask"),
         ask_qty=positive_number(t, "best_ask_quantity"),
     )
+
+
+# -- fast path: l2_data and market_trades decoded by msgspec in C -------------------------------
+# Nearly all the work is these two channels (a level2 snapshot holds up to ~46,000 levels).
+# msgspec decodes them into typed fields in "lax" mode (price and size strings become floats in
+# C, checked against the bounds below as they are read); anything it does not take exactly as
+# the strict parser would goes the strict way (orjson + ``events_from``), which names the fault.
+# So the fast path only ever says yes: a frame it takes gives what the strict path gives, and
+# any doubt is a fallback, never an outcome of its own.
+
+# Prices and sizes are ``frames.Price``/``Size``/``LevelSize``. Lax mode reads only JSON-number
+# syntax from a string ("1e5" but not " 1", "1_0", "0x1" or "٣"), all of which float() reads the
+# same, correctly rounded; "-0" reads as 0.0 here and -0.0 through float(): equal, and either
+# removes the level.
+# The integers orjson returns as int; larger ones it returns as float (which the tracker
+# ignores), while msgspec would give an int.
+_JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1
+
+
+# gc=False on every struct below: what JSON decodes into holds no reference cycles, and not
+# tracking up to 46,000 level objects spares the collector (a cheaper allocation, too).
+#
+# A level's side is a tag: msgspec picks the class in C, so the per-level loop tests a class
+# instead of looking a string up. A side not listed fails the decode (the strict path names
+# it), and so does a repeated "side" key (orjson would keep the last one).
+class _Level(msgspec.Struct, tag_field="side", gc=False):
+    event_time: str
+    price_level: Price
+    new_quantity: LevelSize
+
+
+class _Bid(_Level, tag="bid"):
+    pass
+
+
+class _Offer(_Level, tag="offer"):
+    pass
+
+
+class _Ask(_Level, tag="ask"):  # documented; the recording says "offer"
+    pass
+
+
+class _BookEvent(msgspec.Struct, gc=False):
+    type: str
+    product_id: str
+    updates: list[_Bid | _Offer | _Ask]
+
+
+class _BookFrame(msgspec.Struct, gc=False):
+    channel: str
+    events: list[_BookEvent]
+    # Any: exactly the JSON value, with no lax conversion ("7" stays a string, as orjson has it).
+    sequence_num: Any = None
+    timestamp: Any = None  # read only for a snapshot without a real event_time
+
+
+class _MarketTrade(msgspec.Struct, gc=False):
+    product_id: str
+    trade_id: str
+    price: Price
+    size: Size
+    time: str
+    side: str
+
+
+class _TradesEvent(msgspec.Struct, gc=False):
+    trades: list[_MarketTrade]
+
+
+class _TradesFrame(msgspec.Struct, gc=False):
+    channel: str
+    events: list[_TradesEvent]
+    sequence_num: Any = None
+
+
+_BOOK_DECODER = msgspec.json.Decoder(_BookFrame, strict=False)
+_TRADES_DECODER = msgspec.json.Decoder(_TradesFrame, strict=False)
+# What msgspec may raise on input orjson also rejects: malformed JSON or a failed check
+# (MsgspecError), a str holding a lone surrogate (UnicodeEncodeError), deep nesting.
+_DECODE_ERRORS = (msgspec.MsgspecError, ValueError, RecursionError)
+
+
+def decode_fast(venue: str, raw: str | bytes, ts_recv: int) -> tuple[object, list[Event]] | None:
+    """``(sequence_num, events)`` of an ``l2_data`` or ``market_trades`` frame, decoded in C;
+    None for any other frame or anything odd, which the caller sends the strict way
+    (``parse_envelope``, ``SequenceTracker.observe``, ``events_from``).
+
+    When it answers, the events equal ``events_from``'s and ``sequence_num`` is what the
+    strict path's dict holds (None when absent), for the tracker's ``observe_number``. Frames
+    with no events (IgnoredFrame on the strict path) are left to the strict path too.
+    """
+    if raw.__class__ is str:
+        head = raw
+    elif raw.__class__ is bytes and raw.isascii():
+        # msgspec does not check the UTF-8 of strings it skips, orjson does: bytes are taken
+        # here only when ASCII (real frames are; isascii is a fast C scan).
+        head = raw[:32].decode("ascii")
+    else:
+        return None
+    try:
+        # Coinbase puts the channel first; a frame that does not goes the strict way.
+        if head.startswith('{"channel":"l2_data"'):
+            book = _BOOK_DECODER.decode(raw)
+            if book.channel != "l2_data":  # a repeated key: the last one counts
+                return None
+            seq, events = book.sequence_num, _fast_book(venue, book, ts_recv)
+        elif head.startswith('{"channel":"market_trades"'):
+            frame = _TRADES_DECODER.decode(raw)
+            if frame.channel != "market_trades":
+                return None
+            seq, events = frame.sequence_num, _fast_trades(venue, frame, ts_recv)
+        else:
+            return None
+    except _DECODE_ERRORS:
+        return None
+    if events is None:
+        return None
+    if type(seq) is int and not _JSON_INT_MIN <= seq <= _JSON_INT_MAX:
+        seq = None  # orjson reads it as a float: not a number the tracker counts
+    return seq, events
+
+
+def _fast_book(venue: str, frame: _BookFrame, ts_recv: int) -> list[Event] | None:
+    """``_book`` on decoded structs: same events, or None wherever ``_book`` would raise."""
+    out: list[Event] = []
+    for event in frame.events:
+        kind, symbol = event.type, event.product_id
+        if (kind != "snapshot" and kind != "update") or not symbol:
+            return None
+        bids: list[tuple[float, float]] = []
+        asks: list[tuple[float, float]] = []
+        add_bid, add_ask, bid = bids.append, asks.append, _Bid  # locals: up to 46,000 turns
+        newest = 0
+        # Levels of one batch share their event_time (all 46,000 of a snapshot): parse it once.
+        last_text: str | None = None  # not "": an empty event_time must be parsed (and fail)
+        for u in event.updates:
+            text = u.event_time
+            if text != last_text:
+                ms = _wire_ms(text)
+                if ms is None:
+                    return None
+                last_text = text
+                if ms > newest:
+                    newest = ms
+            # The class is the side, chosen by msgspec; a tuple display beats attrgetter here.
+            if u.__class__ is bid:
+                add_bid((u.price_level, u.new_quantity))
+            else:
+                add_ask((u.price_level, u.new_quantity))
+        if kind == "snapshot":
+            if newest > 0:  # else the documented 1970 placeholder: the send time stands in
+                ts_event = newest
+            else:
+                sent = frame.timestamp
+                if sent.__class__ is not str or (ts := _wire_ms(sent)) is None:
+                    return None
+                ts_event = ts
+            out.append(DepthSnapshot(venue, symbol, ts_event, ts_recv, None, (*bids,), (*asks,)))
+        elif bids or asks:
+            out.append(
+                DepthDiff(venue, symbol, newest, ts_recv, None, None, None, (*bids,), (*asks,))
+            )
+    return out or None
+
+
+def _fast_trades(venue: str, frame: _TradesFrame, ts_recv: int) -> list[Event] | None:
+    """``_trades`` on decoded structs: same events, or None wherever ``_trades`` would raise."""
+    trades: list[Trade] = []
+    for event in frame.events:
+        for t in event.trades:
+            taker = _TAKER_SIDE.get(t.side)
+            raw_id, symbol = t.trade_id, t.product_id
+            if (
+                taker is None
+                or not symbol
+                or not (raw_id.isascii() and raw_id.isdigit())
+                or len(raw_id) > _INT64_DIGITS
+            ):
+                return None
+            ts = _wire_ms(t.time)
+            if ts is None:
+                return None
+            trades.append(Trade(venue, symbol, ts, ts_recv, t.price, t.size, taker, int(raw_id)))
+    if not trades:
+        return None
+    trades.sort(key=_time_order)
+    return trades
+
+
+# Milliseconds at the start of each second seen, keyed by the time's first 19 characters
+# ("2026-08-09T21:05:48"): a feed sees a few new seconds a second, so this is a dict lookup
+# instead of a regex match and the calendar maths. Emptied when full.
+_SECOND_MS: dict[str, int] = {}
+_SECOND_MS_MAX = 4096
+
+
+def _wire_ms(text: str) -> int | None:
+    """``_time_ms`` of a time string, or None where ``_time_ms`` would raise.
+
+    Coinbase's own shape, ``YYYY-MM-DDTHH:MM:SS.digitsZ``, in a second already seen is the
+    cached second plus its fraction; anything else (a new second, no fraction, an offset, a
+    bad time) takes ``rfc3339_ms``, which fills the cache.
+    """
+    base = _SECOND_MS.get(text[:19])
+    if base is not None and text[19:20] == "." and text[-1:] == "Z":
+        frac = text[20:-1]
+        # ASCII digits only: str.isdigit alone would take "²" or "٣", which the regex refuses.
+        if frac.isdigit() and frac.isascii():
+            return base + int(frac[:3] if len(frac) > 2 else frac.ljust(3, "0"))
+    try:
+        ms = rfc3339_ms(text)
+    except ValueError:
+        return None
+    second = text[:19]
+    if second not in _SECOND_MS:
+        if len(_SECOND_MS) >= _SECOND_MS_MAX:
+            _SECOND_MS.clear()
+        # The regex's date and time part is exactly these 19 characters, valid since the whole
+        # text matched: the second on its own reads as the same day and time, at .000Z.
+        _SECOND_MS[second] = rfc3339_ms(second + "Z")
+    return ms
 
 
 # -- REST bodies -------------------------------------------------------------------------------

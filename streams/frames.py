@@ -8,8 +8,19 @@ count both kinds by name (see ``monitor.health``); nothing is silently dropped.
 from __future__ import annotations
 
 import math
+import sys
+from typing import Annotated
 
+import msgspec
 import orjson
+
+# The fast decoders' numbers (msgspec in "lax" mode reads a numeric string as a float in C and
+# checks these bounds as it reads): a price is finite and > 0, a trade size finite and > 0, a
+# book level's size finite and >= 0 (0 removes the level). NaN fails every bound. A frame that
+# breaks one goes the strict way, which names the fault.
+Price = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
+Size = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
+LevelSize = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
 
 
 class SkippedFrame(Exception):

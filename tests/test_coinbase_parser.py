@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams import coinbase
 from streams.coinbase import (
     SequenceTracker,
     events_from,
@@ -22,9 +23,19 @@ from streams.coinbase import (
     rfc3339_ms,
     subscribe_messages,
 )
-from streams.events import BUY, COINBASE, SELL, DepthDiff, DepthSnapshot, Heartbeat, Trade
+from streams.events import (
+    BUY,
+    COINBASE,
+    SELL,
+    DepthDiff,
+    DepthSnapshot,
+    Event,
+    Heartbeat,
+    Trade,
+)
 from streams.frames import IgnoredFrame, MalformedFrame, SkippedFrame
 from streams.tape import TapeRecord, TapeWriter, read_tape
+from streams.venues.coinbase import CoinbaseDecoder
 from tests.conftest import DATA
 
 TAPE = DATA / "coinbase-2026-08-09-btc-eth.tape.jsonl.zst"
@@ -508,3 +519,374 @@ def test_a_heartbeat_is_a_sign_of_life_at_the_frame_time() -> None:
     day_ms = 20674 * 86_400_000
     expected = day_ms + ((21 * 60 + 5) * 60 + 48) * 1000 + 800
     assert parse_frame(COINBASE, frame, 7) == [Heartbeat(COINBASE, None, expected, 7)]
+
+
+# -- the fast path (msgspec) against the strict path (orjson + events_from) --------------------
+# Both tapes in tests/data that carry Coinbase frames: the real recording and the simulator's.
+FAST_TAPES = [TAPE, DATA / "sim-cross-venue-btc-160s.tape.jsonl.zst"]
+FAST_CHANNELS = ("l2_data", "market_trades")
+
+
+class StrictDecoder(CoinbaseDecoder):
+    """The decoder without the fast path: every frame through orjson and ``events_from``."""
+
+    def decode(self, raw: str | bytes, ts_recv: int) -> list[Event]:
+        msg = parse_envelope(raw)
+        if self.sequence.observe(msg):
+            self.frames_lost = True
+        return events_from(self.venue, msg, ts_recv)
+
+
+Outcome = list[Event] | tuple[str, str, str]
+
+
+def outcome(decoder: CoinbaseDecoder, raw: str | bytes) -> Outcome:
+    """Events, or the skip's class, kind and detail."""
+    try:
+        return decoder.decode(raw, 7)
+    except SkippedFrame as skip:
+        return (type(skip).__name__, skip.kind, skip.detail)
+
+
+def tracker_state(decoder: CoinbaseDecoder) -> tuple[object, ...]:
+    s = decoder.sequence
+    return (s.last, s.gaps, s.missed, s.stale, decoder.frames_lost)
+
+
+def coinbase_frames(path: Path) -> list[str]:
+    return [r.msg for r in read_tape(path) if r.src == COINBASE and r.url is None and not r.ctl]
+
+
+@pytest.mark.parametrize("path", FAST_TAPES, ids=lambda p: p.name)
+def test_the_fast_decoder_gives_what_the_strict_path_gives(path: Path) -> None:
+    seen: Counter[str] = Counter()
+    for raw in coinbase_frames(path):
+        channel = orjson.loads(raw)["channel"]
+        fast = coinbase.decode_fast(COINBASE, raw, 7)
+        if channel not in FAST_CHANNELS:
+            assert fast is None  # the strict path's, heartbeats and tickers included
+            continue
+        assert fast is not None, f"the fast path refused a real frame: {raw[:200]}"
+        msg = parse_envelope(raw)
+        assert fast == (msg["sequence_num"], events_from(COINBASE, msg, 7))
+        seen[channel] += 1
+    assert seen["l2_data"] > 100 and seen["market_trades"] > 10, seen
+
+
+@pytest.mark.parametrize("path", FAST_TAPES, ids=lambda p: p.name)
+def test_the_decoder_gives_the_same_outcomes_and_sequence_on_a_whole_tape(path: Path) -> None:
+    fast, strict = CoinbaseDecoder(COINBASE), StrictDecoder(COINBASE)
+    raws = coinbase_frames(path)
+    # One l2_data frame dropped: the tracker, fed by the fast path, must see the jump.
+    dropped = next(i for i, raw in enumerate(raws) if i > 20 and '"l2_data"' in raw[:30])
+    for i, raw in enumerate(raws):
+        if i == dropped:
+            continue
+        assert outcome(fast, raw) == outcome(strict, raw)
+        assert tracker_state(fast) == tracker_state(strict)
+    assert fast.sequence.gaps == 1 and fast.sequence.missed == 1 and fast.frames_lost
+
+
+def test_the_fast_path_takes_bytes_and_leaves_non_ascii_bytes_to_orjson() -> None:
+    raw = l2_frame("update", [level("bid", "10", "1")])
+    assert coinbase.decode_fast(COINBASE, raw.encode(), 7) == coinbase.decode_fast(COINBASE, raw, 7)
+    # msgspec does not check the UTF-8 of a field it skips; orjson rejects the whole frame.
+    bad = raw.encode().replace(b'"sequence_num"', b'"x":"\xff","sequence_num"')
+    assert coinbase.decode_fast(COINBASE, bad, 7) is None
+    fast, strict = CoinbaseDecoder(COINBASE), StrictDecoder(COINBASE)
+    assert (
+        outcome(fast, bad) == outcome(strict, bad) == ("MalformedFrame", "not_json", repr(bad[:80]))
+    )
+    # Other buffers orjson reads go the strict way whole.
+    for other in (bytearray(raw.encode()), memoryview(raw.encode())):
+        assert coinbase.decode_fast(COINBASE, other, 7) is None
+        assert outcome(CoinbaseDecoder(COINBASE), other) == outcome(StrictDecoder(COINBASE), other)
+
+
+def book_variant(**fields: object) -> str:
+    """A one-level l2_data update with level fields replaced (None removes the field)."""
+    good = level("bid", "10", "1", "2026-08-09T21:05:48.1234Z")
+    return l2_frame("update", [{k: v for k, v in {**good, **fields}.items() if v is not None}])
+
+
+def frame_variant(base: str, **fields: object) -> str:
+    """``base`` with top-level or first-event fields replaced ("event." prefix for the event)."""
+    msg = orjson.loads(base)
+    for key, value in fields.items():
+        node, name = (msg["events"][0], key[6:]) if key.startswith("event_") else (msg, key)
+        if value is None:
+            node.pop(name)
+        else:
+            node[name] = value
+    return orjson.dumps(msg).decode()
+
+
+L2_UPDATE = book_variant()
+SNAPSHOT = l2_frame("snapshot", [level("bid", "10", "1"), level("offer", "11", "2")])
+BAD_BOOK = [
+    book_variant(price_level="NaN"),
+    book_variant(price_level="-1"),
+    book_variant(price_level="0"),
+    book_variant(price_level="1e400"),
+    book_variant(price_level="inf"),
+    book_variant(price_level="x"),
+    book_variant(price_level=""),
+    book_variant(price_level=True),
+    book_variant(price_level=[1]),
+    book_variant(new_quantity="NaN"),
+    book_variant(new_quantity="-1"),
+    book_variant(new_quantity="-1e-300"),
+    book_variant(new_quantity="1e309"),
+    book_variant(new_quantity=None),
+    book_variant(price_level=None),
+    book_variant(side=None),
+    book_variant(side="middle"),
+    book_variant(side="Bid"),
+    book_variant(side=1),
+    book_variant(side=""),
+    book_variant(event_time=None),
+    book_variant(event_time=""),
+    book_variant(event_time=1786309548123),
+    book_variant(event_time="2026-08-09T21:05:48.1234"),  # no zone
+    book_variant(event_time="2026-08-09T21:05:48.Z"),
+    book_variant(event_time="2026-08-09T21:05:48.12٣Z"),  # a non-ASCII digit in the fraction
+    book_variant(event_time="2026-08-09T21:05:48.12²Z"),
+    book_variant(event_time="2026-13-09T21:05:48.1Z"),
+    book_variant(event_time="2026-08-09T25:05:48.1Z"),
+    book_variant(event_time="2026-08-09T21:05:48.1+24:00"),
+    book_variant(event_time="2026-08-09T21:05:48"),
+    book_variant(event_time="2026-08-09T21:05:4Z"),
+    book_variant(event_time="yesterday"),
+    frame_variant(L2_UPDATE, event_type="delta"),
+    frame_variant(L2_UPDATE, event_type=None),
+    frame_variant(L2_UPDATE, event_product_id=""),
+    frame_variant(L2_UPDATE, event_product_id=None),
+    frame_variant(L2_UPDATE, event_product_id=7),
+    frame_variant(L2_UPDATE, event_updates=None),
+    frame_variant(L2_UPDATE, event_updates={}),
+    frame_variant(L2_UPDATE, event_updates=[1]),
+    frame_variant(L2_UPDATE, events=None),
+    frame_variant(L2_UPDATE, events=[1]),
+    frame_variant(L2_UPDATE, events={"type": "update"}),
+    # A snapshot with the 1970 placeholder needs the frame's timestamp.
+    frame_variant(
+        l2_frame("snapshot", [level("bid", "1", "1", "1970-01-01T00:00:00Z")]), timestamp=None
+    ),
+    frame_variant(
+        l2_frame("snapshot", [level("bid", "1", "1", "1970-01-01T00:00:00Z")]), timestamp=5
+    ),
+    frame_variant(l2_frame("snapshot", []), timestamp="2026-08-09T21:05:48"),
+    # The second of two levels is the bad one, or carries a bad second time.
+    l2_frame("update", [level("bid", "10", "1"), level("offer", "11", "-2")]),
+    l2_frame(
+        "update", [level("bid", "10", "1"), level("offer", "11", "2", "2026-02-30T00:00:00Z")]
+    ),
+]
+BAD_TRADES = [
+    with_trade(price="NaN"),
+    with_trade(price="-5"),
+    with_trade(price="0"),
+    with_trade(price="1e400"),
+    with_trade(price="abc"),
+    with_trade(price=[1]),
+    with_trade(size="0"),
+    with_trade(size="-0"),
+    with_trade(size="inf"),
+    with_trade(size="1e309"),
+    with_trade(side="HOLD"),
+    with_trade(side="sell"),
+    with_trade(side=1),
+    with_trade(trade_id=42),
+    with_trade(trade_id="12a"),
+    with_trade(trade_id="-1"),
+    with_trade(trade_id=""),
+    with_trade(trade_id="١٢"),  # digits, but not ASCII ones
+    with_trade(trade_id="1" * 20),
+    with_trade(time="2026-02-30T00:00:00Z"),
+    with_trade(time="2026-08-09T21:05:51.426861"),
+    with_trade(time=1786309551426),
+    with_trade(product_id=""),
+    *(with_trade(**{name: None}) for name in GOOD_TRADE),
+    frame_variant(with_trade(), events=None),
+    frame_variant(with_trade(), events=[{"type": "update"}]),
+    frame_variant(with_trade(), events=[{"type": "update", "trades": {}}]),
+]
+
+
+@pytest.mark.parametrize("raw", BAD_BOOK + BAD_TRADES)
+def test_a_bad_frame_is_malformed_the_same_way_on_the_fast_path(raw: str) -> None:
+    assert coinbase.decode_fast(COINBASE, raw, 7) is None  # left to the strict path
+    fast, strict = CoinbaseDecoder(COINBASE), StrictDecoder(COINBASE)
+    seq = orjson.loads(raw)["sequence_num"]
+    for decoder in (fast, strict):
+        decoder.sequence.observe_number(seq - 1)  # the frame follows on: no gap
+    got, want = outcome(fast, raw), outcome(strict, raw)
+    assert got == want
+    assert want[0] == "MalformedFrame"  # type: ignore[index]
+    # A frame malformed in its body still counts for continuity.
+    assert tracker_state(fast) == tracker_state(strict) == (seq, 0, 0, 0, False)
+
+
+EPOCH = "1970-01-01T00:00:00Z"
+ODD_BUT_VALID = [
+    SNAPSHOT,
+    l2_frame("snapshot", [level("bid", "10", "1", EPOCH), level("ask", "11", "2", EPOCH)]),
+    l2_frame("snapshot", []),  # an empty book: the frame's timestamp
+    l2_frame("snapshot", [level("bid", "10", "1", "1969-12-31T23:59:59.5Z")]),  # before 1970
+    l2_frame("update", []),  # IgnoredFrame("empty"), left to the strict path
+    frame_variant(L2_UPDATE, events=[]),
+    book_variant(new_quantity="0"),
+    # float() reads these and msgspec does not: the fast path leaves them to the strict one.
+    book_variant(price_level=" 1"),
+    book_variant(price_level="1_0"),
+    with_trade(price="+1"),
+    book_variant(new_quantity="-0"),  # 0.0 on the fast path, -0.0 on the strict one: equal
+    book_variant(price_level=5, new_quantity=0.5),  # JSON numbers, not strings
+    L2_UPDATE.replace('"price_level":"10"', '"price_level":123456789012345678901234567890'),
+    book_variant(price_level="1e-320"),  # subnormal, still > 0
+    book_variant(price_level="1.7976931348623157e308"),
+    book_variant(price_level="0.1000000000000000055511151231257827"),
+    book_variant(event_time="2026-08-09T21:05:48Z"),
+    book_variant(event_time="2026-08-09T21:05:48.123456789123Z"),
+    book_variant(event_time="2026-08-09T23:05:48.1+02:00"),
+    book_variant(event_time="2026-08-09t21:05:48.1z"),
+    book_variant(event_time="2026-08-09 21:05:48.1Z"),
+    book_variant(extra={"nested": [1, 2.5, None, "é"]}),
+    l2_frame(
+        "update",
+        [
+            level("offer", "11", "2", "2026-08-09T21:05:48.3Z"),
+            level("bid", "10", "0"),
+            level("ask", "12", "1"),
+        ],
+    ),
+    frame_variant(L2_UPDATE, sequence_num="3"),  # not a number: the tracker ignores it
+    frame_variant(L2_UPDATE, sequence_num=3.0),
+    frame_variant(L2_UPDATE, sequence_num=True),
+    frame_variant(L2_UPDATE, sequence_num=None),
+    frame_variant(L2_UPDATE, sequence_num=[3]),
+    L2_UPDATE.replace('"sequence_num":3', '"sequence_num":18446744073709551615'),
+    L2_UPDATE.replace('"sequence_num":3', '"sequence_num":18446744073709551616'),  # a float
+    L2_UPDATE.replace('"sequence_num":3', '"sequence_num":-9223372036854775809'),
+    L2_UPDATE.replace('"channel":"l2_data"', '"channel":"l2_data","channel":"ticker"'),
+    L2_UPDATE.replace('"side":"bid"', '"side":"bid","side":"offer"'),  # orjson keeps the last
+    L2_UPDATE.replace('"price_level":"10"', '"price_level":"10","price_level":"-1"'),
+    frame_variant(L2_UPDATE, timestamp=None),  # an update never reads it
+    # The channel not first, or spaced: left to the strict path.
+    L2_UPDATE.replace('{"channel":"l2_data",', "{").replace(
+        '"events"', '"channel":"l2_data","events"'
+    ),
+    L2_UPDATE.replace('{"channel":"l2_data"', '{ "channel": "l2_data"'),
+    frame_variant(L2_UPDATE, client_id=""),
+    with_trade(),
+    with_trade(side="BUY"),
+    with_trade(price=65000, size=1),
+    with_trade(trade_id="0"),
+    with_trade(trade_id="9" * 19),
+    with_trade(time="2026-08-09T21:05:51Z"),
+    with_trade(time="2026-08-09T23:05:51.4+02:00"),
+    frame_variant(with_trade(), events=[]),  # IgnoredFrame("empty")
+    frame_variant(with_trade(), sequence_num="7"),
+    with_trade().replace('"channel":"market_trades"', '"channel":"market_trades","channel":"x"'),
+    first_frame("market_trades", "snapshot")[0],
+]
+
+
+@pytest.mark.parametrize("raw", ODD_BUT_VALID)
+def test_an_odd_frame_gives_the_same_outcome_and_sequence_on_both_paths(raw: str) -> None:
+    fast, strict = CoinbaseDecoder(COINBASE), StrictDecoder(COINBASE)
+    for decoder in (fast, strict):
+        decoder.sequence.observe_number(1)  # a baseline, so a counted number is a gap of 1
+    assert outcome(fast, raw) == outcome(strict, raw)
+    assert tracker_state(fast) == tracker_state(strict)
+
+
+TIMES = [
+    "2026-08-09T21:05:48.228568804Z",
+    "2026-08-09T21:05:48Z",
+    "2026-08-09T21:05:48.5Z",
+    "2026-08-09T23:05:48.228+02:00",
+    "2026-08-09T15:35:48.228-05:30",
+    "2026-08-09t21:05:48.1z",
+    "2026-08-09 21:05:48.1Z",
+    "1970-01-01T00:00:00Z",
+    "2024-02-29T00:00:00Z",
+    "",
+    "Z",
+    "2026-08-09T21:05:48",
+    "2026-08-09T21:05:48.",
+    "2026-08-09T21:05:48.Z",
+    "2026-08-09T21:05:48.1",
+    "2026-08-09T21:05:48.1ZZ",
+    "2026-08-09T21:05:48.1 Z",
+    "2026-08-09T21:05:48.+1Z",
+    "2026-08-09T21:05:48.٣Z",
+    "2026-02-30T00:00:00Z",
+    "2026-08-09T24:00:00Z",
+    "2026-08-09T21:05:48+24:00",
+    "2026-08-09 21:05:48.854840045 +0000 UTC m=+41691.260485341",
+]
+
+
+@pytest.mark.parametrize("text", TIMES)
+def test_the_fast_time_reader_agrees_with_rfc3339_ms(text: str) -> None:
+    try:
+        want: int | None = rfc3339_ms(text)
+    except ValueError:
+        want = None
+    assert coinbase._wire_ms(text) == want
+    assert coinbase._wire_ms(text) == want  # again, from the cached second
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    price=st.from_regex(r"-?[0-9]{0,4}(\.[0-9]{0,12})?([eE][+-]?[0-9]{1,3})?", fullmatch=True)
+    | st.floats(allow_nan=False).map(repr)
+    | TEXT,
+    time=st.from_regex(
+        r"20[0-9]{2}-[0-1][0-9]-[0-3][0-9][Tt ][0-2][0-9]:[0-5][0-9]:[0-6][0-9](\.[0-9]{0,10})?"
+        r"([Zz]|[+-][0-2][0-9]:[0-6][0-9])?",
+        fullmatch=True,
+    ),
+    side=st.sampled_from(["bid", "offer", "ask", "BUY", "SELL", "sell", ""]),
+)
+def test_any_level_or_trade_gives_the_same_outcome_on_both_paths(
+    price: str, time: str, side: str
+) -> None:
+    frames = [
+        book_variant(price_level=price, new_quantity=price, event_time=time, side=side),
+        with_trade(price=price, size=price, time=time, side=side),
+    ]
+    for raw in frames:
+        fast, strict = CoinbaseDecoder(COINBASE), StrictDecoder(COINBASE)
+        assert outcome(fast, raw) == outcome(strict, raw)
+        assert tracker_state(fast) == tracker_state(strict)
+
+
+FAST_BASES = [orjson.loads(L2_UPDATE), orjson.loads(SNAPSHOT), GOOD]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    base=st.sampled_from(FAST_BASES),
+    path=st.lists(st.integers(min_value=0, max_value=5), min_size=1, max_size=6),
+    value=JSON,
+)
+def test_any_field_replaced_by_any_json_gives_the_same_outcome_on_both_paths(
+    base: dict[str, Any], path: list[int], value: Any
+) -> None:
+    frame = orjson.loads(orjson.dumps(base))  # a deep copy
+    node: Any = frame
+    for step in path[:-1]:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        child = node[keys[step % len(keys)]] if keys else None
+        if not isinstance(child, dict | list):
+            break
+        node = child
+    keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+    if keys:
+        node[keys[path[-1] % len(keys)]] = value
+    raw = orjson.dumps(frame)
+    fast, strict = CoinbaseDecoder(COINBASE), StrictDecoder(COINBASE)
+    assert outcome(fast, raw) == outcome(strict, raw)
+    assert tracker_state(fast) == tracker_state(strict)

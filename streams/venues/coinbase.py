@@ -34,6 +34,16 @@ class CoinbaseDecoder(FrameDecoder):
         self.sequence = coinbase.SequenceTracker()
 
     def decode(self, raw: str | bytes, ts_recv: int) -> list[Event]:
+        # l2_data and market_trades, nearly all the work, are decoded in C; the fast path
+        # hands back the frame's sequence_num so the tracker still sees every frame once.
+        fast = coinbase.decode_fast(self.venue, raw, ts_recv)
+        if fast is not None:
+            seq, events = fast
+            if self.sequence.observe_number(seq):
+                self.frames_lost = True
+            return events
+        # Everything else (heartbeats, tickers, acks) and anything odd: the strict path, which
+        # names the fault. The tracker sees the number before the body is judged.
         msg = coinbase.parse_envelope(raw)
         if self.sequence.observe(msg):
             self.frames_lost = True
