@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -25,6 +26,7 @@ from streams.events import (
     BookTicker,
     DepthDiff,
     DepthSnapshot,
+    Event,
     Liquidation,
     LongShortRatio,
     MarkPrice,
@@ -303,28 +305,49 @@ def test_the_fast_depth_decoder_gives_what_the_strict_parser_gives(name: str) ->
     assert seen > 100, "the tape holds depth frames"
 
 
-BAD_DEPTH = [
-    '"b":[["NaN","1"]],"a":[]',  # NaN fails every bound the fast decoder checks
-    '"b":[["-1","1"]],"a":[]',
-    '"b":[["1","-2"]],"a":[]',
-    '"b":[["1e400","1"]],"a":[]',
-    '"b":[["1","2","3"]],"a":[]',
-    '"b":[["x","1"]],"a":[]',
-    '"b":[],"a":[["1","inf"]]',
-    '"b":[]',
+DEPTH_FRAME = (
+    '{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT",'
+    '"U":1,"u":2,"pu":0,%s}}'
+)
+TRADE_FRAME = (
+    '{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","T":1,"m":true,%s}}'
+)
+BAD_FIELDS = [
+    (DEPTH_FRAME, parse_depth_frame, fields)
+    for fields in (
+        '"b":[["NaN","1"]],"a":[]',  # NaN fails every bound the fast decoder checks
+        '"b":[["-1","1"]],"a":[]',
+        '"b":[["1","-2"]],"a":[]',
+        '"b":[["1e400","1"]],"a":[]',
+        '"b":[["1","2","3"]],"a":[]',
+        '"b":[["x","1"]],"a":[]',
+        '"b":[],"a":[["1","inf"]]',
+        '"b":[]',
+    )
+] + [
+    (TRADE_FRAME, parse_trade_frame, fields)
+    for fields in (
+        '"p":"NaN","q":"1","t":1',
+        '"p":"-1","q":"1","t":1',
+        '"p":"1","q":"0","t":1',
+        '"p":"1e400","q":"1","t":1',
+        '"p":"x","q":"1","t":1',
+        '"p":"1","q":"1"',  # no id
+        '"p":"1","q":"1","a":1',  # an aggTrade id on a trade
+        '"p":"1","q":"1","t":"x"',
+    )
 ]
 
 
-@pytest.mark.parametrize("levels", BAD_DEPTH)
-def test_a_bad_depth_frame_is_malformed_the_same_way_on_the_fast_path(levels: str) -> None:
-    raw = (
-        '{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT",'
-        f'"U":1,"u":2,"pu":0,{levels}}}}}'
-    )
+@pytest.mark.parametrize(("frame", "fast_parser", "fields"), BAD_FIELDS)
+def test_a_bad_frame_is_malformed_the_same_way_on_the_fast_path(
+    frame: str, fast_parser: Callable[[str, str, int], list[Event]], fields: str
+) -> None:
+    raw = frame % fields
     with pytest.raises(MalformedFrame) as strict:
         parse_frame(BINANCE_USDM, raw, 1)
     with pytest.raises(MalformedFrame) as fast:
-        parse_depth_frame(BINANCE_USDM, raw, 1)
+        fast_parser(BINANCE_USDM, raw, 1)
     assert (fast.value.kind, fast.value.detail) == (strict.value.kind, strict.value.detail)
 
 
@@ -349,28 +372,3 @@ def test_an_agg_trade_frame_takes_its_id_from_a_on_the_fast_path() -> None:
         Trade(BINANCE_USDM, "BTCUSDT", 4, 9, 100.5, 2.0, BUY, 42)
     ]
     assert parse_trade_frame(BINANCE_USDM, raw, 9) == parse_frame(BINANCE_USDM, raw, 9)
-
-
-BAD_TRADE = [
-    '"p":"NaN","q":"1","t":1',
-    '"p":"-1","q":"1","t":1',
-    '"p":"1","q":"0","t":1',
-    '"p":"1e400","q":"1","t":1',
-    '"p":"x","q":"1","t":1',
-    '"p":"1","q":"1"',  # no id
-    '"p":"1","q":"1","a":1',  # an aggTrade id on a trade
-    '"p":"1","q":"1","t":"x"',
-]
-
-
-@pytest.mark.parametrize("fields", BAD_TRADE)
-def test_a_bad_trade_frame_is_malformed_the_same_way_on_the_fast_path(fields: str) -> None:
-    raw = (
-        '{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","T":1,"m":true,'
-        f"{fields}}}}}"
-    )
-    with pytest.raises(MalformedFrame) as strict:
-        parse_frame(BINANCE_USDM, raw, 1)
-    with pytest.raises(MalformedFrame) as fast:
-        parse_trade_frame(BINANCE_USDM, raw, 1)
-    assert (fast.value.kind, fast.value.detail) == (strict.value.kind, strict.value.detail)

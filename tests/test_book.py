@@ -389,10 +389,16 @@ def batch(price: st.SearchStrategy[float]) -> st.SearchStrategy[list[Level]]:
     return st.lists(st.tuples(price, QTY), max_size=5)
 
 
-@settings(max_examples=100, deadline=None)
+# Prices 0.0005 apart: levels crowd the band edges, and slots are freed and reused often.
+FINE_PRICE = st.integers(0, 8000).map(lambda k: 98 + k * 0.0005)
+
+
+@settings(max_examples=200, deadline=None)
 @given(
-    steps=st.lists(st.tuples(batch(ANY_PRICE), batch(ANY_PRICE)), min_size=1, max_size=30),
-    pct=st.floats(min_value=0.01, max_value=20),
+    steps=st.sampled_from([ANY_PRICE, FINE_PRICE]).flatmap(
+        lambda price: st.lists(st.tuples(batch(price), batch(price)), min_size=1, max_size=30)
+    ),
+    pct=st.floats(min_value=0.0001, max_value=20),
 )
 def test_order_book_matches_reference_and_numpy_bands(
     steps: list[tuple[list[Level], list[Level]]], pct: float
@@ -411,32 +417,6 @@ def test_order_book_matches_reference_and_numpy_bands(
                 assert got is None
             else:
                 assert got == pytest.approx(expected, rel=1e-12, abs=1e-9)
-
-
-# Prices 0.0005 apart, so levels crowd the band edges and slots are freed and reused often.
-FINE_PRICE = st.integers(0, 8000).map(lambda k: 98 + k * 0.0005)
-
-
-@settings(max_examples=100, deadline=None)
-@given(
-    steps=st.lists(st.tuples(batch(FINE_PRICE), batch(FINE_PRICE)), min_size=1, max_size=40),
-    pct=st.floats(min_value=0.0001, max_value=3),
-)
-def test_depth_band_on_a_crowded_book_matches_numpy(
-    steps: list[tuple[list[Level], list[Level]]], pct: float
-) -> None:
-    book = OrderBook()
-    history: list[Update] = []
-    for bids, asks in steps:
-        book.apply_levels(bids, asks)
-        history += [(BID, p, q) for p, q in bids] + [(ASK, p, q) for p, q in asks]
-        ref_bids, ref_asks = reference(history)
-        expected = numpy_band(ref_bids, ref_asks, pct)
-        got = book.depth_band(pct)
-        if expected is None:
-            assert got is None
-        else:
-            assert got == pytest.approx(expected, rel=1e-12, abs=1e-9)
 
 
 def test_order_book_heap_stays_bounded_under_level_churn() -> None:

@@ -472,6 +472,26 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
     max_leaves=8,
 )
+
+
+def replaced(base: dict[str, Any], path: list[int], value: Any) -> dict[str, Any]:
+    """A deep copy of ``base`` with one entry, found by walking ``path`` down its containers,
+    replaced by ``value``."""
+    frame = orjson.loads(orjson.dumps(base))
+    node: Any = frame
+    for step in path[:-1]:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        child = node[keys[step % len(keys)]] if keys else None
+        if not isinstance(child, dict | list):
+            break
+        node = child
+    keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+    if keys:
+        node[keys[path[-1] % len(keys)]] = value
+    result: dict[str, Any] = frame
+    return result
+
+
 BASES = [GOOD, orjson.loads(l2_frame("update", [level("bid", "1", "1")])), TICKER]
 
 
@@ -484,17 +504,7 @@ BASES = [GOOD, orjson.loads(l2_frame("update", [level("bid", "1", "1")])), TICKE
 def test_any_field_replaced_by_any_json_only_raises_skipped_frames(
     base: dict[str, Any], path: list[int], value: Any
 ) -> None:
-    frame = orjson.loads(orjson.dumps(base))  # a deep copy
-    node: Any = frame
-    for step in path[:-1]:  # walk down to some container, then replace one of its entries
-        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-        child = node[keys[step % len(keys)]] if keys else None
-        if not isinstance(child, dict | list):
-            break
-        node = child
-    keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-    if keys:
-        node[keys[path[-1] % len(keys)]] = value
+    frame = replaced(base, path, value)
     with contextlib.suppress(SkippedFrame):  # anything else fails the test
         parse_frame(COINBASE, orjson.dumps(frame), 0)
 
@@ -875,17 +885,7 @@ FAST_BASES = [orjson.loads(L2_UPDATE), orjson.loads(SNAPSHOT), GOOD]
 def test_any_field_replaced_by_any_json_gives_the_same_outcome_on_both_paths(
     base: dict[str, Any], path: list[int], value: Any
 ) -> None:
-    frame = orjson.loads(orjson.dumps(base))  # a deep copy
-    node: Any = frame
-    for step in path[:-1]:
-        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-        child = node[keys[step % len(keys)]] if keys else None
-        if not isinstance(child, dict | list):
-            break
-        node = child
-    keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-    if keys:
-        node[keys[path[-1] % len(keys)]] = value
+    frame = replaced(base, path, value)
     raw = orjson.dumps(frame)
     fast, strict = CoinbaseDecoder(COINBASE), StrictDecoder(COINBASE)
     assert outcome(fast, raw) == outcome(strict, raw)
