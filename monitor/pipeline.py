@@ -24,7 +24,7 @@ from monitor.health import Health
 from monitor.history_tape import HISTORY, HistoryReader
 from monitor.messages import MessageBuilder, OutMessage, Topics
 from signals.backfill import AssetHistory
-from signals.engine import DEPTH_BAND_PCT, BaselineSpec, SignalEngine, SignalSnapshot
+from signals.engine import DEPTH_BAND_PCT, BaselineSpec, SignalEngine
 from signals.regimes import RegimeEngine
 from streams.book import BookSync
 from streams.continuity import TradeContinuity, TradeGap
@@ -276,7 +276,7 @@ class Pipeline:
         """``live``: the events came from a websocket frame (not a REST body)."""
         # The per-frame path: exact class checks and the common case inline.
         out: list[OutMessage] = []
-        check, on_event = self.guard.check, self.engine.on_event
+        check = self.guard.check
         for event in events:
             rejection = check(venue, event)
             if rejection is not None:
@@ -294,9 +294,7 @@ class Pipeline:
                         if venue in self._reconnecting:
                             out += self._first_trade_since_reconnect(trade, gap, now_ms)
                             gap = None  # the gap opened before the first of them
-                    snapshots = on_event(trade)  # ``feed_event`` inline: once per trade
-                    if snapshots:
-                        out += self._messages(snapshots, now_ms)
+                    out += self.feed_event(trade, now_ms)
                 continue
             if cls is DepthDiff or cls is DepthSnapshot:
                 self._book(event)
@@ -369,9 +367,6 @@ class Pipeline:
         snapshots = self.engine.on_event(event)
         if not snapshots:  # nearly every event: no publish boundary passed
             return []
-        return self._messages(snapshots, now_ms)
-
-    def _messages(self, snapshots: list[SignalSnapshot], now_ms: int | None) -> list[OutMessage]:
         out: list[OutMessage] = []
         for snap in snapshots:
             ts_pub = snap.ts_event if now_ms is None else now_ms
