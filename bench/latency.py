@@ -15,8 +15,7 @@ events message (QoS 1), from the receive stamp of the frame that caused it (``Fr
 taken by the socket reader as the websocket message arrives) to the return of the publish, which
 for QoS 1 is the broker's PUBACK. The stamp is whole milliseconds (floored), so each latency is
 overstated by 0 to 1 ms. To say where the time goes the bench also wraps, in this process only,
-the publisher's ``publish`` (on the frame loop, then on the publisher's own thread) and
-``_send`` (stages of each message), the queue's ``get_batch``
+the publisher's ``publish`` and ``_send`` (stages of each message), the queue's ``get_batch``
 and the daemon's ``_publish`` (each step of the consumer: a batch, split where it awaits a
 regime change's PUBACK), the pipeline's ``feed_event`` (publish ticks: snapshots, regimes,
 messages), the engine's ``checkpoint`` (the state copy a save makes on the loop) and
@@ -44,12 +43,11 @@ import uvloop
 import yaml
 from _support import Mosquitto, SimulatorProcess, cpu_seconds, fill_synthetic
 
-import monitor.daemon
 from monitor.config import config_from_dict, deep_merge
-from monitor.daemon import URGENT_WAIT_S, Daemon
+from monitor.daemon import Daemon
 from monitor.health import percentile
 from monitor.messages import OutMessage
-from monitor.mqtt import PublisherThread
+from monitor.mqtt import Publisher
 from streams.units import MINUTE_MS
 
 PREFIX = "bench/v1"
@@ -68,9 +66,8 @@ class Delivery:
 
     kind: str  # "regime" or "events"
     received: int  # Frame.ts_recv_ms of the causing frame
-    handed: float  # the daemon calls PublisherThread.publish (on the frame loop)
-    queued: float = 0.0  # Publisher.publish starts, on the publisher's thread
-    stored: float = 0.0  # it returned (the events message is queued for the outbox's thread)
+    handed: float  # the daemon calls Publisher.publish
+    stored: float  # publish returned (the events message is queued for the outbox's thread)
     sending: float = 0.0  # the publisher's drain task starts sending it
     acked: float = 0.0  # PUBACK: the publish returned
 
@@ -81,31 +78,24 @@ class Delivery:
 
 @dataclass
 class Probe:
-    """Times each stage of each QoS 1 message: the daemon's call of ``PublisherThread.publish``
-    (frame loop), then ``Publisher.publish`` and ``_send`` (the publisher's thread)."""
+    """Times each stage of each QoS 1 message, through the Publisher's ``publish``/``_send``."""
 
-    publisher: PublisherThread
+    publisher: Publisher
     deliveries: list[Delivery] = field(default_factory=list)
-    # id(msg) -> its delivery; written from both threads (single dict operations: atomic)
     _pending: dict[int, Delivery] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        outer, inner = self.publisher, self.publisher.publisher
-        hand, publish, send = outer.publish, inner.publish, inner._send
-
-        def timed_hand(msg: OutMessage, received_ms: int | None = None) -> None:
-            if msg.qos and received_ms is not None:
-                kind = msg.topic.rsplit("/", 1)[1]
-                self._pending[id(msg)] = Delivery(kind, received_ms, now_ms())
-            hand(msg, received_ms)
+        pub = self.publisher
+        publish, send = pub.publish, pub._send
 
         def timed_publish(msg: OutMessage, received_ms: int | None = None) -> None:
-            delivery = self._pending.get(id(msg))
-            if delivery is not None:
-                delivery.queued = now_ms()
+            if msg.qos == 0 or received_ms is None:
+                publish(msg, received_ms)
+                return
+            handed = now_ms()
             publish(msg, received_ms)
-            if delivery is not None:
-                delivery.stored = now_ms()
+            kind = msg.topic.rsplit("/", 1)[1]
+            self._pending[id(msg)] = Delivery(kind, received_ms, handed, now_ms())
 
         async def timed_send(client: Any, msg: OutMessage) -> None:
             delivery = self._pending.pop(id(msg), None)
@@ -116,9 +106,8 @@ class Probe:
                 delivery.acked = now_ms()
                 self.deliveries.append(delivery)
 
-        outer.publish = timed_hand  # type: ignore[method-assign]
-        inner.publish = timed_publish  # type: ignore[method-assign]
-        inner._send = timed_send  # type: ignore[method-assign]
+        pub.publish = timed_publish  # type: ignore[method-assign]
+        pub._send = timed_send  # type: ignore[method-assign]
 
 
 @dataclass
@@ -238,12 +227,6 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="start with empty z-score baselines (default: full 90-day ones, as in steady state)",
     )
-    parser.add_argument(
-        "--urgent-wait",
-        type=float,
-        help="ms the consumer waits for a regime change's PUBACK before its next frame "
-        f"(default: the daemon's {URGENT_WAIT_S * 1000:g}; 0: it does not wait)",
-    )
     parser.add_argument("--each", action="store_true", help="print every message's stages")
     return parser.parse_args()
 
@@ -255,8 +238,6 @@ async def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; load average before: {os.getloadavg()[0]:.2f}"
     )
-    if args.urgent_wait is not None:
-        monitor.daemon.URGENT_WAIT_S = args.urgent_wait / 1000
     holders = LoopHolders()
     with tempfile.TemporaryDirectory(prefix="tapewatch-latency-") as tmp:
         work = Path(tmp)
@@ -360,9 +341,8 @@ def report(
     row("both: health publish_latency_ms", health)
     print(f"{'stages of each message, ms':<36}count     p50     p99     max")
     row("receive → handed to the publisher", [d.handed - d.received for d in window])
-    row("handed → on the publisher's thread", [d.queued - d.handed for d in window])
-    row("publish() (events: outbox insert)", [d.stored - d.queued for d in window])
-    row("outbox write, publisher task wakes", [d.sending - d.stored for d in window])
+    row("publish() (events: outbox insert)", [d.stored - d.handed for d in window])
+    row("waiting for the publisher task", [d.sending - d.stored for d in window])
     row("send → PUBACK", [d.acked - d.sending for d in window])
 
     def measured(span: Span) -> bool:
@@ -400,11 +380,9 @@ def report(
         "readers, MQTT I/O and loop turns"
     )
     if args.each:
-        print(
-            "received   kind    handed  queued  stored sending   acked (ms after the receive stamp)"
-        )
+        print("received   kind    handed  stored sending   acked (ms after the receive stamp)")
         for d in window:
-            times = (d.handed, d.queued, d.stored, d.sending, d.acked)
+            times = (d.handed, d.stored, d.sending, d.acked)
             print(
                 f"{d.received % 100_000:>8} {d.kind:<7}"
                 + "".join(f"{t - d.received:8.2f}" for t in times)

@@ -1,19 +1,22 @@
 """The ``tour`` scenario through the daemon and a real Mosquitto: which regimes are entered.
 
-    .venv/bin/python bench/tour.py [--speed 40] [--assets BTC,ETH] [--margin 30]
+    .venv/bin/python bench/tour.py [--speed 40] [--assets BTC,ETH] [--margin 30] [--trace]
 
 What ``tapewatch simulate --scenario tour --speed 40`` with ``tapewatch run`` on the config it
 writes does, in three processes on loopback: the simulator (not paced, as ``simulate`` runs it)
 in a child process, a Mosquitto of the bench's own on a free port, and the real ``Daemon`` in
 this process under uvloop, with the start-up backfill of the simulator's history, as the
 written config asks. A ``mosquitto_sub`` records every ``regime`` message. The run ends when
-every asset has entered the five regimes of the tour, or when the tour's event time is over
-(plus ``--margin`` wall seconds).
+the tour's event time is over at the nominal speed (plus ``--margin`` wall seconds).
 
 It prints, per asset, the regimes entered in order; the daemon's ``queue dropped``; the largest
-frame-queue depth seen; and, per signal the five rules read, how many one-second snapshots had
-it missing (null) while the tour played: a null in a rule's condition keeps that rule out.
-This is a measurement, not a test: on a 2-core machine its outcome depends on the load.
+frame-queue depth seen; socket reconnects and guard rejections; how often the engine marked a
+trade venue silent, and how far each venue's newest trade was behind the publish boundary at
+each snapshot; which events crossed the boundaries; and, per signal the five rules read, how
+many snapshots had it missing (null): a null in a rule's condition keeps that rule out. It
+wraps, in this process only, the pipeline's ``feed_event`` and ``fill_history`` and each
+asset's ``_mark_silences``. This is a measurement, not a test: on a 2-core machine its outcome
+depends on the load.
 """
 
 from __future__ import annotations
@@ -227,16 +230,21 @@ async def main() -> None:
     report = daemon.pipeline.health_report(int(time.time() * 1000))
     print(f"rejected: {report['rejected']}; malformed: {report['malformed']}")
     print(f"trades: {report['trades']}")
-    print(f"silences marked (snapshots with a venue unheard past silence_timeout): {dict(nulls.silences)}")
+    print(f"silences marked (a trade venue unheard past silence_timeout): {dict(nulls.silences)}")
     for venue, gaps in sorted(nulls.unheard.items()):
         g = sorted(gaps)
-        print(f"  {venue}: event ms since last heard at a snapshot: p50 {g[len(g) // 2]}, p90 {g[len(g) * 9 // 10]}, max {g[-1]}")
+        print(
+            f"  {venue}: event ms since last heard at a snapshot: p50 {g[len(g) // 2]}, "
+            f"p90 {g[len(g) * 9 // 10]}, max {g[-1]}"
+        )
     print(f"events that crossed a publish boundary: {dict(nulls.tickers)}")
     history = sorted(nulls.history_ms)
-    print(
-        f"start-up history items: {len(history)}, consumer ms each: "
-        + (f"median {history[len(history) // 2]:.0f}, max {history[-1]:.0f}, sum {sum(history):.0f}" if history else "-")
+    spent = (
+        f"median {history[len(history) // 2]:.0f}, max {history[-1]:.0f}, sum {sum(history):.0f}"
+        if history
+        else "-"
     )
+    print(f"start-up history items: {len(history)}, consumer ms each: {spent}")
     print(f"signals missing, of {nulls.snapshots} snapshots (all assets, the whole run):")
     for name in sorted({*nulls.watched, *nulls.nulls}):
         print(f"  {name:<36}{nulls.nulls[name]:>8}")

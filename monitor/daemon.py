@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -26,7 +27,7 @@ from monitor.config import Config
 from monitor.health import Health
 from monitor.history_fetch import HistoryFetch
 from monitor.history_tape import HistoryItem
-from monitor.mqtt import Publisher, PublisherThread
+from monitor.mqtt import Publisher
 from monitor.pipeline import (
     Pipeline,
     RefetchRequest,
@@ -79,11 +80,6 @@ HEALTH_EXPIRY_S = round(3 * HEALTH_INTERVAL_S)
 
 # How long the consumer waits for a regime change's PUBACK before it goes on with the frames.
 URGENT_WAIT_S = 0.1
-# A regime change is checkpointed this long after it (the outbox holds its event meanwhile):
-# the state copy holds the frame loop for tens of ms with 90-day baselines, and changes come in
-# clusters (one market move changes several assets within a few ticks); taken at once, the copy
-# for the first change delayed the next ones by its whole length. One copy covers the cluster.
-REGIME_CHECKPOINT_DELAY_S = 1.0
 
 
 def _freeze_long_lived_objects() -> None:
@@ -118,11 +114,9 @@ class Daemon:
             config, self.session, __version__, self.started_ms, self.health
         )
         builder = self.pipeline.builder
-        self.publisher: PublisherThread | None = None
+        self.publisher: Publisher | None = None
         if publish:
-            # On a thread and loop of its own: a regime change reaches the broker without
-            # waiting for the frame work on this loop (see PublisherThread).
-            publisher = Publisher(
+            self.publisher = Publisher(
                 config.mqtt,
                 client_id=f"tapewatch-{config.instance}-{self.session}",
                 birth=builder.status("online"),
@@ -132,7 +126,6 @@ class Daemon:
                 outbox_path=Path(config.state.dir) / f"{config.instance}.outbox.sqlite",
                 latency=self.health.publish_latency,
             )
-            self.publisher = PublisherThread(publisher)
         self.queue = FrameQueue(config.collector.queue_size)
         # One reporter for every socket and REST client: an unreachable host is one log line
         # (then reminders at a falling rate), however many of them use it.
@@ -152,7 +145,6 @@ class Daemon:
         self.origin = origin(config)
         # Regime changes are checkpointed at once (in the background), not only periodically.
         self._regime_topics = frozenset(builder.topics.regime(a) for a in config.assets)
-        self._regime_checkpoint_due = False  # one is scheduled (REGIME_CHECKPOINT_DELAY_S)
         # Checkpoints are numbered when taken, so an older one never replaces a newer on disk.
         self._taken = self._written = 0
         self._write_lock = threading.Lock()
@@ -375,10 +367,9 @@ class Daemon:
             return
         for msg in msgs:
             publisher.publish(msg, received_ms)
-        wait = URGENT_WAIT_S
-        if wait > 0 and publisher.connected.is_set() and any(msg.qos for msg in msgs):
+        if publisher.connected.is_set() and any(msg.qos for msg in msgs):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(publisher.acknowledged(), wait)
+                await asyncio.wait_for(publisher.acknowledged(), URGENT_WAIT_S)
 
     async def _consume(self) -> None:
         pipeline, recorder = self.pipeline, self.recorder
@@ -404,24 +395,11 @@ class Daemon:
                 self._dispatch(request)
 
     def _checkpoint_regime_change(self, msgs: list[Any]) -> None:
-        """A regime change is saved within ``REGIME_CHECKPOINT_DELAY_S``, in the background,
-        not a checkpoint interval later: a restart then continues it rather than forgetting it
-        (its event is in the outbox meanwhile, which covers the moments until the file is
-        written, see monitor/restart.py). Changes within the delay share one checkpoint."""
-        if (
-            self.stateful
-            and not self._regime_checkpoint_due
-            and any(msg.topic in self._regime_topics for msg in msgs)
-        ):
-            self._regime_checkpoint_due = True
-            self._spawn(self._checkpoint_after_regime_change(), "checkpoint")
-
-    async def _checkpoint_after_regime_change(self) -> None:
-        try:
-            await asyncio.sleep(REGIME_CHECKPOINT_DELAY_S)
-        finally:
-            self._regime_checkpoint_due = False  # a change from now on schedules another
-        await self.save_checkpoint_in_background()
+        """A regime change is saved at once, in the background, not a checkpoint interval
+        later: a restart then continues it rather than forgetting it (its event is in the
+        outbox meanwhile, which covers the moments until the file is written)."""
+        if self.stateful and any(msg.topic in self._regime_topics for msg in msgs):
+            self._spawn(self.save_checkpoint_in_background(), "checkpoint")
 
     # -- REST side ------------------------------------------------------------------------------
     def _dispatch(self, request: Request) -> None:
@@ -557,7 +535,11 @@ class Daemon:
         assert self.publisher is not None
         while True:
             outbox = self.publisher.outbox
-            self.health.outbox_depth = len(outbox) if outbox is not None else self.publisher.pending
+            if outbox is None:
+                self.health.outbox_depth = self.publisher.pending
+            else:  # awaited: the loop does not wait for the outbox's queued writes
+                with contextlib.suppress(sqlite3.Error):
+                    self.health.outbox_depth = await asyncio.wrap_future(outbox.count_soon())
             now = wall_ms()
             report = self.pipeline.health_report(now)
             report["rest"] = {venue: client.stats() for venue, client in self.rest.items()}

@@ -282,6 +282,12 @@ class Outbox:
     def __len__(self) -> int:
         return self._call(self._count)
 
+    def count_soon(self) -> Future[int]:
+        """``len`` on the worker thread, for the event loop: its caller awaits the future
+        rather than blocking the loop behind the writes queued before it (an fsync on a busy
+        disk can take seconds, and the frames would wait for it)."""
+        return self._submit(self._count)
+
     def marks(self) -> OutboxMarks:
         """Where the outbox stands now (``lost_since`` compares two of these)."""
         return self._call(self._marks)
