@@ -5,6 +5,7 @@ core of its own), CPU time of a process, and baselines filled with synthetic sam
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,14 @@ import numpy as np
 from monitor.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def machine_line() -> str:
+    """What a bench prints first: the machine, and how busy it was before the bench began."""
+    return (
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; load average before: {os.getloadavg()[0]:.2f}"
+    )
 
 
 def free_port() -> int:

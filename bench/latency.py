@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import gc
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -41,7 +40,7 @@ from typing import Any
 
 import uvloop
 import yaml
-from _support import Mosquitto, SimulatorProcess, cpu_seconds, fill_synthetic
+from _support import Mosquitto, SimulatorProcess, cpu_seconds, fill_synthetic, machine_line
 
 from monitor.config import config_from_dict, deep_merge
 from monitor.daemon import Daemon
@@ -234,10 +233,7 @@ def parse_args() -> argparse.Namespace:
 async def main() -> None:
     args = parse_args()
     assets = args.assets.split(",")
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; load average before: {os.getloadavg()[0]:.2f}"
-    )
+    print(machine_line())
     holders = LoopHolders()
     with tempfile.TemporaryDirectory(prefix="tapewatch-latency-") as tmp:
         work = Path(tmp)

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -36,7 +35,7 @@ from typing import Any
 
 import uvloop
 import yaml
-from _support import Mosquitto, SimulatorProcess, cpu_seconds
+from _support import Mosquitto, SimulatorProcess, cpu_seconds, machine_line
 
 from monitor.config import config_from_dict, deep_merge
 from monitor.daemon import Daemon
@@ -145,10 +144,7 @@ async def main() -> None:
     args = parse_args()
     assets = args.assets.split(",")
     tour_ms = tour_schedule()[-1][2] + TOUR_GAP_MS
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; load average before: {os.getloadavg()[0]:.2f}"
-    )
+    print(machine_line())
     with tempfile.TemporaryDirectory(prefix="tapewatch-tour-") as tmp:
         work = Path(tmp)
         broker = Mosquitto(work)

@@ -12,6 +12,7 @@ Facts (as Binance documents them: docs/exchange-protocols.md §1–3, with sourc
 from __future__ import annotations
 
 import math
+from typing import Generic, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -203,6 +204,9 @@ def _depth_diff(venue: str, p: dict, ts_recv: int) -> DepthDiff:
     )
 
 
+_P = TypeVar("_P")
+
+
 class _DepthPayload(msgspec.Struct):
     e: str
     E: int
@@ -214,26 +218,33 @@ class _DepthPayload(msgspec.Struct):
     pu: int | None = None
 
 
-class _CombinedDepth(msgspec.Struct):
+class _Combined(msgspec.Struct, Generic[_P]):
+    """The combined-stream envelope around a payload."""
+
     stream: str
-    data: _DepthPayload
+    data: _P
 
 
 # Depth frames are most of the work: msgspec decodes one into typed fields in C, the level
 # strings converted to floats and checked there ("lax" mode: numbers may also come as numeric
 # strings), about five times faster than orjson and two float() calls per level.
-_DEPTH_DECODER = msgspec.json.Decoder(_CombinedDepth, strict=False)
+_DEPTH_DECODER = msgspec.json.Decoder(_Combined[_DepthPayload], strict=False)
+
+
+def _fast(decoder: msgspec.json.Decoder[_Combined[_P]], raw: str | bytes) -> _P | None:
+    """The payload as the fast decoder reads it; None when it does not take the frame."""
+    try:
+        return decoder.decode(raw).data
+    except msgspec.MsgspecError:
+        return None
 
 
 def parse_depth_frame(venue: str, raw: str | bytes, ts_recv: int) -> list[Event]:
     """A combined-stream depth frame: same outcome as ``parse_frame``. Anything the fast
     decoder does not take as it is (another shape, a bad level) goes the strict way, which
     says exactly what is wrong."""
-    try:
-        p = _DEPTH_DECODER.decode(raw).data
-    except msgspec.MsgspecError:
-        return parse_frame(venue, raw, ts_recv)
-    if p.e != "depthUpdate" or not p.s:
+    p = _fast(_DEPTH_DECODER, raw)
+    if p is None or p.e != "depthUpdate" or not p.s:
         return parse_frame(venue, raw, ts_recv)
     return [DepthDiff(venue, p.s, p.E, ts_recv, p.U, p.u, p.pu, tuple(p.b), tuple(p.a))]
 
@@ -251,24 +262,17 @@ class _TradePayload(msgspec.Struct):
     a: int | None = None
 
 
-class _CombinedTrade(msgspec.Struct):
-    stream: str
-    data: _TradePayload
-
-
 # Trades are most of the frames a signal reads: decoded like depth (lax: the price and size
 # strings become floats in C), with the strict parser as the fallback for anything odd.
-_TRADE_DECODER = msgspec.json.Decoder(_CombinedTrade, strict=False)
+_TRADE_DECODER = msgspec.json.Decoder(_Combined[_TradePayload], strict=False)
 
 
 def parse_trade_frame(venue: str, raw: str | bytes, ts_recv: int) -> list[Event]:
     """A combined-stream trade or aggTrade frame: same outcome as ``parse_frame``."""
-    try:
-        p = _TRADE_DECODER.decode(raw).data
-    except msgspec.MsgspecError:
+    p = _fast(_TRADE_DECODER, raw)
+    if p is None:
         return parse_frame(venue, raw, ts_recv)
-    kind = p.e
-    trade_id = p.t if kind == "trade" else p.a if kind == "aggTrade" else None
+    trade_id = p.t if p.e == "trade" else p.a if p.e == "aggTrade" else None
     if trade_id is None or not p.s:
         return parse_frame(venue, raw, ts_recv)
     return [Trade(venue, p.s, p.T, ts_recv, p.p, p.q, SELL if p.m else BUY, trade_id)]

@@ -563,6 +563,17 @@ def tracker_state(decoder: CoinbaseDecoder) -> tuple[object, ...]:
     return (s.last, s.gaps, s.missed, s.stale, decoder.frames_lost)
 
 
+def assert_same_on_both_paths(raw: str | bytes, after: int | None = None) -> None:
+    """A fresh fast decoder and a fresh strict one (each having seen ``sequence_num``
+    ``after`` first, if given) give the same outcome for ``raw`` and end in the same state."""
+    fast, strict = CoinbaseDecoder(COINBASE), StrictDecoder(COINBASE)
+    if after is not None:
+        for decoder in (fast, strict):
+            decoder.sequence.observe_number(after)
+    assert outcome(fast, raw) == outcome(strict, raw)
+    assert tracker_state(fast) == tracker_state(strict)
+
+
 def coinbase_frames(path: Path) -> list[str]:
     return [r.msg for r in read_tape(path) if r.src == COINBASE and r.url is None and not r.ctl]
 
@@ -804,11 +815,7 @@ ODD_BUT_VALID = [
 
 @pytest.mark.parametrize("raw", ODD_BUT_VALID)
 def test_an_odd_frame_gives_the_same_outcome_and_sequence_on_both_paths(raw: str) -> None:
-    fast, strict = CoinbaseDecoder(COINBASE), StrictDecoder(COINBASE)
-    for decoder in (fast, strict):
-        decoder.sequence.observe_number(1)  # a baseline, so a counted number is a gap of 1
-    assert outcome(fast, raw) == outcome(strict, raw)
-    assert tracker_state(fast) == tracker_state(strict)
+    assert_same_on_both_paths(raw, after=1)  # a baseline: a counted number is a gap of 1
 
 
 TIMES = [
@@ -868,9 +875,7 @@ def test_any_level_or_trade_gives_the_same_outcome_on_both_paths(
         with_trade(price=price, size=price, time=time, side=side),
     ]
     for raw in frames:
-        fast, strict = CoinbaseDecoder(COINBASE), StrictDecoder(COINBASE)
-        assert outcome(fast, raw) == outcome(strict, raw)
-        assert tracker_state(fast) == tracker_state(strict)
+        assert_same_on_both_paths(raw)
 
 
 FAST_BASES = [orjson.loads(L2_UPDATE), orjson.loads(SNAPSHOT), GOOD]
@@ -886,7 +891,4 @@ def test_any_field_replaced_by_any_json_gives_the_same_outcome_on_both_paths(
     base: dict[str, Any], path: list[int], value: Any
 ) -> None:
     frame = replaced(base, path, value)
-    raw = orjson.dumps(frame)
-    fast, strict = CoinbaseDecoder(COINBASE), StrictDecoder(COINBASE)
-    assert outcome(fast, raw) == outcome(strict, raw)
-    assert tracker_state(fast) == tracker_state(strict)
+    assert_same_on_both_paths(orjson.dumps(frame))
