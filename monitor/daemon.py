@@ -143,8 +143,6 @@ class Daemon:
         self._saving = asyncio.Lock()
         self.stateful = stateful
         self.origin = origin(config)
-        # Regime changes are checkpointed at once (in the background), not only periodically.
-        self._regime_topics = frozenset(builder.topics.regime(a) for a in config.assets)
         # Checkpoints are numbered when taken, so an older one never replaces a newer on disk.
         self._taken = self._written = 0
         self._write_lock = threading.Lock()
@@ -390,16 +388,8 @@ class Daemon:
                     msgs = pipeline.control(item.venue, item.ctl)
                 if msgs:  # most frames publish nothing: no coroutine for them
                     await self._publish(msgs, item.ts_recv_ms)
-                    self._checkpoint_regime_change(msgs)
             for request in pipeline.take_requests():
                 self._dispatch(request)
-
-    def _checkpoint_regime_change(self, msgs: list[Any]) -> None:
-        """A regime change is saved at once, in the background, not a checkpoint interval
-        later: a restart then continues it rather than forgetting it (its event is in the
-        outbox meanwhile, which covers the moments until the file is written)."""
-        if self.stateful and any(msg.topic in self._regime_topics for msg in msgs):
-            self._spawn(self.save_checkpoint_in_background(), "checkpoint")
 
     # -- REST side ------------------------------------------------------------------------------
     def _dispatch(self, request: Request) -> None:

@@ -2,13 +2,17 @@
 and an account of the outbox.
 
 Regimes. The checkpoint keeps each asset's regime state (``RegimeEngine.state`` plus the id of
-the event that entered it). A checkpoint is written periodically and, in the background, right
-after each regime change, so a process killed in between leaves a checkpoint older than its last
-change. That change is still in the outbox, though (``Outbox.latest``: pending or the last one
-delivered per topic), appended before it was published; an outbox event newer than the
-checkpoint (a higher id than the checkpoint's outbox marks) therefore wins over the checkpoint's
-state. The restored regime is republished retained, unchanged, and is not entered again; the
-first complete snapshot decides whether it still holds (see ``signals.regimes``).
+the event that entered it). A checkpoint is written periodically, so a process killed after a
+regime change leaves a checkpoint older than that change. The change is in the outbox, though
+(``Outbox.latest``: pending or the last one delivered per topic), appended before it was
+published; an outbox event newer than the checkpoint (a higher id than the checkpoint's outbox
+marks) therefore wins over the checkpoint's state. So a change needs no checkpoint of its own:
+one would copy every 90-day baseline on the event loop (25-60 ms) right when the change is being
+published. What the outbox cannot give back is the cooldown of a regime that ended before the
+asset's latest change since the checkpoint (two or more changes of one asset within a checkpoint
+interval): that cooldown starts afresh. The restored regime is republished retained,
+unchanged, and is not entered again; the first complete snapshot decides whether it still holds
+(see ``signals.regimes``).
 
 Outbox. The checkpoint keeps the outbox's marks (last id, pending ids, highest acknowledged id);
 at the next start, events that left the outbox without being delivered are an ERROR in the log,
