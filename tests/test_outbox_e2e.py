@@ -64,18 +64,40 @@ class EventLog:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
+    def _record(self, message: aiomqtt.Message) -> None:
+        self.arrived.append(time.monotonic())
+        self.events.append(orjson.loads(message.payload))  # type: ignore[arg-type]
+
+    def _recording_queue(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """A message queue that records each message as the client hands it over, which paho
+        does before it acknowledges it. Reading ``client.messages`` instead loses what is still
+        queued when the connection drops (aiomqtt discards it): on a loaded machine those were
+        events the broker had delivered, and they looked lost."""
+        record = self._record
+
+        class Recording(asyncio.Queue[aiomqtt.Message]):
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                record(item)
+                super().put_nowait(item)
+
+        return Recording
+
     async def _run(self) -> None:
+        queue_type = self._recording_queue()
         while True:
             try:
                 async with aiomqtt.Client(
-                    self.broker.host, self.broker.port, identifier="e2e-events", clean_session=False
+                    self.broker.host,
+                    self.broker.port,
+                    identifier="e2e-events",
+                    clean_session=False,
+                    queue_type=queue_type,
                 ) as client:
                     await client.subscribe(self.topic, qos=1)
                     self.connects.append(time.monotonic())
                     self.connected.set()
-                    async for message in client.messages:
-                        self.arrived.append(time.monotonic())
-                        self.events.append(orjson.loads(message.payload))  # type: ignore[arg-type]
+                    async for _ in client.messages:  # recorded on arrival; this only waits
+                        pass
             except aiomqtt.MqttError:
                 self.connected.clear()
                 await asyncio.sleep(0.2)  # reconnect back-off while the broker is down
