@@ -9,6 +9,7 @@ rule with expected values written out by hand.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -419,23 +420,145 @@ def test_order_book_matches_reference_and_numpy_bands(
                 assert got == pytest.approx(expected, rel=1e-12, abs=1e-9)
 
 
-def test_order_book_heap_stays_bounded_under_level_churn() -> None:
-    # Levels that appear and vanish deep in the book never reach the top of the lazy heap; the
-    # heap must still be compacted, and best levels stay right throughout.
+def assert_ladders_consistent(book: OrderBook) -> None:
+    """The internal invariants the fast paths rely on, for both sides: ``top`` is the best
+    price held (±inf when empty), every held level's slot holds its price and quantity, every
+    other slot is dead (quantity 0, a price that cannot be the best) and the free slots are
+    exactly the unused ones below ``_used``."""
+    for ladder, best in ((book._bids, max), (book._asks, min)):
+        held = ladder.slot_of
+        assert ladder.top == (best(held) if held else ladder._sign * math.inf)
+        assert ladder._used <= len(ladder._prices) == len(ladder._qtys)
+        assert len(ladder._price_view) == len(ladder._prices)
+        assert len(ladder._qty_view) == len(ladder._qtys)
+        slots = set(held.values())
+        assert len(slots) == len(held) and all(0 <= s < ladder._used for s in slots)
+        assert len(set(ladder._free)) == len(ladder._free)
+        assert set(ladder._free) == set(range(ladder._used)) - slots
+        for price, slot in held.items():
+            assert ladder._prices[slot] == price and ladder._qtys[slot] > 0
+        for slot in set(range(len(ladder._prices))) - slots:
+            assert ladder._prices[slot] == ladder._dead and ladder._qtys[slot] == 0.0
+
+
+Op = tuple[str, list[Level], list[Level]]  # ("apply" | "load" | "clear", bids, asks)
+
+
+def _ops(price: st.SearchStrategy[float]) -> st.SearchStrategy[list[Op]]:
+    levels = st.lists(st.tuples(price, QTY), max_size=8)
+    op = st.one_of(
+        st.tuples(st.just("apply"), levels, levels),
+        st.tuples(st.just("load"), levels, levels),
+        st.tuples(st.just("clear"), st.just([]), st.just([])),
+    )
+    return st.lists(op, min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), price=st.sampled_from([ANY_PRICE, FINE_PRICE]))
+def test_tracked_best_equals_reference_through_applies_snapshots_and_clears(
+    data: st.DataObject, price: st.SearchStrategy[float]
+) -> None:
+    # The best price is tracked by apply, not searched: check it (and the slots behind the
+    # bands) after every step of sequences that remove the best level, remove levels never
+    # held, re-add removed prices, and load snapshots and clear in between.
+    book = OrderBook()
+    history: list[Update] = []
+    for kind, bids, asks in data.draw(_ops(price)):
+        if kind != "apply":
+            history = []  # a snapshot or a clear replaces the whole book
+        if kind == "clear":
+            book.clear()
+        elif kind == "load":
+            book.load(bids, asks)
+        else:
+            ref_bids, ref_asks = reference(history)
+            # Half the time, remove the best of each side first, within the same diff.
+            if ref_bids and data.draw(st.booleans(), label="remove best bid"):
+                bids = [(max(ref_bids), 0.0), *bids]
+            if ref_asks and data.draw(st.booleans(), label="remove best ask"):
+                asks = [(min(ref_asks), 0.0), *asks]
+            book.apply_levels(bids, asks)
+        history += [(BID, p, q) for p, q in bids] + [(ASK, p, q) for p, q in asks]
+        ref_bids, ref_asks = reference(history)
+        assert_same_book(book, ref_bids, ref_asks)
+        assert_ladders_consistent(book)
+        expected = numpy_band(ref_bids, ref_asks, 1.0)
+        got = book.depth_band(1.0)
+        assert got == (None if expected is None else pytest.approx(expected, rel=1e-12))
+
+
+def test_order_book_best_and_slots_stay_right_under_level_churn() -> None:
+    # 20,000 single-level changes on 300 prices, half of them removals (of the best, of levels
+    # never held, of levels just re-added): the tracked best equals the reference after each,
+    # and freed slots are reused, so the arrays stay as small as the largest book seen.
     rng = random.Random(7)
     book = OrderBook()
     bids: dict[float, float] = {}
-    for _ in range(20_000):
+    largest = 0
+    for i in range(20_000):
         price = 100 - rng.randrange(300) * 0.01
+        if bids and rng.random() < 0.1:
+            price = max(bids)  # the best level, changed or removed
         qty = 0.0 if rng.random() < 0.5 else rng.choice([0.1, 1.0, 5.0])
         book.apply_levels([(price, qty)], [])
         if qty:
             bids[price] = qty
         else:
             bids.pop(price, None)
+        largest = max(largest, len(bids))
         assert book.best_bid() == (max(bids.items()) if bids else None)
-        assert len(book._bids._heap) <= 2 * len(bids) + 64
+        assert book._bids._used == largest
+        if i % 1000 == 0:
+            assert_ladders_consistent(book)
+    assert len(book._bids._prices) <= 2 * largest + 64
     assert book.levels(BID) == sorted(bids.items(), reverse=True)
+
+
+def test_hand_best_level_tracking() -> None:
+    book = OrderBook()
+    book.load([(99.0, 1.0), (98.0, 2.0)], [(101.0, 1.0), (102.0, 2.0)])
+    # Removing prices never held, better than the best, changes nothing.
+    book.apply_levels([(99.5, 0.0)], [(100.5, 0.0)])
+    assert (book.best_bid(), book.best_ask()) == ((99.0, 1.0), (101.0, 1.0))
+    # A new better level becomes the best; a quantity change of the best keeps it.
+    book.apply_levels([(99.5, 3.0)], [(101.0, 4.0)])
+    assert (book.best_bid(), book.best_ask()) == ((99.5, 3.0), (101.0, 4.0))
+    # The best removed: the next one is found, even with a worse level added in the same diff.
+    book.apply_levels([(99.5, 0.0), (97.0, 1.0)], [(101.0, 0.0)])
+    assert (book.best_bid(), book.best_ask()) == ((99.0, 1.0), (102.0, 2.0))
+    # Removed and re-added in one diff, at a new quantity: still the best.
+    book.apply_levels([(99.0, 0.0), (99.0, 5.0)], [])
+    assert book.best_bid() == (99.0, 5.0)
+    # Added and removed in one diff: never the best.
+    book.apply_levels([(100.0, 1.0), (100.0, 0.0)], [])
+    assert book.best_bid() == (99.0, 5.0) and not book.is_crossed()
+    # A side emptied, then refilled.
+    book.apply_levels([(99.0, 0.0), (98.0, 0.0), (97.0, 0.0)], [])
+    assert book.best_bid() is None and book.mid() is None and not book.is_crossed()
+    assert book.depth_band(1.0) is None
+    book.apply_levels([(96.0, 1.0)], [])
+    assert book.best_bid() == (96.0, 1.0) and book.mid() == 99.0
+    # A diff that crosses the book is seen at once.
+    book.apply_levels([], [(95.0, 1.0)])
+    assert book.is_crossed()
+    book.clear()
+    assert book.best_bid() is None and book.best_ask() is None and not book.is_crossed()
+    assert_ladders_consistent(book)
+
+
+def test_hand_arrays_grow_past_the_snapshot() -> None:
+    # A snapshot sizes the arrays exactly; levels added after it grow them (doubling), and
+    # the band and the best stay right across the growth.
+    book = OrderBook()
+    book.load([(100.0 - k, 1.0) for k in range(1, 4)], [(101.0, 1.0)])
+    bids = {100.0 - k: 1.0 for k in range(1, 4)}
+    for k in range(4, 300):
+        book.apply_levels([(100.0 - k * 0.01, 2.0)], [])
+        bids[100.0 - k * 0.01] = 2.0
+    assert book.best_bid() == (max(bids), bids[max(bids)])
+    assert book.depth_band(50.0) == pytest.approx(numpy_band(bids, {101.0: 1.0}, 50.0))
+    assert_ladders_consistent(book)
 
 
 # ---------------------------------------------------------------------------------------------
