@@ -92,6 +92,7 @@ sim = Simulator(
     speed=float(speed),
     seed=int(seed),
     symbols={f"{a}USDT": prices.get(a, 100.0) for a in symbols.split(",")},
+    pace=sys.argv[8:] == ["pace"],
 )
 uvloop.run(serve_forever(sim, config, sys.argv[7]))
 """
@@ -115,14 +116,23 @@ class SimulatorProcess:
         scenario: str = "sell_wave",
         seed: int = 3,
         tick: float | None = None,
+        pace: bool = False,
     ) -> None:
         """``tick``: seconds between two advances of the simulated market, each sending its
-        frames at once (None: the simulator's own, 50 ms)."""
+        frames at once (None: the simulator's own, 50 ms); ``pace``: the event clock waits
+        for a client that falls behind (``Simulator(pace=True)``) instead of cutting it off."""
         self.config = workdir / "simulator.yaml"
         args = [str(speed), str(seed), scenario, ",".join(assets), str(self.config)]
         args.append("" if tick is None else str(tick))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SIMULATOR, *args, str(REPO / "config.yaml")],
+            [
+                sys.executable,
+                "-c",
+                SIMULATOR,
+                *args,
+                str(REPO / "config.yaml"),
+                *(["pace"] if pace else []),
+            ],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

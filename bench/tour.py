@@ -1,13 +1,16 @@
 """The ``tour`` scenario through the daemon and a real Mosquitto: which regimes are entered.
 
-    .venv/bin/python bench/tour.py [--speed 40] [--assets BTC,ETH] [--margin 30] [--trace]
+    .venv/bin/python bench/tour.py [--speed 40] [--assets BTC,ETH] [--margin 30] [--pace]
+                                   [--trace]
 
 What ``tapewatch simulate --scenario tour --speed 40`` with ``tapewatch run`` on the config it
-writes does, in three processes on loopback: the simulator (not paced, as ``simulate`` runs it)
-in a child process, a Mosquitto of the bench's own on a free port, and the real ``Daemon`` in
-this process under uvloop, with the start-up backfill of the simulator's history, as the
-written config asks. A ``mosquitto_sub`` records every ``regime`` message. The run ends when
-the tour's event time is over at the nominal speed (plus ``--margin`` wall seconds).
+writes does, in three processes on loopback: the simulator (not paced, as ``simulate`` runs it;
+``--pace``: its event clock waits while the daemon is more than 2,000 frames behind, as in the
+tests) in a child process, a Mosquitto of the bench's own on a free port, and the real
+``Daemon`` in this process under uvloop, with the start-up backfill of the simulator's history,
+as the written config asks. A ``mosquitto_sub`` records every ``regime`` message. The run ends
+when the daemon's event time has passed the tour's end, or at the latest when the tour would be
+over at the nominal speed plus ``--margin`` wall seconds (three times that with ``--pace``).
 
 It prints, per asset, the regimes entered in order; the daemon's ``queue dropped``; the largest
 frame-queue depth seen; socket reconnects and guard rejections; how often the engine marked a
@@ -57,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--margin", type=float, default=30.0, help="wall seconds allowed past the tour's end [30]"
+    )
+    parser.add_argument(
+        "--pace", action="store_true", help="hold the simulator's clock for a slow daemon"
     )
     return parser.parse_args()
 
@@ -140,6 +146,19 @@ def trace(daemon: Daemon, pid: int) -> None:
     print(f"{time.monotonic():9.1f} cpu {used:4.0%} queue {len(daemon.queue):5d} behind: {lags}")
 
 
+async def run_until(daemon: Daemon, end_ms: int, deadline: float, traced: bool) -> str:
+    """Wait until the daemon's event time passes ``end_ms`` ("event time") or the monotonic
+    clock passes ``deadline`` ("wall time"); which one came first."""
+    engine = daemon.pipeline.engine
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(1.0, left))
+        if traced:
+            trace(daemon, os.getpid())
+        if (engine._last_boundary or 0) >= end_ms:
+            return "event time"
+    return "wall time"
+
+
 async def main() -> None:
     args = parse_args()
     assets = args.assets.split(",")
@@ -151,7 +170,9 @@ async def main() -> None:
         sim: SimulatorProcess | None = None
         sub: subprocess.Popen[str] | None = None
         try:
-            sim = SimulatorProcess(work, args.speed, assets, scenario="tour", seed=args.seed)
+            sim = SimulatorProcess(
+                work, args.speed, assets, scenario="tour", seed=args.seed, pace=args.pace
+            )
             over = {
                 "mqtt": {"url": broker.url, "prefix": PREFIX, "broker": "external"},
                 "state": {"dir": str(work / "state")},
@@ -182,13 +203,12 @@ async def main() -> None:
             cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
             stop = asyncio.Event()
             started = time.monotonic()
+            # The simulator's clock starts with the daemon's first request, a moment from now.
+            tour_end_ms = int(time.time() * 1000) + tour_ms
             task = asyncio.create_task(daemon.run(stop))
             # The tour's event time at `speed`, the backfill before it, and a margin.
-            until = time.monotonic() + tour_ms / 1000 / args.speed + args.margin
-            while (left := until - time.monotonic()) > 0:
-                await asyncio.sleep(min(1.0, left))
-                if args.trace:
-                    trace(daemon, pids["daemon"])
+            wall_cap = (tour_ms / 1000 / args.speed + args.margin) * (3 if args.pace else 1)
+            ended = await run_until(daemon, tour_end_ms, started + wall_cap, args.trace)
             wall = time.monotonic() - started
             cpu = {k: (cpu_seconds(p) - cpu0[k]) / wall for k, p in pids.items()}
             stop.set()
@@ -208,8 +228,9 @@ async def main() -> None:
         if asset in entered and (not entered[asset] or entered[asset][-1] != regime):
             entered[asset].append(regime)
     print(
-        f"tour at {args.speed:g}x, {args.assets}, seed {args.seed}: {wall:.0f} s wall; CPU, "
-        "share of one core: " + ", ".join(f"{k} {v:.0%}" for k, v in cpu.items())
+        f"tour at {args.speed:g}x{' paced' if args.pace else ''}, {args.assets}, seed "
+        f"{args.seed}: {wall:.0f} s wall, ended by {ended}; CPU, share of one core: "
+        + ", ".join(f"{k} {v:.0%}" for k, v in cpu.items())
     )
     print(
         f"queue dropped {daemon.queue.dropped}; largest frame-queue depth seen "

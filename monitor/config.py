@@ -143,6 +143,12 @@ class SignalsConfig:
     # Coinbase product whose trades give USDT's price in USD, for the USDT-adjusted Coinbase
     # premium; None disables it (its signals stay missing).
     usdt_usd_product: str | None = "USDT-USD"
+    # Event time: a venue's trade socket unheard this long is down, and the stretch since it
+    # last spoke is missing in its windows (collector.silence_timeout is the socket's wall-time
+    # liveness; the two are apart because a simulator compresses event time).
+    feed_silence: float = 15.0
+    # Event time: the Coinbase premium compares last trade prices at most this old.
+    premium_max_age: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -697,7 +703,14 @@ def _fraction(value: object) -> float:
 
 
 def _signals(data: object, errors: _Errors) -> SignalsConfig:
-    keys = ("flow_window", "bucket", "publish_interval", "volume_window")
+    keys = (
+        "flow_window",
+        "bucket",
+        "publish_interval",
+        "volume_window",
+        "feed_silence",
+        "premium_max_age",
+    )
     baseline_keys = ("baseline_window", "baseline_bucket", "baseline_min_history")
     sec = _Section(
         data,

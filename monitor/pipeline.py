@@ -112,8 +112,9 @@ class Pipeline:
             ),
             # Its trades go to the engine's USDT price, not to an asset; it has no book here.
             usdt_usd=sig.usdt_usd_product,
-            # A trade socket silent this long is down: the silent stretch is missing data.
-            silence_ms=round(config.collector.silence_timeout * 1000),
+            # A trade socket silent this long (event time) is down: the stretch is missing data.
+            silence_ms=round(sig.feed_silence * 1000),
+            premium_stale_ms=round(sig.premium_max_age * 1000),
         )
         self.guard = _guard(config, symbols)
         self.regimes = {name: RegimeEngine(name, config.regimes) for name in config.assets}

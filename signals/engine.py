@@ -53,7 +53,8 @@ MARK_STALE_MS = 30 * SECOND_MS
 FUNDINGS_PER_YEAR = 365 * 3
 
 # The Coinbase premium compares two last-trade prices; a price older than this is no longer
-# "the price now" and the difference would measure time, not venues.
+# "the price now" and the difference would measure time, not venues. The default of the config
+# key signals.premium_max_age.
 PREMIUM_STALE_MS = 10 * SECOND_MS
 
 # The USDT-adjusted premium converts Binance's USDT price to USD at the latest USDT-USD trade.
@@ -180,10 +181,12 @@ class AssetSignals:
         depth: DepthProvider | None = None,
         baseline: BaselineSpec | None = None,
         silence_ms: int | None = None,
+        premium_stale_ms: int = PREMIUM_STALE_MS,
     ) -> None:
         """``silence_ms``: a venue whose trade socket was not heard from for this long (event
         time) is down, and the stretch since it was last heard is marked missing in its
-        windows; None: only explicit ``FeedGap``s mark anything missing."""
+        windows; None: only explicit ``FeedGap``s mark anything missing.
+        ``premium_stale_ms``: the premium's last trade prices may be at most this old."""
         self.asset = asset
         self.baselines = (
             {
@@ -221,6 +224,7 @@ class AssetSignals:
         self.history = BucketWindow(HISTORY_SPAN_MS, HISTORY_BUCKET_MS, channels=4)
         self.long_short: LongShortRatio | None = None
         self.silence_ms = silence_ms
+        self.premium_stale_ms = premium_stale_ms
         self.heard_ms: dict[str, int] = {}  # venue -> event time its trade socket last spoke
         self._silence_marked: dict[str, int] = {}  # venue -> marked missing up to here
         self._started_ms: int | None = None  # the first snapshot's boundary
@@ -470,8 +474,8 @@ class AssetSignals:
             perp_vol / spot_vol if volume_ok and spot_vol > 0 else None
         )
 
-        spot = self._fresh_price(BINANCE_SPOT, boundary_ms, PREMIUM_STALE_MS)
-        cb = self._fresh_price(COINBASE, boundary_ms, PREMIUM_STALE_MS)
+        spot = self._fresh_price(BINANCE_SPOT, boundary_ms, self.premium_stale_ms)
+        cb = self._fresh_price(COINBASE, boundary_ms, self.premium_stale_ms)
         premium = cb - spot if cb is not None and spot is not None else None
         values["coinbase_premium_usd"] = premium
         values["coinbase_premium_pct"] = (
@@ -586,6 +590,7 @@ class SignalEngine:
         baseline: BaselineSpec | None = None,
         usdt_usd: str | None = None,
         silence_ms: int | None = None,
+        premium_stale_ms: int = PREMIUM_STALE_MS,
     ) -> None:
         """``assets`` maps asset -> {venue: symbol}, e.g. {"BTC": {"binance-usdm": "BTCUSDT"}}.
         ``depth`` gives a book's (bid, ask) notional within 1 % of mid, None when not synced.
@@ -593,7 +598,8 @@ class SignalEngine:
         ``usdt_usd``: the Coinbase product whose trades price USDT in USD (USDT-USD) for the
         USDT-adjusted premium; None = no adjusted premium (its signals stay missing).
         ``silence_ms``: how long a venue's trade socket may be silent before its windows count
-        the silence as missing (see ``AssetSignals``)."""
+        the silence as missing; ``premium_stale_ms``: the Coinbase premium's price age bound
+        (see ``AssetSignals``)."""
         self.assets = {
             name: AssetSignals(
                 name,
@@ -605,6 +611,7 @@ class SignalEngine:
                 depth,
                 baseline,
                 silence_ms,
+                premium_stale_ms,
             )
             for name, symbols in assets.items()
         }

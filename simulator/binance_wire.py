@@ -8,7 +8,9 @@ spot ``aggTrade`` has ``M`` and no ``nq``; spot ``depthUpdate`` has no ``T``/``p
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Container
+from functools import lru_cache
+from typing import Any, Final
 
 import orjson
 
@@ -29,6 +31,8 @@ Json = dict[str, Any]
 
 MARK_3S_EVERY_MS = 3 * SECOND_MS  # ``<sym>@markPrice`` without ``@1s`` updates every 3 s
 DEPTH_STREAM = "depth@100ms"
+# Book levels print the same prices and sizes over and over: their texts are cached.
+TEXT_CACHE: Final = 1 << 16
 
 # Which socket family carries which venue's streams.
 SPOT = "spot"  # /spot/...
@@ -40,16 +44,28 @@ def fixed(value: float, decimals: int) -> str:
     return f"{value:.{decimals}f}"
 
 
+@lru_cache(maxsize=TEXT_CACHE)
+def units_text(units: int, exp: int, decimals: int) -> str:
+    """``units`` of 10**-``exp`` (ticks or lots, as ``BookSpec.price`` / ``qty`` convert them)
+    printed with ``decimals``."""
+    return fixed(round(units / 10**exp, exp), decimals)
+
+
 def price_text(ticks: int, spec: VenueSpec) -> str:
-    return fixed(spec.book.price(ticks), spec.price_decimals)
+    return units_text(ticks, spec.book.tick_exp, spec.price_decimals)
 
 
 def qty_text(lots: int, spec: VenueSpec) -> str:
-    return fixed(spec.book.qty(lots), spec.qty_decimals)
+    return units_text(lots, spec.book.lot_exp, spec.qty_decimals)
 
 
 def _levels(levels: tuple[Level, ...] | list[Level], spec: VenueSpec) -> list[list[str]]:
-    return [[price_text(p, spec), qty_text(q, spec)] for p, q in levels]
+    book = spec.book
+    tick_exp, lot_exp = book.tick_exp, book.lot_exp
+    price_dec, qty_dec = spec.price_decimals, spec.qty_decimals
+    return [
+        [units_text(p, tick_exp, price_dec), units_text(q, lot_exp, qty_dec)] for p, q in levels
+    ]
 
 
 # -- streams ----------------------------------------------------------------------------------
@@ -176,35 +192,67 @@ def book_ticker_payload(tick: QuoteTick, spec: VenueSpec) -> Json:
     return {"e": "bookTicker", "u": tick.update_id, "E": tick.event_ms, "T": tick.event_ms, **top}
 
 
-def tick_frames(tick: Tick, spec: VenueSpec | None) -> list[tuple[str, str, str]]:
+class _Everything:
+    def __contains__(self, _: object) -> bool:
+        return True
+
+
+EVERY_STREAM: Final = _Everything()
+
+
+def tick_frames(
+    tick: Tick, spec: VenueSpec | None, wanted: Container[str] = EVERY_STREAM
+) -> list[tuple[str, str, str]]:
     """``(socket family, stream name, encoded payload)`` of every frame that carries ``tick``
-    on Binance; empty for Coinbase ticks."""
+    on Binance, of the streams in ``wanted`` (encoding is most of the cost: a spot aggregate's
+    ``@trade`` fills are built only when someone reads them); empty for Coinbase ticks."""
+    base = tick.symbol.lower()
     if isinstance(tick, MarkTick):
-        base = tick.symbol.lower()
-        raw = dumps(mark_payload(tick))
         streams = [f"{base}@markPrice@1s"]
         if tick.event_ms % MARK_3S_EVERY_MS == 0:
             streams.append(f"{base}@markPrice")
+        streams = [s for s in streams if s in wanted]
+        raw = dumps(mark_payload(tick)) if streams else ""
         return [(MARKET, s, raw) for s in streams]
     assert spec is not None
-    base = tick.symbol.lower()
+    family, stream = _family_and_stream(tick, base)
+    if not stream:
+        return []
+    out = []
+    if stream in wanted:
+        out.append((family, stream, dumps(_payload(tick, spec))))
+    if isinstance(tick, TradeTick) and family == SPOT and f"{base}@trade" in wanted:
+        out += [(family, f"{base}@trade", dumps(p)) for p in trade_payloads(tick, spec)]
+    return out
+
+
+def _family_and_stream(tick: Tick, base: str) -> tuple[str, str]:
+    """The socket family and stream of a tick's main frame ("" for a Coinbase tick)."""
     if isinstance(tick, LiquidationTick):
-        return [(MARKET, f"{base}@forceOrder", dumps(force_order_payload(tick, spec)))]
-    venue = tick.venue
+        return MARKET, f"{base}@forceOrder"
+    venue = getattr(tick, "venue", None)
     if venue == BINANCE_USDM:
         family = MARKET if isinstance(tick, TradeTick) else PUBLIC
     elif venue == BINANCE_SPOT:
         family = SPOT
     else:
-        return []
+        return "", ""
     if isinstance(tick, TradeTick):
-        out = [(family, f"{base}@aggTrade", dumps(agg_trade_payload(tick, spec)))]
-        if venue == BINANCE_SPOT:
-            out += [(family, f"{base}@trade", dumps(p)) for p in trade_payloads(tick, spec)]
-        return out
+        return family, f"{base}@aggTrade"
     if isinstance(tick, DepthTick):
-        return [(family, f"{base}@{DEPTH_STREAM}", dumps(depth_payload(tick, spec)))]
-    return [(family, f"{base}@bookTicker", dumps(book_ticker_payload(tick, spec)))]
+        return family, f"{base}@{DEPTH_STREAM}"
+    return family, f"{base}@bookTicker"
+
+
+def _payload(tick: Tick, spec: VenueSpec) -> Json:
+    if isinstance(tick, LiquidationTick):
+        return force_order_payload(tick, spec)
+    if isinstance(tick, TradeTick):
+        return agg_trade_payload(tick, spec)
+    if isinstance(tick, DepthTick):
+        return depth_payload(tick, spec)
+    assert isinstance(tick, QuoteTick)
+    return book_ticker_payload(tick, spec)
 
 
 def envelope(stream: str, raw: str) -> str:

@@ -9,7 +9,8 @@ market trade = the MAKER's side, level2 sides ``bid``/``offer`` with absolute qu
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, Final
 
 import orjson
 
@@ -21,10 +22,18 @@ Json = dict[str, Any]
 CHANNELS = ("heartbeats", "market_trades", "ticker", "level2")
 WIRE_CHANNEL = {"level2": "l2_data"}  # level2 is subscribed as level2, delivered as l2_data
 EPOCH_TEXT = "1970-01-01T00:00:00Z"
+# Book levels print the same prices and sizes over and over, and a second's clock text is
+# asked for by every frame of that second: these texts are cached.
+TEXT_CACHE: Final = 1 << 16
 
 
 def _clock(ms: int) -> str:
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return _second_text(ms // 1000)
+
+
+@lru_cache(maxsize=256)
+def _second_text(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def rfc3339_ns(ns: int) -> str:
@@ -49,12 +58,18 @@ def trimmed(value: float, decimals: int) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+@lru_cache(maxsize=TEXT_CACHE)
+def _units_trimmed(units: int, exp: int, decimals: int) -> str:
+    """``units`` of 10**-``exp`` (as ``BookSpec.price`` / ``qty`` convert them), trimmed."""
+    return trimmed(round(units / 10**exp, exp), decimals)
+
+
 def price_text(ticks: int, spec: VenueSpec) -> str:
-    return trimmed(spec.book.price(ticks), spec.price_decimals)
+    return _units_trimmed(ticks, spec.book.tick_exp, spec.price_decimals)
 
 
 def qty_text(lots: int, spec: VenueSpec) -> str:
-    return trimmed(spec.book.qty(lots), spec.qty_decimals)
+    return _units_trimmed(lots, spec.book.lot_exp, spec.qty_decimals)
 
 
 def maker_side(tick: TradeTick) -> str:

@@ -335,31 +335,35 @@ class _VenueFlow:
         self.sold_lots = 0
         self.last_top: tuple[Level, Level] = (self.book.best_bid, self.book.best_ask)
 
-    def trades(self, times: np.ndarray, buy_share_at: list[float]) -> list[TradeTick]:
+    def trades(self, times: list[int], buy_share_at: list[float]) -> list[TradeTick]:
         """Trades at ``times`` (drawn by the caller from this flow's rng), the i-th taker buying
         with probability ``buy_share_at[i]``, at the touch the last book update left."""
         spec, rng = self.spec, self.rng
         count = len(times)
-        sides = rng.random(count)
-        sizes = rng.lognormal(math.log(spec.median_qty), SIZE_SIGMA, size=count)
-        fills = rng.geometric(spec.fill_p, size=count) if spec.fill_p < 1 else np.ones(count)
-        lags = rng.integers(0, MAX_PUSH_LAG_MS + 1, size=count)
+        if not count:
+            return []  # no draws: an empty draw leaves the stream where it is
+        # Python lists, not arrays, in the loop below: indexing an array costs more than the
+        # loop's arithmetic. Same draws, same values.
+        sides = rng.random(count).tolist()
+        sizes = rng.lognormal(math.log(spec.median_qty), SIZE_SIGMA, size=count).tolist()
+        fills = rng.geometric(spec.fill_p, size=count).tolist() if spec.fill_p < 1 else [1] * count
+        lags = rng.integers(0, MAX_PUSH_LAG_MS + 1, size=count).tolist()
         book = spec.book
         bid_price = book.price(self.book.bids.best)
         ask_price = book.price(self.book.asks.best)
         scale = 10**book.lot_exp
         out = []
         for i in range(count):
-            trade_ms = int(times[i])
-            taker_buys = bool(sides[i] < buy_share_at[i])
-            lots = max(1, round(float(sizes[i]) * scale))
-            n_fills = min(int(fills[i]), lots)
+            trade_ms = times[i]
+            taker_buys = sides[i] < buy_share_at[i]
+            lots = max(1, round(sizes[i] * scale))
+            n_fills = min(fills[i], lots)
             if taker_buys:
                 self.bought_lots += lots
             else:
                 self.sold_lots += lots
             # E never goes backwards, so frames in push order also have increasing ids.
-            event_ms = max(trade_ms + int(lags[i]), self.last_event_ms)
+            event_ms = max(trade_ms + lags[i], self.last_event_ms)
             self.last_event_ms = event_ms
             out.append(
                 TradeTick(
@@ -485,8 +489,8 @@ class _AssetState:
         # Trades fall strictly inside the step: the book update at `end` comes after them.
         rate = self._rate(venue, phase)
         count = int(rng.poisson(rate * (end - begin) / 1000.0)) if end - begin > 1 else 0
-        times = np.sort(rng.integers(begin + 1, end, size=count))
-        shares = [_buy_share(phase_at(int(t) - start_ms), venue) for t in times]
+        times = _trade_times(rng, begin, end, count)
+        shares = [_buy_share(phase_at(t - start_ms), venue) for t in times]
         trades = flow.trades(times, shares)
         if venue == BINANCE_USDM:
             for trade in trades:
@@ -580,7 +584,7 @@ class _UsdtState:
         rng = self.flow.rng
         rate = USDT_USD_TRADES_PER_S * (end - begin) / 1000.0
         count = int(rng.poisson(rate)) if end - begin > 1 else 0
-        times = np.sort(rng.integers(begin + 1, end, size=count))
+        times = _trade_times(rng, begin, end, count)
         self.pending.extend(self.flow.trades(times, [0.5] * count))
         dt = (end - begin) / 1000.0
         keep = math.exp(-dt / USDT_USD_TAU_S)
@@ -595,6 +599,15 @@ class _UsdtState:
     def take_until(self, to_ms: int) -> list[Tick]:
         ready, self.pending = _split(self.pending, to_ms)
         return ready
+
+
+def _trade_times(rng: np.random.Generator, begin: int, end: int, count: int) -> list[int]:
+    """``count`` trade times strictly inside the step ``(begin, end)``, ascending. Most steps
+    of the smaller venues have no trade, and skipping the empty draw (which takes nothing from
+    the stream) saves numpy's per-call cost there."""
+    if not count:
+        return []
+    return sorted(rng.integers(begin + 1, end, size=count).tolist())
 
 
 def _split(pending: list[Tick], to_ms: int) -> tuple[list[Tick], list[Tick]]:

@@ -107,9 +107,15 @@ class RestApi:
         now_ms: Callable[[], int],
         counts: Counter[str],
         retry_after: int,
+        published_ms: Callable[[], int] | None = None,
     ) -> None:
+        """``now_ms`` is the venue's clock; ``published_ms`` the event time of the last market
+        data sent (default: the clock). Answers about the market (depth snapshots, open
+        interest) carry the latter: an answer stamped ahead of every frame would move a
+        client's event-time clock past the frames still on their way."""
         self._market = market
         self._now_ms = now_ms
+        self._published_ms = published_ms or now_ms
         self.counts = counts
         self.retry_after = retry_after
         self.faults = RestFaults()
@@ -285,7 +291,7 @@ class RestApi:
         bids, asks = book.top(limit)
         spec = state.model.specs[(venue, symbol)]
         return binance_wire.depth_snapshot(
-            venue, book.last_update_id, bids, asks, spec, self._now_ms()
+            venue, book.last_update_id, bids, asks, spec, self._published_ms()
         )
 
     def _spot_depth(self, request: web.Request) -> Json:
@@ -322,7 +328,7 @@ class RestApi:
         return {
             "openInterest": f"{state.model.open_interest(symbol):.3f}",
             "symbol": symbol,
-            "time": self._now_ms(),
+            "time": self._published_ms(),
         }
 
     def _rows(self, request: web.Request) -> tuple[str, list[PositionRow]]:

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,8 +131,11 @@ CONTROL_METHODS: Final = (
 # config.yaml's REST poll cadence (collector.*_poll), which config_overrides keeps in event time
 OI_POLL_S: Final = 10.0
 RATIOS_POLL_S: Final = 300.0
-# The shipped guards.max_ahead, widened by the speed in the configs written here.
+# The shipped guards.max_ahead, signals.feed_silence and signals.premium_max_age: bounds on
+# event time that the configs written here widen by the speed.
 MAX_AHEAD_S: Final = 5.0
+FEED_SILENCE_S: Final = 15.0
+PREMIUM_MAX_AGE_S: Final = 10.0
 MAX_ID_TEXT: Final = 36  # Binance accepts alphanumeric string ids up to 36 characters
 # A config pointed here runs as its own instance with its own state (see ``config_for``).
 SIM_SUFFIX: Final = "-sim"
@@ -179,15 +182,53 @@ def _stream_params(msg: Json, rid: object) -> list[str]:
     return params
 
 
+_Item = tuple[str, str | None] | None  # (frame text, the fault it carries); None: close
+
+
+class _SendQueue:
+    """A socket's frames waiting for its writer, at most ``limit``. The writer is woken once
+    per burst and then sends everything queued without waiting on the queue again, where an
+    ``asyncio.Queue`` costs a wake-up and an awaited get per frame (thousands a second at
+    40x)."""
+
+    __slots__ = ("_items", "_limit", "_ready")
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[_Item] = deque()
+        self._limit = limit
+        self._ready = asyncio.Event()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put(self, item: _Item) -> bool:
+        """Queue ``item``; False (nothing queued) when ``limit`` frames already wait."""
+        if len(self._items) >= self._limit:
+            return False
+        self._items.append(item)
+        self._ready.set()
+        return True
+
+    async def wait(self) -> None:
+        """Until something is queued."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def get(self) -> _Item:
+        return self._items.popleft()
+
+
 @dataclass(eq=False)
 class _Socket:
     """One websocket and its outgoing queue; one writer task per socket keeps frames in order."""
 
     ws: web.WebSocketResponse
     request: web.Request
-    queue: asyncio.Queue[tuple[str, str | None] | None] = field(
-        default_factory=lambda: asyncio.Queue(CLIENT_QUEUE_FRAMES)
-    )
+    queue: _SendQueue = field(default_factory=lambda: _SendQueue(CLIENT_QUEUE_FRAMES))
     cut: bool = False  # aborted or being closed: queue nothing more
     closing: bool = False  # a close is queued behind the last frames
     stalled: bool = False  # the stall fault silences one stream (Coinbase: heartbeats) here
@@ -378,7 +419,9 @@ class Simulator:
         self._held_s = 0.0  # wall time the paced clock has stood still, in all
         self._dead_families = frozenset(f for name in dead for f in DEAD_VENUES[name])
         self.fault_counts: Counter[str] = Counter()
-        self.rest = RestApi(self._market_state, self.now_ms, self.fault_counts, retry_after)
+        self.rest = RestApi(
+            self._market_state, self.now_ms, self.fault_counts, retry_after, self.published_ms
+        )
         self._requested_port = port
         self._port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -476,6 +519,11 @@ class Simulator:
         elapsed_ms = (mono - self._start_mono - self._held_s) * 1000.0
         return self._start_wall_ms + int(elapsed_ms * self.speed)
 
+    def published_ms(self) -> int:
+        """Event time of the market data sent so far (the last advance of the market), which
+        trails ``now_ms`` by up to one burst; ``now_ms`` before the scenario starts."""
+        return self._model.now_ms if self._model is not None else self.now_ms()
+
     def elapsed_ms(self) -> int:
         """Event time since the scenario started (0 before its first client): how far the
         market has progressed, whatever the wall clock or the machine's load did."""
@@ -542,22 +590,43 @@ class Simulator:
             # Event time here runs `speed` times the wall clock, so a frame's event time runs
             # ahead of its receive time, and a delay in delivery shows `speed` times larger:
             # widen the future-timestamp bound by the same factor.
-            "guards": {"max_ahead": f"{round(MAX_AHEAD_S * 1000 * max(1.0, self.speed))}ms"},
+            "guards": {"max_ahead": self._widened(MAX_AHEAD_S)},
             **self._signals_and_rules(),
+        }
+
+    def _widened(self, seconds: float) -> str:
+        """A bound on event time, as a config duration, widened by the speed (never narrowed:
+        below 1x the wall clock's jitter is the larger one)."""
+        return f"{round(seconds * 1000 * max(1.0, self.speed))}ms"
+
+    def _event_time_bounds(self) -> Json:
+        """The engine's bounds on event time, widened by the speed: at 40x the shipped 15 s
+        silence and 10 s premium age are 375 and 250 ms of wall time, inside the jitter of
+        frames sent in bursts, and every venue would read as silent and every premium stale."""
+        return {
+            "feed_silence": self._widened(FEED_SILENCE_S),
+            "premium_max_age": self._widened(PREMIUM_MAX_AGE_S),
         }
 
     def _signals_and_rules(self) -> Json:
         """A seed narrative keeps the config's own rules, with windows for its compressed time
         and a backfilled baseline; other scenarios get short windows and one demo rule."""
+        bounds = self._event_time_bounds()
         if self.scenario == "tour" or self.scenario in NARRATIVES:
             return {
-                "signals": {**NARRATIVE_WINDOWS, "backfill": True, "usdt_usd_product": USDT_USD}
+                "signals": {
+                    **NARRATIVE_WINDOWS,
+                    "backfill": True,
+                    "usdt_usd_product": USDT_USD,
+                    **bounds,
+                }
             }
         return {
             "signals": {
                 "flow_window": "30s",
                 "flow_min_coverage": 0.5,
                 "usdt_usd_product": USDT_USD,
+                **bounds,
             },
             "regimes": [
                 {
@@ -618,14 +687,24 @@ class Simulator:
         return task
 
     async def _generate(self) -> None:
-        assert self._model is not None
+        """Advance the market to the clock every GENERATE_EVERY_S, at most one interval's worth
+        of event time at once. Behind the clock (a busy machine, a slow step) it catches up
+        in such pieces, letting the writers and REST run between them: one advance over all
+        of the gap would hold the loop for as long as it takes, and the sockets would go
+        silent for seconds and then get it all at once."""
+        model = self._model
+        assert model is not None
+        most_ms = max(1, round(GENERATE_EVERY_S * 1000 * self.speed))
         while True:
             if self.pace:
                 self._pace()
+            behind = False
             if self._hold_since is None:
                 now = self.now_ms()
-                self._publish(self._model.advance(now), now)
-            await asyncio.sleep(GENERATE_EVERY_S)
+                to = min(now, model.now_ms + most_ms)
+                self._publish(model.advance(to), to)
+                behind = to < now
+            await asyncio.sleep(0 if behind else GENERATE_EVERY_S)
 
     def _pace(self) -> None:
         """Stop or restart the event clock by the longest client backlog (``pace``)."""
@@ -640,26 +719,42 @@ class Simulator:
         state = self._state
         assert state is not None
         feed = state.coinbase
+        due = self._coinbase_next_due()
+        wanted = self._wanted_streams()
         for tick in ticks:
-            self._coinbase_due(tick.event_ms)
+            if tick.event_ms >= due:
+                self._coinbase_due(tick.event_ms)
+                due = self._coinbase_next_due()
             venue = tick.venue if isinstance(tick, TradeTick | DepthTick | QuoteTick) else None
             if isinstance(tick, DepthTick):
                 state.books[(tick.venue, tick.symbol)].apply(tick)
             if venue == COINBASE:
                 self._publish_coinbase(tick, feed)
+                due = self._coinbase_next_due()  # a trade may have opened a batch
                 continue
             if isinstance(tick, TradeTick):
                 state.rings[(tick.venue, tick.symbol)].append(tick)
             # Marks and liquidations have no venue field: they are USDⓈ-M's.
             spec = state.model.specs.get((venue or BINANCE_USDM, tick.symbol))
-            self._publish_binance(tick, spec)
+            self._publish_binance(tick, spec, wanted)
         self._coinbase_due(now_ms + 1)
 
-    def _publish_binance(self, tick: Tick, spec: VenueSpec | None) -> None:
+    def _wanted_streams(self) -> set[str]:
+        """The Binance streams worth encoding: those a socket reads, and those a wire fault
+        watches (its bookkeeping runs on every frame of them, read or not)."""
+        read = {s for c in self._sockets if isinstance(c, _BinanceClient) for s in c.streams}
+        watched = {
+            stream
+            for faults in self._stream_faults.values()
+            for stream in (faults.depth_stream, faults.trade_stream)
+        }
+        return read | watched
+
+    def _publish_binance(self, tick: Tick, spec: VenueSpec | None, wanted: set[str]) -> None:
         families = self._binance
         if isinstance(tick, TradeTick) and tick.venue == BINANCE_USDM and spec is not None:
             self._last_price[tick.symbol] = f"{tick.price:.{spec.price_decimals}f}"
-        for family, stream, raw in _lazy_frames(tick, spec, families):
+        for family, stream, raw in _lazy_frames(tick, spec, families, wanted):
             clients = [c for c in families[family] if stream in c.streams and not c.cut]
             venue = BINANCE_SPOT if family == SPOT else BINANCE_USDM
             faults = self._stream_faults[venue]
@@ -668,16 +763,22 @@ class Simulator:
             )
             hostile = self._hostile[venue]
             kind = hostile.take(stream, bool(clients)) if hostile.pending else None
-            extra = None if kind is None else (hostile_agg_trade_text(kind, raw), tag(venue, kind))
+            # A hostile frame goes after the real trade, which keeps its place and id.
+            texts = [(text, None) for text in payloads]
+            if kind is not None:
+                texts.append((hostile_agg_trade_text(kind, raw), tag(venue, kind)))
+            # Framed once for every combined socket, not once per socket.
+            wrapped = (
+                [(envelope(stream, text), fault) for text, fault in texts]
+                if any(c.combined for c in clients)
+                else []
+            )
             stall = stream == self.stall_stream
             for client in clients:
                 if stall and client.stalled:
                     continue
-                for payload in payloads:
-                    self._enqueue(client, envelope(stream, payload) if client.combined else payload)
-                if extra is not None:  # after the real trade, which keeps its place and id
-                    text, key = extra
-                    self._enqueue(client, envelope(stream, text) if client.combined else text, key)
+                for text, fault in wrapped if client.combined else texts:
+                    self._enqueue(client, text, fault)
 
     def _publish_coinbase(self, tick: Tick, feed: CoinbaseFeed) -> None:
         if isinstance(tick, TradeTick):
@@ -700,6 +801,11 @@ class Simulator:
                 for client in wanted:
                     assert client.session is not None
                     self._send(client, [Outgoing(client.session.frame("ticker", stamp, events))])
+
+    def _coinbase_next_due(self) -> int:
+        """The event time at which ``_coinbase_due`` next has something to send."""
+        end = self._state.coinbase.next_batch_end() if self._state is not None else None
+        return self._next_heartbeat_ms if end is None else min(end, self._next_heartbeat_ms)
 
     def _coinbase_due(self, now_ms: int) -> None:
         """Send the trade batches and heartbeats whose event time has come."""
@@ -744,9 +850,7 @@ class Simulator:
     def _enqueue(self, client: _Socket, text: str, fault: str | None = None) -> None:
         if client.cut:
             return
-        try:
-            client.queue.put_nowait((text, fault))
-        except asyncio.QueueFull:
+        if not client.queue.put((text, fault)):
             log.warning(
                 "client %s fell %d frames behind: disconnecting",
                 _peer(client),
@@ -755,20 +859,24 @@ class Simulator:
             self._abort(client)
 
     async def _write_loop(self, client: _Socket) -> None:
-        """The only task that writes to the socket, so frames keep their order."""
+        """The only task that writes to the socket, so frames keep their order. Frames leave
+        the queue one at a time as they are sent, so its length stays the client's backlog."""
+        queue, ws = client.queue, client.ws
         while True:
-            item = await client.queue.get()
-            if item is None:
-                await client.ws.close(code=WSCloseCode.GOING_AWAY, message=b"simulator stopping")
-                return
-            text, fault = item
-            try:
-                await client.ws.send_str(text)
-            except ConnectionError:
-                return  # the reader side notices the loss and cleans up
-            if fault is not None:
-                # Counted once on the wire, so tests can compare with what clients received.
-                count_sent(self.fault_counts, fault)
+            await queue.wait()
+            while queue:
+                item = queue.get()
+                if item is None:
+                    await ws.close(code=WSCloseCode.GOING_AWAY, message=b"simulator stopping")
+                    return
+                text, fault = item
+                try:
+                    await ws.send_str(text)
+                except ConnectionError:
+                    return  # the reader side notices the loss and cleans up
+                if fault is not None:
+                    # Counted once on the wire, so tests can compare with what clients received.
+                    count_sent(self.fault_counts, fault)
 
     # -- faults --------------------------------------------------------------------------------
     async def _fault_loop(self, fault: str, offset: float) -> None:
@@ -922,9 +1030,7 @@ class Simulator:
             return
         client.cut = True
         client.closing = True
-        try:
-            client.queue.put_nowait(None)
-        except asyncio.QueueFull:
+        if not client.queue.put(None):
             self._abort(client)
 
     # -- HTTP ------------------------------------------------------------------------------------
@@ -959,7 +1065,9 @@ class Simulator:
         return json_response(451, {"code": 0, "msg": msg})
 
     async def _open(self, request: web.Request) -> web.WebSocketResponse | None:
-        ws = web.WebSocketResponse(heartbeat=self.heartbeat)
+        # No permessage-deflate: on loopback it saves nothing, and compressing every frame here
+        # (and inflating it in the client) cost more CPU than building it.
+        ws = web.WebSocketResponse(heartbeat=self.heartbeat, compress=False)
         if not ws.can_prepare(request).ok:
             return None
         await ws.prepare(request)
@@ -1059,12 +1167,16 @@ class Simulator:
 
 
 def _lazy_frames(
-    tick: Tick, spec: VenueSpec | None, families: dict[str, set[_BinanceClient]]
+    tick: Tick,
+    spec: VenueSpec | None,
+    families: dict[str, set[_BinanceClient]],
+    wanted: set[str],
 ) -> list[tuple[str, str, str]]:
-    """Binance frames of ``tick``, skipping the encoding when its family has no socket."""
+    """Binance frames of ``tick``, skipping the encoding when its family has no socket or no
+    socket reads its stream (see ``_wanted_streams``)."""
     if all(not clients for clients in families.values()):
         return []
-    return [f for f in tick_frames(tick, spec) if families[f[0]]]
+    return [f for f in tick_frames(tick, spec, wanted) if families[f[0]]]
 
 
 def _stamp(event_ms: int) -> str:

@@ -24,7 +24,7 @@ import websockets
 import yaml
 from websockets.asyncio.client import ClientConnection
 
-from monitor.config import config_from_dict, parse_duration
+from monitor.config import config_from_dict, load_config, parse_duration
 from simulator import Simulator
 from simulator.market import FUNDING_INTERVAL_MS
 from simulator.server import MINIMAL_BASE_CONFIG, serve_forever
@@ -345,6 +345,26 @@ async def test_write_config_points_every_venue_at_the_simulator(
     assert written["signals"]["flow_window"] == "30s"
     assert written["signals"]["bucket"] == base["signals"]["bucket"]
     assert written["regimes"][0]["name"] == "seller_dominance"
+
+
+@pytest.mark.parametrize(
+    ("scenario", "speed", "factor"),
+    [("sell_wave", 40.0, 40.0), ("tour", 40.0, 40.0), ("calm", 1.0, 1.0), ("calm", 0.5, 1.0)],
+)
+async def test_written_config_widens_the_event_time_bounds_by_the_speed(
+    start_simulator: Any, tmp_path: Path, scenario: str, speed: float, factor: float
+) -> None:
+    """At 40x the shipped bounds on event time (5 s ahead, 15 s of feed silence, 10 s of
+    premium age) are well under a second of wall time: a written config keeps each the same
+    in wall time, never narrower. The sockets' silence timeout is wall time already."""
+    simulator = await start_simulator(scenario=scenario, speed=speed)
+    out = tmp_path / "sim.yaml"
+    simulator.write_config(out, base_config_path=REPO / "config.yaml")
+    written, base = load_config(out, env={}), load_config(REPO / "config.yaml", env={})
+    assert written.guards.max_ahead == base.guards.max_ahead * factor
+    assert written.signals.feed_silence == base.signals.feed_silence * factor
+    assert written.signals.premium_max_age == base.signals.premium_max_age * factor
+    assert written.collector.silence_timeout == base.collector.silence_timeout
 
 
 async def test_a_written_config_watches_only_the_simulated_assets(start_simulator: Any) -> None:

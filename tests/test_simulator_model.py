@@ -4,6 +4,7 @@ consistency (Coinbase premium, perp/spot volume), books, liquidations and positi
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -386,6 +387,34 @@ def test_book_grids_are_disjoint_sorted_and_wide() -> None:
     assert bids == sorted(bids, reverse=True) and asks == sorted(asks)
     assert bids[0] == 780_000 and asks[0] == 780_001
     assert (bids[0] - bids[-1]) / bids[0] > 0.012  # reaches beyond ±1 %
+
+
+def test_book_steps_keep_the_touch_grid_and_their_diffs_rebuild_the_book() -> None:
+    """A step moves only the levels at the ends of each band; whatever the move (none, a few
+    ticks, past a band, past the whole book), the book is the grid of its touch and the step's
+    diff turns the previous book into the new one."""
+    spec = venue_specs(assets_from_symbols({"BTCUSDT": 78_000.0})[0])[BINANCE_USDM].book
+    moves = np.random.default_rng(3)
+    mid = 780_000.5
+    book = VenueBook(spec, mid, np.random.Generator(np.random.PCG64(5)), 1, id_gaps=False)
+    copy = {True: dict(book.levels(bids=True)), False: dict(book.levels(bids=False))}
+    jumps = [0, 1, 3, 10, 57, 400, 2_000, 60_000]
+    for _ in range(600):
+        mid += float(moves.choice(jumps) * moves.choice([-1, 1]) + moves.random())
+        sold, bought = (int(x) for x in moves.integers(0, 50, size=2))
+        step = book.step(mid, bought, sold)
+        for side, levels in ((copy[True], step.bids), (copy[False], step.asks)):
+            for price, lots in levels:
+                if lots:
+                    side[price] = lots
+                else:
+                    del side[price]
+        best = math.floor(mid)
+        bids, asks = book.levels(bids=True), book.levels(bids=False)
+        assert [p for p, _ in bids] == bid_grid(best, spec.base, spec.growth)
+        assert [p for p, _ in asks] == ask_grid(best + 1, spec.base, spec.growth)
+        assert (dict(bids), dict(asks)) == (copy[True], copy[False])
+        assert min(q for _, q in bids + asks) >= 1
 
 
 def test_depth_ids_spot_contiguous_usdm_linked_by_pu(calm_run: list[Tick]) -> None:
