@@ -316,3 +316,16 @@ async def test_rebirth_command_republishes_status_and_retained_state(
         assert sub.on(topic)[-1]["session"] == running.daemon.session
     assert sub.on(status)[-1]["state"] == "online"
     await running.close()
+
+
+def test_blas_runs_on_one_thread_once_the_daemon_set_it() -> None:
+    """OpenBLAS's idle helper threads busy-wait between dot products: a daemon recomputing its
+    baselines kept a second core at 100 % (monitor/daemon.py ``_one_blas_thread``)."""
+    from threadpoolctl import threadpool_info
+
+    from monitor.daemon import _one_blas_thread
+
+    _one_blas_thread()
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas, "numpy's BLAS was not found"
+    assert [pool["num_threads"] for pool in blas] == [1] * len(blas)
