@@ -93,8 +93,10 @@ class EventLog:
                     clean_session=False,
                     queue_type=queue_type,
                 ) as client:
-                    await client.subscribe(self.topic, qos=1)
+                    # Back from here: the broker sends the session's queued events at once,
+                    # before the SUBSCRIBE below returns, and they are recorded on arrival.
                     self.connects.append(time.monotonic())
+                    await client.subscribe(self.topic, qos=1)
                     self.connected.set()
                     async for _ in client.messages:  # recorded on arrival; this only waits
                         pass
