@@ -167,7 +167,7 @@ class Outbox:
         try:
             self._db = self._open()
         except UnreadableOutbox as exc:
-            self.moved_aside = self._move_aside()
+            self.moved_aside = move_aside(self.path)
             log.error(
                 "outbox %s is unreadable (%s): moved it to %s and started an empty outbox; "
                 "any undelivered messages it held are in the moved file",
@@ -217,28 +217,13 @@ class Outbox:
                 db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             db.close()
-            if getattr(exc, "sqlite_errorname", "").startswith(_UNREADABLE_CODES):
+            if unreadable(exc):
                 raise UnreadableOutbox(str(exc)) from exc
             raise
         except UnreadableOutbox:
             db.close()
             raise
         return db
-
-    def _move_aside(self) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 1
-        while aside.exists():
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
-            n += 1
-        # The -wal and -shm files belong to the old database: left behind, SQLite would apply
-        # the old WAL to the fresh file. They keep their suffixes so the pair stays readable.
-        for suffix in ("-wal", "-shm", ""):
-            part = self.path.with_name(self.path.name + suffix)
-            if part.exists():
-                part.rename(aside.with_name(aside.name + suffix))
-        return aside
 
     # -- on the worker thread, in call order -----------------------------------------------
     def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
@@ -377,3 +362,25 @@ class Outbox:
 
 def _nothing() -> None:
     """A no-op call: its result comes once every call before it has run."""
+
+
+def unreadable(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` says the file is not (or no longer) a readable database."""
+    return getattr(exc, "sqlite_errorname", "").startswith(_UNREADABLE_CODES)
+
+
+def move_aside(path: Path) -> Path:
+    """Rename an unreadable SQLite file to ``<name>.corrupt-<UTC time>``; returns the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    # The -wal and -shm files belong to the old database: left behind, SQLite would apply
+    # the old WAL to the fresh file. They keep their suffixes so the pair stays readable.
+    for suffix in ("-wal", "-shm", ""):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            part.rename(aside.with_name(aside.name + suffix))
+    return aside

@@ -23,6 +23,7 @@ from monitor.guards import BOOK_LEVEL, EventGuard, GuardLimits, Rejection
 from monitor.health import Health
 from monitor.history_tape import HISTORY, HistoryReader
 from monitor.messages import MessageBuilder, OutMessage, Topics
+from monitor.series import ChartItems, MinuteSampler, backfill_rows
 from signals.backfill import AssetHistory
 from signals.engine import DEPTH_BAND_PCT, BaselineSpec, SignalEngine
 from signals.regimes import RegimeEngine
@@ -82,7 +83,10 @@ class Pipeline:
         config: Config,
         builder: MessageBuilder,
         health: Health | None = None,
+        chart: bool = False,
     ) -> None:
+        """``chart``: keep one-minute samples and regime changes for the signal history store
+        (``take_chart``); whoever sets it drains them."""
         sig = config.signals
         self.config = config
         self.builder = builder
@@ -129,6 +133,8 @@ class Pipeline:
         self.history_reader = HistoryReader()  # history records of a tape
         self.history_added: dict[str, dict[str, int]] = {name: {} for name in config.assets}
         self.requests: list[Request] = []  # drained by the daemon, ignored by replay
+        self._sampler = MinuteSampler() if chart else None
+        self._chart = ChartItems([], [], [])
         self._last_trade_ms: dict[str, int] = {}  # per venue, live trades only
         # After a trade socket drops: venue -> (last trade time before, symbols not yet heard).
         self._reconnecting: dict[str, tuple[int, set[str]]] = {}
@@ -146,9 +152,10 @@ class Pipeline:
         version: str,
         started_ms: int,
         health: Health | None = None,
+        chart: bool = False,
     ) -> Pipeline:
         topics = Topics(config.mqtt.prefix, config.instance)
-        return cls(config, MessageBuilder(topics, session, version, started_ms), health)
+        return cls(config, MessageBuilder(topics, session, version, started_ms), health, chart)
 
     # -- inputs ---------------------------------------------------------------------------------
     def feed_frame(
@@ -193,7 +200,14 @@ class Pipeline:
         if state is None:
             return
         added = self.history_added.setdefault(asset, {})
-        for name, count in state.backfill(history).items():
+        samples = None
+        if final and self._sampler is not None:
+            # The charts' past minutes: the same samples the baselines get, and the price.
+            samples = state.history_samples(history)
+            spot = history.spot
+            minutes, rows = backfill_rows(samples, (spot.open_ms, spot.close))
+            self._chart.history.append((asset, minutes, rows))
+        for name, count in state.backfill(history, samples).items():
             added[name] = added.get(name, 0) + count
         if final:
             log.info(
@@ -256,6 +270,15 @@ class Pipeline:
 
     def take_requests(self) -> list[Request]:
         out, self.requests = self.requests, []
+        return out
+
+    def take_chart(self, final: bool = False) -> ChartItems:
+        """The minutes closed, the regime changes and the start-up history's past minutes since
+        the last call; ``final`` (the end of a replay): the minutes still open too, with their
+        latest snapshot."""
+        out, self._chart = self._chart, ChartItems([], [], [])
+        if final and self._sampler is not None:
+            out.samples.extend(self._sampler.flush())
         return out
 
     # -- internals ------------------------------------------------------------------------------
@@ -369,12 +392,18 @@ class Pipeline:
         if not snapshots:  # nearly every event: no publish boundary passed
             return []
         out: list[OutMessage] = []
+        sampler = self._sampler
         for snap in snapshots:
             ts_pub = snap.ts_event if now_ms is None else now_ms
             out.append(self.builder.signals(snap, ts_pub, self.signal_expiry_s))
             change = self.regimes[snap.asset].evaluate(snap)
             if change is not None:
-                out.extend(self.builder.regime(change, ts_pub))
+                msgs = self.builder.regime(change, ts_pub)
+                out.extend(msgs)
+                if sampler is not None:
+                    self._chart.changes.append((change, msgs[-1].payload))
+            if sampler is not None and (sample := sampler.add(snap)) is not None:
+                self._chart.samples.append(sample)
         return out
 
     # -- health ---------------------------------------------------------------------------------

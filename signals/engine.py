@@ -19,6 +19,7 @@ from signals.backfill import (
     HISTORY_BUCKET_MS,
     OI_STALE_MS,
     AssetHistory,
+    Samples,
     baseline_samples,
     history_rows,
     volume_rows,
@@ -325,14 +326,19 @@ class AssetSignals:
         for baseline in self.baselines.values():
             baseline.mark_missing(gap.ts_event, gap.ts_end)
 
-    def backfill(self, history: AssetHistory) -> dict[str, int]:
-        """Fill the baselines, the volume window and the OI/price history with what REST
-        history says about buckets that hold no live data yet (see signals/backfill.py).
-        Idempotent: filling the same history twice adds nothing. Returns samples added per
-        baseline."""
-        samples = baseline_samples(
+    def history_samples(self, history: AssetHistory) -> Samples:
+        """The value of each z-scored signal at each past minute ``history`` supports."""
+        return baseline_samples(
             history, self.perp_flow.span_ms, self.volume.span_ms, self.flow_min_coverage
         )
+
+    def backfill(self, history: AssetHistory, samples: Samples | None = None) -> dict[str, int]:
+        """Fill the baselines, the volume window and the OI/price history with what REST
+        history says about buckets that hold no live data yet (see signals/backfill.py).
+        Idempotent: filling the same history twice adds nothing. ``samples``: the history's
+        ``history_samples``, if already computed. Returns samples added per baseline."""
+        if samples is None:
+            samples = self.history_samples(history)
         added = {
             name: baseline.fill(*samples[name])
             for name, baseline in self.baselines.items()
