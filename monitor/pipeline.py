@@ -272,6 +272,12 @@ class Pipeline:
         out, self.requests = self.requests, []
         return out
 
+    @property
+    def chart_pending(self) -> bool:
+        """Whether ``take_chart`` has anything (cheap: asked after every record)."""
+        chart = self._chart
+        return bool(chart.samples or chart.changes or chart.history)
+
     def take_chart(self, final: bool = False) -> ChartItems:
         """The minutes closed, the regime changes and the start-up history's past minutes since
         the last call; ``final`` (the end of a replay): the minutes still open too, with their

@@ -22,6 +22,7 @@ from monitor.history_tape import RESTORE
 from monitor.messages import OutMessage
 from monitor.pipeline import Pipeline, asset_symbols
 from monitor.restart import hold_ms, restore_regimes
+from monitor.signal_store import SignalStore, store_chart
 from monitor.state import StateError, load_checkpoint
 from streams.tape import TapeRecord, merge
 
@@ -38,22 +39,37 @@ class Replay:
     ``base``: the directory of the tapes, where a stateful session's restored state lies."""
 
     def __init__(
-        self, config: Config, health: Health | None = None, base: Path | None = None
+        self,
+        config: Config,
+        health: Health | None = None,
+        base: Path | None = None,
+        store: SignalStore | None = None,
     ) -> None:
+        """``store``: where the replay's one-minute samples and regime changes go, as a
+        daemon's signal history (for ``tapewatch report`` and ``replay --signal-history``)."""
         self.config = config
         self.health = health or Health()
         self.base = base or Path()
+        self.store = store
         self.pipeline: Pipeline | None = None  # made at the first record (its time starts it)
 
     def messages(self, records: Iterable[TapeRecord]) -> Iterator[OutMessage]:
+        store = self.store
         for rec in records:
             ts_ms = round(rec.ts * 1000)
             pipeline = self.pipeline
             if pipeline is None:
                 pipeline = self.pipeline = Pipeline.for_session(
-                    self.config, REPLAY_SESSION, __version__, ts_ms, self.health
+                    self.config,
+                    REPLAY_SESSION,
+                    __version__,
+                    ts_ms,
+                    self.health,
+                    chart=store is not None,
                 )
                 yield pipeline.builder.status("online")
+            if store is not None and pipeline.chart_pending:
+                store_chart(store, pipeline.take_chart())
             if rec.ctl is not None and rec.ctl.get("kind") == RESTORE:
                 self._restore(pipeline, rec.ctl)
             elif rec.ctl is not None:
@@ -63,6 +79,8 @@ class Replay:
             else:
                 yield from pipeline.feed_frame(rec.src, rec.msg, ts_ms)
             pipeline.requests.clear()  # the tape already holds whatever the live session fetched
+        if store is not None and self.pipeline is not None:
+            store_chart(store, self.pipeline.take_chart(final=True))
 
     def _restore(self, pipeline: Pipeline, ctl: dict[str, Any]) -> None:
         """The state the recorded session started from, loaded as the daemon loaded it."""
