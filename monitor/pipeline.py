@@ -24,7 +24,7 @@ from monitor.health import Health
 from monitor.history_tape import HISTORY, HistoryReader
 from monitor.messages import MessageBuilder, OutMessage, Topics
 from monitor.series import ChartItems, MinuteSampler, backfill_rows
-from signals.backfill import AssetHistory
+from signals.backfill import AssetHistory, chart_samples
 from signals.engine import DEPTH_BAND_PCT, BaselineSpec, SignalEngine
 from signals.regimes import RegimeEngine
 from streams.book import BookSync
@@ -204,8 +204,9 @@ class Pipeline:
         if final and self._sampler is not None:
             # The charts' past minutes: the same samples the baselines get, and the price.
             samples = state.history_samples(history)
+            charted = chart_samples(history, state.perp_flow.span_ms, state.flow_min_coverage)
             spot = history.spot
-            minutes, rows = backfill_rows(samples, (spot.open_ms, spot.close))
+            minutes, rows = backfill_rows({**samples, **charted}, (spot.open_ms, spot.close))
             self._chart.history.append((asset, minutes, rows))
         for name, count in state.backfill(history, samples).items():
             added[name] = added.get(name, 0) + count

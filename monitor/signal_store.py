@@ -104,14 +104,10 @@ class SignalStore:
         """A regime change: ``payload`` is its ``events`` message as published."""
         return self._submit(self._add_change, asset, ts_event, regime, payload)
 
-    def series_soon(
-        self, asset: str, start_ms: int, end_ms: int, names: Sequence[str], max_points: int
-    ) -> Future[dict[str, Any]]:
-        """``series`` on the worker thread."""
-        return self._submit(self.series, asset, start_ms, end_ms, names, max_points)
-
-    def changes_soon(self, asset: str, start_ms: int, end_ms: int) -> Future[list[Any]]:
-        return self._submit(self.changes, asset, start_ms, end_ms)
+    def run_soon(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """``fn(self, *args)`` on the worker thread, after every write asked for before: how
+        the event loop reads (``series``, ``changes``) without waiting for the disk."""
+        return self._submit(fn, self, *args)
 
     def flush(self) -> None:
         """Wait for every write asked for so far."""
@@ -182,7 +178,7 @@ class SignalStore:
             self._db.execute(_PRUNE_CHANGES, (cut, cut))
         self._pruned_to = cut
 
-    # -- reads (on the worker via *_soon, or directly once no writer is running) ----------------
+    # -- reads (on the worker via run_soon, or directly once no writer is running) ----------------
     def series(
         self, asset: str, start_ms: int, end_ms: int, names: Sequence[str], max_points: int
     ) -> dict[str, Any]:

@@ -158,11 +158,6 @@ def _flow_samples(
     out: Samples = {}
     perp, spot = history.perp, history.spot
 
-    def complete(window_ms: int) -> np.ndarray:
-        if history.complete_from_ms is None:
-            return np.ones(len(t), dtype=bool)
-        return t + MINUTE_MS - window_ms >= history.complete_from_ms
-
     flow_slots = max(1, flow_window_ms // MINUTE_MS)
     flow_need = _min_count(min_coverage, flow_slots)
     binance = [b for b in (perp, spot) if len(b)]
@@ -179,7 +174,7 @@ def _flow_samples(
         )
         buys, totals = np.asarray(buys), np.asarray(totals)
         net = 2.0 * buys - totals  # buy - sell
-        ok = (totals > 0) & complete(flow_window_ms)
+        ok = (totals > 0) & _complete(history, t, flow_window_ms)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["taker_imbalance"] = (t, np.where(ok, net / totals, np.nan))
         out["net_taker_usd"] = (t, np.where(ok, net, np.nan))
@@ -192,10 +187,9 @@ def _flow_samples(
         need = _min_count(min_coverage, slots)
         perp_sum = rolling_sum(np.where(both, perp_quote, np.nan), slots, need)
         spot_sum = rolling_sum(np.where(both, spot_quote, np.nan), slots, need)
+        ok = (spot_sum > 0) & _complete(history, t, volume_window_ms)
         with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.where(
-                (spot_sum > 0) & complete(volume_window_ms), perp_sum / spot_sum, np.nan
-            )
+            ratio = np.where(ok, perp_sum / spot_sum, np.nan)
         out["perp_spot_volume_ratio"] = (t, ratio)
     if len(spot) and len(history.coinbase):
         # Live compares the two last trades, each at most 10 s old at the close. A bar without
@@ -205,6 +199,48 @@ def _flow_samples(
         cb_close = grid.place(cb.open_ms, np.where(cb.quote_volume > 0, cb.close, np.nan))
         out["coinbase_premium_pct"] = (t, (cb_close - spot_close) / spot_close * 100.0)
     return out
+
+
+def chart_samples(history: AssetHistory, flow_window_ms: int, min_coverage: float) -> Samples:
+    """Past values of the signals the charts show beyond the baselines' metrics, with the live
+    definitions: each Binance venue's ``taker_imbalance_<venue>`` and the perp's
+    ``taker_buy_ratio``, ``taker_sell_ratio`` and ``taker_buy_sell_ratio`` (a venue's own
+    flow window covering ``min_coverage`` of its minutes), and ``open_interest_usd``."""
+    out: Samples = {}
+    grid = Grid.spanning(history.perp, history.spot, history.coinbase)
+    if grid is not None and flow_window_ms % MINUTE_MS == 0:
+        t = grid.open_ms
+        slots = max(1, flow_window_ms // MINUTE_MS)
+        need = _min_count(min_coverage, slots)
+        whole = _complete(history, t, flow_window_ms)
+        for venue, bars in (("perp", history.perp), ("spot", history.spot)):
+            if not len(bars):
+                continue
+            # Sell summed on its own, as live does: a window of buyers only has a sell of
+            # exactly 0 (total - buy would leave a rounding residue, and a huge ratio).
+            taker_sell = bars.quote_volume - bars.taker_buy_quote
+            buy = rolling_sum(grid.place(bars.open_ms, bars.taker_buy_quote), slots, need)
+            sell = rolling_sum(grid.place(bars.open_ms, taker_sell), slots, need)
+            total = buy + sell
+            ok = (total > 0) & whole
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[f"taker_imbalance_{venue}"] = (t, np.where(ok, (buy - sell) / total, np.nan))
+                if venue == "perp":
+                    out["taker_buy_ratio"] = (t, np.where(ok, buy / total, np.nan))
+                    out["taker_sell_ratio"] = (t, np.where(ok, sell / total, np.nan))
+                    ratio = np.where(ok & (sell > 0), buy / sell, np.nan)
+                    out["taker_buy_sell_ratio"] = (t, ratio)
+    if len(history.open_interest):
+        out["open_interest_usd"] = _oi_usd_at_close(history)
+    return {name: (t[ok], v[ok]) for name, (t, v) in out.items() if (ok := np.isfinite(v)).any()}
+
+
+def _complete(history: AssetHistory, t: np.ndarray, window_ms: int) -> np.ndarray:
+    """Minutes (by open time) whose window ending at their close lies within the fetched
+    history: before ``complete_from_ms`` a window would be partial."""
+    if history.complete_from_ms is None:
+        return np.ones(len(t), dtype=bool)
+    return t + MINUTE_MS - window_ms >= history.complete_from_ms
 
 
 def _funding_samples(funding: Points, perp: Bars) -> tuple[np.ndarray, np.ndarray]:

@@ -50,6 +50,12 @@ from streams.units import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 # report funding as missing rather than a frozen number.
 MARK_STALE_MS = 30 * SECOND_MS
 
+# A flow or liquidation window's running totals drift (signals/window.py): a channel whose every
+# value has left the window keeps a rounding residue of about ±1e-12 USD instead of 0, and a
+# window of buyers only would then publish a buy/sell ratio of 1e17 (or a negative sell share).
+# No trade is worth less than a millionth of a dollar, so a total below that is 0.
+FLOW_RESIDUE_USD = 1e-6
+
 # Funding is paid three times a day on most Binance perps.
 FUNDINGS_PER_YEAR = 365 * 3
 
@@ -363,7 +369,7 @@ class AssetSignals:
         window = self.flow.get(venue)
         if window is None or window.filled() < self.flow_min_coverage:
             return None
-        buy, sell = (float(x) for x in window.totals())
+        buy, sell = (x if x > FLOW_RESIDUE_USD else 0.0 for x in map(float, window.totals()))
         return buy, sell
 
     def _changes(self, boundary_ms: int, values: dict[str, float | None]) -> None:
@@ -498,7 +504,9 @@ class AssetSignals:
 
         # No liquidation in a covered window is information (0.0), not missing data.
         liq_ok = self.liquidations.filled() >= self.flow_min_coverage
-        longs, shorts = (float(x) for x in self.liquidations.totals())
+        longs, shorts = (
+            x if x > FLOW_RESIDUE_USD else 0.0 for x in map(float, self.liquidations.totals())
+        )
         values["liquidations_usd"] = longs + shorts if liq_ok else None
         values["liquidations_usd_long"] = longs if liq_ok else None
         values["liquidations_usd_short"] = shorts if liq_ok else None

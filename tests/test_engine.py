@@ -122,6 +122,22 @@ def test_seed_buy_sell_ratio_079_means_imbalance_minus_0117() -> None:
     assert v["taker_imbalance_perp"] == approx(-0.117318, abs=1e-6)  # -21 / 179
 
 
+def test_a_window_of_buyers_only_has_no_sell_left_over_from_rounding() -> None:
+    eng = engine()  # a 60 s flow window
+    for i in range(30):  # sells of awkward sizes, then only buys for longer than the window
+        eng.on_event(trade(BINANCE_USDM, 100 + i * 1000, 60000.1, 0.001 * (i % 7 + 1) / 3, SELL))
+        eng.on_event(trade(BINANCE_USDM, 150 + i * 1000, 60000.3, 0.37, BUY))
+    for i in range(30, 99):
+        eng.on_event(trade(BINANCE_USDM, 150 + i * 1000, 60000.3, 0.37, BUY))
+    # The window's running sell total is a rounding residue, not 0 ...
+    assert eng.assets["BTC"].flow[BINANCE_USDM].totals()[1] != 0.0
+    v = snap(eng, 100_500)
+    # ... and none of it is published: no sellers is a sell share of exactly 0, no ratio.
+    assert v["taker_sell_ratio"] == 0.0 and v["taker_buy_ratio"] == 1.0
+    assert v["taker_imbalance_perp"] == 1.0
+    assert v["taker_buy_sell_ratio"] is None
+
+
 def test_combined_flow_is_missing_while_any_configured_venue_is_uncovered() -> None:
     # 8 s window, half of it must be covered.
     eng = engine(flow_window_ms=8000, coverage=0.5)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from signals.backfill import AssetHistory, baseline_samples
+from signals.backfill import AssetHistory, baseline_samples, chart_samples
 from signals.baseline import Baseline
 from signals.engine import BaselineSpec, SignalEngine
 from streams.events import (
@@ -328,4 +328,45 @@ def test_backfill_and_live_engine_sample_the_same_values(case: Case, venues: str
         )
         np.testing.assert_allclose(
             got[present], want[present], rtol=RTOL, atol=ATOL.get(name, 0.0), err_msg=name
+        )
+
+
+# What the chart history adds from the same bars (monitor/series.py ``backfill_rows``).
+CHARTED = (
+    "taker_imbalance_perp",
+    "taker_imbalance_spot",
+    "taker_buy_ratio",
+    "taker_sell_ratio",
+    "taker_buy_sell_ratio",
+    "open_interest_usd",
+)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_the_charts_past_minutes_equal_the_live_snapshots(case: Case) -> None:
+    """The chart history's past values of the signals no baseline keeps, against what the live
+    engine publishes at each minute's close from the same history as events."""
+    configured = (BINANCE_USDM, BINANCE_SPOT)
+    data = generate(case.seed, configured)
+    live = make_engine(case, configured, len(data.minutes))
+    at_close: dict[int, dict[str, float | None]] = {}  # minute open -> values at its close
+    for event in data.events:
+        for snap in live.on_event(event):
+            at_close[snap.ts_event - MINUTE_MS] = snap.values
+    produced = chart_samples(data.history, case.flow_minutes * MINUTE_MS, case.coverage)
+    assert set(produced) == set(CHARTED)
+    minutes = set(data.minutes.tolist())
+    for name in CHARTED:
+        t, v = produced[name]
+        want = {m: x for m, x in zip(t.tolist(), v.tolist(), strict=True) if m in minutes}
+        got = {
+            m: values[name]
+            for m, values in at_close.items()
+            if m in minutes and values[name] is not None
+        }
+        assert len(want) >= 100 and len(minutes) - len(want) >= 20, name  # gaps bit
+        assert sorted(set(got) ^ set(want))[:5] == [], f"{name}: present in one path only"
+        keys = sorted(want)
+        np.testing.assert_allclose(
+            [got[m] for m in keys], [want[m] for m in keys], rtol=RTOL, atol=1e-12, err_msg=name
         )

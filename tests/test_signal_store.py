@@ -149,7 +149,9 @@ def test_live_rows_win_over_history_and_history_never_over_live(tmp_path: Path) 
     added = store.add_history("BTC", minutes, rows_for({"price": 9.0}, 3)).result()
     assert added == 2  # the live minute was left alone
     store.add_samples([Sample("BTC", base + 2 * MINUTE_MS, rows_for({"price": 3.0})[0])])
-    out = store.series_soon("BTC", base, base + 10 * MINUTE_MS, ["price", "funding_rate"], 100)
+    out = store.run_soon(
+        SignalStore.series, "BTC", base, base + 10 * MINUTE_MS, ["price", "funding_rate"], 100
+    )
     got = out.result()
     assert got["t"] == minutes.tolist()
     assert got["values"]["price"] == [9.0, 2.0, 3.0]
@@ -199,7 +201,9 @@ def test_rows_of_an_older_column_layout_read_by_name(tmp_path: Path) -> None:
         store._db.execute, "INSERT INTO samples VALUES ('BTC', 0, ?, 1, ?)", (layout, row)
     ).result()
     store.add_samples([Sample("BTC", MINUTE_MS, rows_for({"price": 8.5, "funding_rate": 1e-4})[0])])
-    got = store.series_soon("BTC", 0, MINUTE_MS, ["price", "funding_rate"], 100).result()
+    got = store.run_soon(
+        SignalStore.series, "BTC", 0, MINUTE_MS, ["price", "funding_rate"], 100
+    ).result()
     assert got["values"]["price"] == [7.5, 8.5]
     assert got["values"]["funding_rate"][0] is None
     assert got["values"]["funding_rate"][1] == pytest.approx(1e-4, rel=1e-6)
@@ -215,7 +219,9 @@ def test_an_unreadable_file_is_moved_aside(tmp_path: Path) -> None:
     path.write_bytes(b"not a database at all" * 100)
     store = SignalStore(path, retention_ms=DAY_MS)
     store.add_samples([Sample("BTC", 0, rows_for({"price": 1.0})[0])])
-    assert store.series_soon("BTC", 0, 0, ["price"], 10).result()["values"]["price"] == [1.0]
+    assert store.run_soon(SignalStore.series, "BTC", 0, 0, ["price"], 10).result()["values"][
+        "price"
+    ] == [1.0]
     store.close()
     aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
     assert len(aside) == 1
