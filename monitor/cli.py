@@ -8,20 +8,23 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import yaml
 
 from monitor import __version__
 from monitor.config import (
     ENV_MQTT_URL,
+    ENV_NOTIFY_URLS,
     Config,
     ConfigError,
     check_config,
@@ -32,19 +35,23 @@ from monitor.config import (
     shard,
 )
 from monitor.defaults import BUILT_IN_NAME, default_config, default_config_data
+from monitor.service import configure_logging
 from streams.tasks import stop_tasks
 
 if TYPE_CHECKING:
     from monitor.recorder import Recorder
+    from monitor.replay import Replay
+    from monitor.signal_store import SignalStore
 
 log = logging.getLogger("tapewatch")
 
 DEFAULT_CONFIG = "config.yaml"
 # What a process killed by SIGPIPE reports to its shell: `replay ... | head` ends like `cat`.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+T = TypeVar("T")
 
 
-def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # uvloop is optional off Linux/macOS
@@ -53,11 +60,8 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Time-stamped lines on stderr, or journald's format when stderr is the journal.
+    configure_logging(level)
 
 
 def _fail(command: str, message: str) -> NoReturn:
@@ -118,14 +122,33 @@ def _install_stop(stop: asyncio.Event) -> None:
 
 
 # -- commands -------------------------------------------------------------------------------
+def _run_check(args: argparse.Namespace, which: tuple[int, int] | None) -> int:
+    """``run --check``: the report on stdout, exit 1 when any check failed."""
+    from monitor.check import load, report, run_checks, state_dir
+
+    if args.record:
+        _fail("run", "--check starts no daemon, so it records nothing: drop --record")
+    config, loaded = load(args.config, which)
+    results = [loaded]
+    if config is not None:
+        _setup_logging("error")  # the report says what failed; log lines would repeat it
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # a cut check's leftovers
+        results += [state_dir(config), *_run_async(run_checks(config))]
+    print("\n".join(report(results)), flush=True)
+    return 0 if all(r.ok for r in results) else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import Daemon
+    from monitor.http_server import HttpListenError
 
     if args.shard:  # checked before the config, which may be fine while the flag is not
         try:
             which = parse_shard(args.shard)
         except ValueError as exc:
             _fail("run", str(exc))
+    if args.check:
+        return _run_check(args, which if args.shard else None)
     config = _load(args.config)
     if args.shard:
         try:
@@ -144,7 +167,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         await Daemon(config, recorder=recorder).run(stop)
         return 0
 
-    return _run_async(main())
+    try:
+        return _run_async(main())
+    except HttpListenError as exc:  # at start, before anything else opened
+        _fail("run", str(exc))
 
 
 def _recorder(command: str, out: str, rotate_mb: float, note: str) -> Recorder:
@@ -220,7 +246,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         out: IO[bytes] = open(args.out, "wb")  # noqa: SIM115 (closed below, broken pipe or not)
     except OSError as exc:
         _fail("replay", _cannot_write(args.out, exc))
-    replay = Replay(config, base=Path(args.tapes[0]).parent)
+    store = _signal_store("replay", args.signal_history, config) if args.signal_history else None
+    replay = Replay(config, base=Path(args.tapes[0]).parent, store=store)
     try:
         with out:
             replay.to_jsonl(records, out)
@@ -229,18 +256,77 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_BROKEN_PIPE
     except (TapeError, ReplayError) as err:
         _fail("replay", str(err))
-    if not replay.heard_configured():
-        skipped = replay.unknown_symbol_events()
-        others = f"; {skipped} events of other symbols were skipped" if skipped else ""
-        _fail(
-            "replay",
-            f"the tape(s) hold none of the configured symbols "
-            f"({', '.join(replay.configured_symbols())}, from {origin}){others}: "
-            "pass --config with the tape's assets",
-        )
+    finally:
+        if store is not None:
+            store.close()
+    _require_configured("replay", replay, origin)
     frames = sum(replay.health.frames.values())
     malformed = sum(replay.health.malformed.values())
-    print(f"replayed {frames} frames ({malformed} malformed) into {args.out}", file=sys.stderr)
+    also = f" and its signal history into {args.signal_history}" if store else ""
+    print(
+        f"replayed {frames} frames ({malformed} malformed) into {args.out}{also}", file=sys.stderr
+    )
+    return 0
+
+
+def _signal_store(command: str, path: str, config: Config) -> SignalStore:
+    from monitor.signal_store import SignalStore
+
+    try:
+        return SignalStore(path, round(config.signals.baseline_window * 1000))
+    except (OSError, sqlite3.Error) as exc:
+        _fail(command, f"cannot open the signal history {path}: {exc}")
+
+
+def _require_configured(command: str, replay: Replay, origin: str) -> None:
+    if replay.heard_configured():
+        return
+    skipped = replay.unknown_symbol_events()
+    others = f"; {skipped} events of other symbols were skipped" if skipped else ""
+    _fail(
+        command,
+        f"the tape(s) hold none of the configured symbols "
+        f"({', '.join(replay.configured_symbols())}, from {origin}){others}: "
+        "pass --config with the tape's assets",
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from monitor.replay import Replay, ReplayError
+    from monitor.web import report_html
+    from streams.tape import TapeError, merge
+
+    if any(Path(tape).resolve() == Path(args.out).resolve() for tape in args.tapes):
+        _fail("report", f"--out {args.out} is one of the tapes: it would be overwritten")
+    try:
+        records = merge(args.tapes)
+    except TapeError as err:
+        _fail("report", str(err))
+    config, origin = _config("report", args.config)
+    _setup_logging(config.log_level)
+    with tempfile.TemporaryDirectory(prefix="tapewatch-report-") as tmp:
+        store = _signal_store("report", str(Path(tmp) / "signals.sqlite"), config)
+        replay = Replay(config, base=Path(args.tapes[0]).parent, store=store)
+        try:
+            changes = sum(1 for msg in replay.messages(records) if msg.topic.endswith("/events"))
+        except (TapeError, ReplayError) as err:
+            store.close()
+            _fail("report", str(err))
+        _require_configured("report", replay, origin)
+        store.flush()
+        title = ", ".join(Path(t).name for t in args.tapes)
+        rules = [rule.name for rule in config.regimes]
+        page = report_html(store, list(config.assets), rules, title)
+        store.close()
+    try:
+        Path(args.out).write_text(page)
+    except OSError as exc:
+        _fail("report", _cannot_write(args.out, exc))
+    frames = sum(replay.health.frames.values())
+    print(
+        f"report of {frames} frames ({changes} regime change(s)) written to {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -328,6 +414,45 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return 0
 
     return _run_async(main())
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    from monitor.notify import Notifier, NotifyError, load_targets
+
+    config, origin = _config("notify", args.config)
+    worker = args.worker or socket.gethostname().split(".")[0]
+    if not _WORKER.fullmatch(worker):
+        _fail(
+            "notify",
+            f"--worker {worker!r}: use letters, digits, '_', '.' or '-' (it is part of the "
+            "MQTT client id)",
+        )
+    if not config.notify.urls:
+        _fail(
+            "notify",
+            f"no notification URLs: list Apprise URLs under notify.urls in {origin} or in "
+            f"{ENV_NOTIFY_URLS}, e.g. ntfy://ntfy.sh/<your-topic>",
+        )
+    try:
+        targets = load_targets(config.notify.urls)
+    except NotifyError as exc:
+        _fail("notify", str(exc))
+    _setup_logging(config.log_level)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        await Notifier(config, targets, worker=worker).run(stop)
+        return 0
+
+    try:
+        return _run_async(main())
+    except NotifyError as exc:
+        _fail("notify", str(exc))
+
+
+# A worker name goes into the MQTT client id: <notify.group>-<worker>.
+_WORKER = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def _free_port() -> int:
@@ -468,6 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", default=DEFAULT_CONFIG, help="config file [config.yaml]")
     run.add_argument(
+        "--check",
+        action="store_true",
+        help="start nothing: check the config, the state directory, the MQTT broker and every "
+        "venue's websockets and REST API (each within 8 s, all within 10 s), print one line "
+        "per check and exit 0 if all pass, 1 otherwise",
+    )
+    run.add_argument(
         "--shard",
         metavar="I/N",
         help="run only shard I of N of the assets (name order, every N-th), as instance "
@@ -573,7 +705,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--out", required=True, metavar="FILE.jsonl", help="write would-be MQTT messages here"
     )
+    rep.add_argument(
+        "--signal-history",
+        metavar="FILE.sqlite",
+        help="also write the one-minute signal history (the charts' store) here",
+    )
     rep.set_defaults(func=cmd_replay)
+
+    rpt = sub.add_parser("report", help="replay tapes into one self-contained HTML page of charts")
+    rpt.add_argument("tapes", nargs="+", metavar="TAPE", help="tape files, plain or .zst")
+    rpt.add_argument("--config", metavar="FILE", help=f"config file {built_in}")
+    rpt.add_argument("--out", required=True, metavar="FILE.html", help="the page to write")
+    rpt.set_defaults(func=cmd_report)
 
     rec = sub.add_parser("record", help="record raw exchange traffic to a tape")
     rec.add_argument("--out", required=True, metavar="TAPE", help="e.g. rec.tape.jsonl.zst")
@@ -602,6 +745,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one line per change instead of the live view (automatic when not a terminal)",
     )
     tl.set_defaults(func=cmd_tail)
+
+    nt = sub.add_parser(
+        "notify", help="send regime changes to phones and chat (Apprise URLs in notify:)"
+    )
+    nt.add_argument(
+        "--config", metavar="FILE", help=f"config file: broker, prefix and notify: {built_in}"
+    )
+    nt.add_argument(
+        "--worker",
+        metavar="NAME",
+        help="this worker's name, stable across restarts and unique in its group: its MQTT "
+        "session is <notify.group>-NAME [the host name]",
+    )
+    nt.set_defaults(func=cmd_notify)
 
     chk = sub.add_parser("check-config", help="validate a config file")
     chk.add_argument("file")

@@ -22,6 +22,7 @@ for user-supplied changes build a dict and go through ``config_from_dict`` inste
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -46,6 +47,7 @@ __all__ = [
     "Condition",
     "Config",
     "ConfigError",
+    "HttpConfig",
     "MqttConfig",
     "RegimeRule",
     "SignalsConfig",
@@ -60,6 +62,9 @@ ENV_MQTT_URL = "TAPEWATCH_MQTT_URL"
 ENV_MQTT_USERNAME = "TAPEWATCH_MQTT_USERNAME"
 ENV_MQTT_PASSWORD = "TAPEWATCH_MQTT_PASSWORD"
 ENV_MQTT_CA_FILE = "TAPEWATCH_MQTT_CA_FILE"
+# Apprise URLs of `tapewatch notify`, whitespace-separated: added to notify.urls (tokens stay
+# out of the file).
+ENV_NOTIFY_URLS = "TAPEWATCH_NOTIFY_URLS"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 BrokerMode = Literal["auto", "embedded", "external"]
@@ -175,6 +180,8 @@ class MqttConfig:
     # Kept out of repr so that logging a config never prints the secret.
     password: str | None = field(default=None, repr=False)
     ca_file: str | None = None  # CA bundle to verify the broker (TLS), e.g. a private CA
+    # Home Assistant MQTT discovery prefix (monitor/discovery.py); None: no discovery.
+    discovery: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -197,6 +204,35 @@ class MqttConfig:
 class StateConfig:
     dir: str = "state"  # checkpoints of the z-score baselines (relative to the working dir)
     checkpoint_interval: float = 60.0
+    signal_history: bool = True  # one-minute samples of every signal, for the charts
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    """``tapewatch notify``: where regime changes go, which ones, and how they are grouped."""
+
+    # Apprise URLs: notify.urls first, then those of TAPEWATCH_NOTIFY_URLS (repeats dropped).
+    urls: tuple[str, ...] = ()
+    group: str = "tapewatch-notify"  # shared-subscription group: workers split the events
+    session_expiry: float = 7 * 86400.0  # how long the broker queues for a stopped worker
+    assets: tuple[str, ...] = ()  # empty: every asset
+    regimes: tuple[str, ...] = ()  # empty: every regime
+    directions: tuple[str, ...] = ("entered", "left")
+    group_window: float = 10.0  # a change waits this long for others to join its message
+    min_interval: float = 60.0  # between two messages; what comes in between is grouped
+    max_events: int = 20  # changes in one message at most
+    retry_initial: float = 1.0
+    retry_max: float = 300.0
+    give_up: float = 3600.0  # a delivery failing this long is recorded as failed and acked
+    body_format: Literal["markdown", "text"] = "markdown"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The optional HTTP listener of ``/metrics`` and ``/healthz`` (monitor/http_server.py)."""
+
+    # (host, port) from ``http.listen``, an IPv6 host without its brackets; None: no listener.
+    listen: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +247,8 @@ class Config:
     log_level: LogLevel = "info"
     state: StateConfig = field(default_factory=StateConfig)
     guards: GuardsConfig = field(default_factory=GuardsConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def adapters(self) -> dict[str, Venue]:
         """Every venue's adapter, on its configured URLs, by venue name."""
@@ -908,7 +946,7 @@ def _mqtt(data: object, env: Mapping[str, str], errors: _Errors) -> MqttConfig:
         data,
         "mqtt",
         errors,
-        ("url", "prefix", "broker", "keepalive"),
+        ("url", "prefix", "broker", "keepalive", "discovery"),
         forbidden={
             "username": _SECRET_IN_FILE.format(env=ENV_MQTT_USERNAME),
             "password": _SECRET_IN_FILE.format(env=ENV_MQTT_PASSWORD),
@@ -918,6 +956,7 @@ def _mqtt(data: object, env: Mapping[str, str], errors: _Errors) -> MqttConfig:
     prefix = sec.get("prefix", _topic_prefix, "", required=True)
     broker = sec.get("broker", _choice("auto", "embedded", "external"), "auto")
     keepalive = sec.get("keepalive", _positive_duration, 30.0)
+    discovery = sec.get("discovery", _discovery_prefix, None)
     if sec.ok("keepalive") and not 1 <= keepalive <= MAX_KEEPALIVE:
         sec.fail(
             "keepalive",
@@ -949,7 +988,26 @@ def _mqtt(data: object, env: Mapping[str, str], errors: _Errors) -> MqttConfig:
             f"the embedded broker does not serve TLS, but {url_source} is "
             f"mqtts://: use mqtt:// or broker: external",
         )
-    return MqttConfig(url, prefix, cast(BrokerMode, broker), keepalive, username, password, ca_file)
+    return MqttConfig(
+        url,
+        prefix,
+        cast(BrokerMode, broker),
+        keepalive,
+        username,
+        password,
+        ca_file,
+        discovery=discovery,
+    )
+
+
+def _discovery_prefix(value: object) -> str | None:
+    """``mqtt.discovery``: null (or YAML's unquoted ``off``/``false``) for none, else the
+    discovery prefix Home Assistant listens on."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        raise _Invalid("write the discovery prefix, e.g. homeassistant (or null for none)")
+    return _topic_prefix(value)
 
 
 _LOG_LEVEL = _choice("debug", "info", "warning", "error")
@@ -965,6 +1023,8 @@ _TOP_KEYS = (
     "log_level",
     "state",
     "guards",
+    "notify",
+    "http",
 )
 
 
@@ -992,8 +1052,14 @@ def _build(data: object, env: Mapping[str, str], errors: _Errors) -> Config:
     else:
         top.fail("mqtt", "required key is missing (at least mqtt.url and mqtt.prefix)")
         mqtt = MqttConfig("", "")
+    if mqtt.discovery and "." in instance:
+        # A discovery node id allows letters, digits, '_' and '-'; mapping '.' to one of them
+        # could give two instances one node id, and each would then clear the other's entities.
+        errors.add("mqtt.discovery", f"needs an instance name without '.', got {instance!r}")
     state = _state(top.raw("state"), errors)
     guards = _guards(top.raw("guards"), errors)
+    notify = _notify(top.raw("notify"), env, assets, regimes, errors)
+    http = _http(top.raw("http"), errors)
     return Config(
         instance=instance,
         assets=assets,
@@ -1005,6 +1071,8 @@ def _build(data: object, env: Mapping[str, str], errors: _Errors) -> Config:
         log_level=cast(LogLevel, top.get("log_level", _LOG_LEVEL, "info")),
         state=state,
         guards=guards,
+        notify=notify,
+        http=http,
     )
 
 
@@ -1035,13 +1103,181 @@ def _positive_number(value: object) -> float:
 
 
 def _state(data: object, errors: _Errors) -> StateConfig:
-    sec = _Section(data, "state", errors, ("dir", "checkpoint_interval"), optional=True)
+    sec = _Section(
+        data, "state", errors, ("dir", "checkpoint_interval", "signal_history"), optional=True
+    )
     d = StateConfig()
     return StateConfig(
         dir=sec.get("dir", _nonempty, d.dir),
         checkpoint_interval=sec.get(
             "checkpoint_interval", _positive_duration, d.checkpoint_interval
         ),
+        signal_history=sec.get("signal_history", _boolean, d.signal_history),
+    )
+
+
+def _http(data: object, errors: _Errors) -> HttpConfig:
+    sec = _Section(data, "http", errors, ("listen",), optional=True)
+    return HttpConfig(listen=sec.get("listen", _listen_address, None))
+
+
+HTTP_LOOPBACK = "127.0.0.1"
+_LISTEN_HOST = re.compile(r"[A-Za-z0-9.-]+")
+_LISTEN_FORMS = "host:port such as 127.0.0.1:9464, [::1]:9464 or 0.0.0.0:9464, or a port alone"
+
+
+def _listen_address(value: object) -> tuple[str, int] | None:
+    """``http.listen``: null (no listener), ``host:port``, or a port alone, which listens on
+    loopback only: the endpoints have no authentication, so another address must be written
+    out by whoever means it."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return HTTP_LOOPBACK, _tcp_port(value)
+    text = _nonempty(value).strip()
+    if text.isdigit():
+        return HTTP_LOOPBACK, _tcp_port(int(text))
+    if "://" in text:
+        raise _Invalid(f"expected {_LISTEN_FORMS}, without a scheme, got {text!r}")
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise _Invalid(f"expected {_LISTEN_FORMS}, got {text!r}")
+    if not host:
+        # Elsewhere ":9464" means every interface; here nothing opens wider than asked.
+        raise _Invalid(
+            f"names no address before ':{port}': write {HTTP_LOOPBACK}:{port} for this "
+            f"machine only, or 0.0.0.0:{port} for every interface"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _Invalid(f"not an IPv6 address: {host!r}") from None
+    elif ":" in host:
+        raise _Invalid(f"an IPv6 address goes in brackets, e.g. [::1]:{port}, got {text!r}")
+    elif not _LISTEN_HOST.fullmatch(host):
+        raise _Invalid(f"not a host name or IP address: {host!r} (expected {_LISTEN_FORMS})")
+    return host, _tcp_port(int(port))
+
+
+def _tcp_port(port: int) -> int:
+    if not 1 <= port <= 65_535:
+        raise _Invalid(f"port must be between 1 and 65535, got {port}")
+    return port
+
+
+# -- notify ---------------------------------------------------------------------------------------
+# MQTT 5's session expiry is a 32-bit number of seconds; its largest value means "never".
+MAX_SESSION_EXPIRY = 2**32 - 2
+MAX_NOTIFY_EVENTS = 1000
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def _notify_url(value: object) -> str:
+    text = _nonempty(value).strip()
+    # Never echoed: an Apprise URL usually holds a token. Apprise checks the rest at start.
+    scheme, sep, rest = text.partition("://")
+    if not sep or not _URL_SCHEME.fullmatch(scheme) or not rest:
+        raise _Invalid("expected an Apprise URL such as ntfy://ntfy.sh/TOPIC (scheme://...)")
+    return text
+
+
+def _names(sec: _Section, key: str, known: Iterable[str], what: str) -> tuple[str, ...]:
+    """A list of names out of ``known``; absent, null or []: none given."""
+    data = sec.raw(key)
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        sec.fail(key, f"expected list of {what}, got {_describe(data)}")
+        return ()
+    options = list(known)
+    names: list[str] = []
+    for i, item in enumerate(data):
+        path = f"{_join(sec.path, key)}[{i}]"
+        if not isinstance(item, str):
+            sec.errors.add(path, f"expected string, got {_describe(item)}{_bool_hint(item)}")
+            sec.failed.add(key)
+        elif item not in options:
+            sec.errors.add(path, f"unknown {what.rstrip('s')} {item!r}" + _suggest(item, options))
+            sec.failed.add(key)
+        else:
+            names.append(item)
+    return tuple(dict.fromkeys(names))
+
+
+_NOTIFY_KEYS = (
+    "urls",
+    "group",
+    "session_expiry",
+    "assets",
+    "regimes",
+    "directions",
+    "group_window",
+    "min_interval",
+    "max_events",
+    "retry_initial",
+    "retry_max",
+    "give_up",
+    "body_format",
+)
+# A shared-subscription group name is one topic level without wildcards.
+_share_group = _pattern(
+    r"[A-Za-z0-9_.-]+", "must be letters, digits, '_', '.' or '-' (an MQTT share name)"
+)
+
+
+def _notify(
+    data: object,
+    env: Mapping[str, str],
+    assets: Mapping[str, AssetConfig],
+    regimes: tuple[RegimeRule, ...],
+    errors: _Errors,
+) -> NotifyConfig:
+    sec = _Section(data, "notify", errors, _NOTIFY_KEYS, optional=True)
+    d = NotifyConfig()
+    urls: list[str] = []
+    raw_urls = sec.raw("urls")
+    if raw_urls is not None and not isinstance(raw_urls, list):
+        sec.fail("urls", f"expected list of Apprise URLs, got {_describe(raw_urls)}")
+    for i, item in enumerate(raw_urls if isinstance(raw_urls, list) else []):
+        try:
+            urls.append(_notify_url(item))
+        except _Invalid as exc:
+            errors.add(f"notify.urls[{i}]", str(exc))
+    for i, item in enumerate((env.get(ENV_NOTIFY_URLS) or "").split()):
+        try:
+            urls.append(_notify_url(item))
+        except _Invalid as exc:
+            errors.add(f"env {ENV_NOTIFY_URLS} (URL {i + 1})", str(exc))
+    directions = _names(sec, "directions", ("entered", "left"), "directions")
+    if sec.has("directions") and sec.ok("directions") and not directions:
+        sec.fail("directions", "must name entered, left or both (leave the key out for both)")
+    retry_initial = sec.get("retry_initial", _positive_duration, d.retry_initial)
+    retry_max = sec.get("retry_max", _positive_duration, d.retry_max)
+    if sec.ok("retry_initial", "retry_max") and retry_max < retry_initial:
+        sec.fail("retry_max", f"must be at least retry_initial ({retry_initial:g} s)")
+    session_expiry = sec.get("session_expiry", _positive_duration, d.session_expiry)
+    if sec.ok("session_expiry") and not 1 <= session_expiry <= MAX_SESSION_EXPIRY:
+        sec.fail("session_expiry", f"must be between 1s and {MAX_SESSION_EXPIRY}s (MQTT 5)")
+    max_events = sec.get("max_events", _positive_int, d.max_events)
+    if sec.ok("max_events") and max_events > MAX_NOTIFY_EVENTS:
+        sec.fail("max_events", f"must be at most {MAX_NOTIFY_EVENTS}, got {max_events}")
+    body_format = sec.get("body_format", _choice("markdown", "text"), d.body_format)
+    return NotifyConfig(
+        urls=tuple(dict.fromkeys(urls)),
+        group=sec.get("group", _share_group, d.group),
+        session_expiry=session_expiry,
+        assets=_names(sec, "assets", assets, "assets"),
+        regimes=_names(sec, "regimes", (r.name for r in regimes), "regimes"),
+        directions=directions or d.directions,
+        group_window=sec.get("group_window", _nonnegative_duration, d.group_window),
+        min_interval=sec.get("min_interval", _nonnegative_duration, d.min_interval),
+        max_events=max_events,
+        retry_initial=retry_initial,
+        retry_max=retry_max,
+        give_up=sec.get("give_up", _positive_duration, d.give_up),
+        body_format=cast(Literal["markdown", "text"], body_format),
     )
 
 
@@ -1163,14 +1399,24 @@ def shard(config: Config, index: int, count: int) -> Config:
     name order, starting with the ``index``-th, under its own instance id
     (``<instance>-<index>of<count>``) so status, health, checkpoints and the outbox of the
     shards never mix. Adding an asset can move others to another shard: restart all shards
-    together after changing the asset list."""
+    together after changing the asset list. With ``http.listen``, shard ``index`` listens on
+    its port + ``index`` - 1, so that the shards of one config can run on one machine."""
     names = sorted(config.assets)[index - 1 :: count]
     if not names:
         raise ConfigError(
             [f"--shard {index}/{count}: no asset left for this shard ({len(config.assets)} in all)"]
         )
+    http = config.http
+    if http.listen is not None:
+        host, port = http.listen
+        if port + index - 1 > 65_535:
+            raise ConfigError(
+                [f"--shard {index}/{count}: http.listen port {port} + {index - 1} is over 65535"]
+            )
+        http = replace(http, listen=(host, port + index - 1))
     return replace(
         config,
         instance=f"{config.instance}-{index}of{count}",
         assets={name: config.assets[name] for name in names},
+        http=http,
     )

@@ -26,9 +26,12 @@ from threadpoolctl import threadpool_limits
 from monitor import __version__
 from monitor.broker import EmbeddedBroker, ensure_broker
 from monitor.config import Config
+from monitor.discovery import Discovery, stale_topics, sweep_filter, sweep_marker
 from monitor.health import Health
 from monitor.history_fetch import HistoryFetch
 from monitor.history_tape import HistoryItem
+from monitor.http_server import HttpServer, daemon_listener
+from monitor.messages import OutMessage
 from monitor.mqtt import Publisher
 from monitor.pipeline import (
     Pipeline,
@@ -47,6 +50,8 @@ from monitor.restart import (
     regimes_to_take_over,
     restore_regimes,
 )
+from monitor.service import DaemonStatus, Notifier, supervise
+from monitor.signal_store import SignalStore, store_chart
 from monitor.state import (
     StateError,
     asset_differences,
@@ -56,6 +61,7 @@ from monitor.state import (
     put_aside,
     save_checkpoint,
 )
+from monitor.web import LiveFeed, add_routes
 from signals.backfill import AssetHistory
 from signals.regimes import RegimeChange
 from streams.connection import (
@@ -122,11 +128,32 @@ class Daemon:
         self.session = uuid.uuid4().hex[:12]
         self.started_ms = wall_ms()
         self.health = Health(silence_ms=round(config.collector.silence_timeout * 1000))
+        # The charts' history: one-minute samples and regime changes, off the event loop.
+        self.signal_store = (
+            SignalStore(
+                Path(config.state.dir) / f"{config.instance}.signals.sqlite",
+                round(config.signals.baseline_window * 1000),
+            )
+            if stateful and config.state.signal_history
+            else None
+        )
         self.pipeline = Pipeline.for_session(
-            config, self.session, __version__, self.started_ms, self.health
+            config,
+            self.session,
+            __version__,
+            self.started_ms,
+            self.health,
+            chart=self.signal_store is not None,
         )
         builder = self.pipeline.builder
         self.publisher: Publisher | None = None
+        self.discovery: Discovery | None = None
+        announce: tuple[OutMessage, ...] = ()
+        if publish and config.mqtt.discovery:
+            self.discovery = Discovery(
+                config.mqtt.discovery, builder.topics, config.regimes, __version__
+            )
+            announce = tuple(self.discovery.messages(config.assets))
         if publish:
             self.publisher = Publisher(
                 config.mqtt,
@@ -137,6 +164,7 @@ class Daemon:
                 # Regime events survive a broker outage and a restart of the daemon.
                 outbox_path=Path(config.state.dir) / f"{config.instance}.outbox.sqlite",
                 latency=self.health.publish_latency,
+                announce=announce,
             )
         self.queue = FrameQueue(config.collector.queue_size)
         # One reporter for every socket and REST client: an unreachable host is one log line
@@ -147,6 +175,12 @@ class Daemon:
         self.rest = {
             name: RestClient.for_venue(venue, self.hosts) for name, venue in self.venues.items()
         }
+        # /metrics and /healthz on http.listen, read from this daemon's state when asked.
+        self.http: HttpServer | None = daemon_listener(self)
+        self.live = LiveFeed()  # the chart pages open on the listener
+        if self.http is not None:
+            rules = [rule.name for rule in config.regimes]
+            add_routes(self.http.app, self.signal_store, list(config.assets), rules, self.live)
         self.broker: EmbeddedBroker | None = None
         self.broker_ready = asyncio.Event()  # set once an embedded broker (if any) listens
         self._inflight: set[Request] = set()
@@ -160,6 +194,7 @@ class Daemon:
         self._write_lock = threading.Lock()
         self.outbox_lost = 0  # events lost from the outbox before this start (health topic)
         self.restored_regimes: list[RegimeChange] = []  # republished at start
+        self.notifier = Notifier.from_env()  # systemd's Type=notify; a no-op without it
         if stateful:
             self._restore()
 
@@ -301,7 +336,19 @@ class Daemon:
 
     # -- running --------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then flush and announce ``offline``."""
+        """Run until ``stop`` is set, then flush and announce ``offline``. The HTTP listener
+        (``http.listen``) opens first, so a port in use stops the daemon before anything else
+        starts (``HttpListenError``), and closes last."""
+        http = self.http
+        if http is not None:
+            await http.start()
+        try:
+            await self._run(stop)
+        finally:
+            if http is not None:
+                await http.stop()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         if self.publisher is not None:
             self.broker = await ensure_broker(self.config.mqtt)
             if self.broker is not None:
@@ -325,6 +372,14 @@ class Daemon:
         if self.stateful:
             named += [(self._checkpoints(), "checkpoints")]
         named += [(poller, "poller") for poller in self._pollers()]
+        if self.notifier.enabled:
+            # Last: its first step, READY=1, runs after every task above took its first, so
+            # "ready" means the state is restored, the HTTP listener and the embedded broker
+            # (if any) listen, and the consumer drains the queue. Not "the broker and the
+            # venues answer": the daemon does its job while it retries them (events wait in the
+            # outbox), and a start that waited for them would turn a broker outage at boot into
+            # a restart loop.
+            named += [(supervise(self.notifier, self.service_status), "systemd")]
         _one_blas_thread()
         _freeze_long_lived_objects()  # again after the backfill, which adds the history
         # Supervised by hand rather than by a TaskGroup, so that shutdown is bounded even when
@@ -332,11 +387,14 @@ class Daemon:
         tasks = [asyncio.create_task(coro, name=name) for coro, name in named]
         if self.stateful and self.config.signals.backfill:
             self._spawn(self._backfill_history(), "backfill")
+        if self.discovery is not None:
+            self._spawn(self._sweep_discovery(), "discovery-sweep")
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
             done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
             ended = [t for t in done if t is not stopping]  # tasks meant to run until stopped
             log.info("stopping")
+            self.notifier.stopping("stopping: writing the checkpoint, flushing MQTT")
             if self.stateful:
                 self.save_checkpoint()
             if ended:
@@ -353,8 +411,41 @@ class Daemon:
                 await client.close()
             if self.recorder is not None:
                 self.recorder.close()
+            if self.signal_store is not None:
+                store_chart(self.signal_store, self.pipeline.take_chart())
+                self.signal_store.close()
             if self.broker is not None:
                 await self.broker.stop()
+
+    def service_status(self) -> DaemonStatus:
+        """What systemd's STATUS= line shows (monitor/service.py)."""
+        return DaemonStatus(
+            mqtt_url=self.config.mqtt.url if self.publisher is not None else None,
+            mqtt_connected=self.publisher is not None and self.publisher.connected.is_set(),
+            sockets=len(self.connections),
+            sockets_up=sum(c.health.connected for c in self.connections),
+            frames=sum(c.health.frames for c in self.connections),
+            outbox=self.health.outbox_depth,
+        )
+
+    async def _sweep_discovery(self) -> None:
+        """Remove the Home Assistant entities this instance announced before and no longer
+        does (an asset, or a signal only a removed rule read), by clearing their retained
+        configs. What was announced is read from the broker, not recorded in the state
+        directory: the broker's retained configs are exactly what HA discovers, so this also
+        clears what a run with another state directory, on another machine or of an older
+        version left there, and a lost state directory leaves no entity behind."""
+        assert self.publisher is not None and self.discovery is not None
+        prefix, instance = self.discovery.prefix, self.config.instance
+        announced = {msg.topic for msg in self.publisher.announce}
+        cleared = await self.publisher.sweep(
+            sweep_filter(prefix, instance),
+            sweep_marker(prefix, instance, self.session),
+            lambda found: stale_topics(prefix, instance, found, announced),
+        )
+        if cleared:
+            log.info("discovery: removed %d entities no longer configured", len(cleared))
+            log.debug("discovery: cleared %s", ", ".join(cleared))
 
     def _republish_restored(self) -> None:
         """The restored regimes, retained, as they were (same regime, since and reasons): the
@@ -403,6 +494,10 @@ class Daemon:
                     await self._publish(msgs, item.ts_recv_ms)
             for request in pipeline.take_requests():
                 self._dispatch(request)
+            if self.signal_store is not None and pipeline.chart_pending:
+                chart = pipeline.take_chart()
+                store_chart(self.signal_store, chart)
+                self.live.push(chart)
 
     # -- REST side ------------------------------------------------------------------------------
     def _dispatch(self, request: Request) -> None:

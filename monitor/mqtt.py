@@ -26,6 +26,8 @@ connection loop between them and the broker, on the event loop.
   MQTT 5 the CONNECT announces a Maximum Packet Size (the broker never sends us more), payloads
   over ``MAX_COMMAND_BYTES`` and retained (stale) commands are ignored, rebirths are coalesced to
   at most one per ``REBIRTH_MIN_INTERVAL_S``, and repeats cost one log line per window.
+- ``announce`` (Home Assistant's discovery configs, ``monitor/discovery.py``) follows the status
+  on every connect and rebirth; ``sweep`` clears the retained configs no longer announced.
 - A lost broker is retried every few seconds at most (``RECONNECT_INITIAL_S`` ..
   ``RECONNECT_MAX_S``, full jitter): the broker is ours to reach, not a rate-limited exchange, so
   events flow again within seconds of its return. The log says so at a falling rate.
@@ -84,6 +86,8 @@ MAX_PACKET_BYTES = 16 * 1024
 RECEIVE_MAXIMUM = 20
 REBIRTH_MIN_INTERVAL_S = 5.0  # at most one rebirth per window; requests within it coalesce
 REPEAT_LOG_WINDOW_S = 60.0  # ignored commands: the first is logged, then one summary per window
+# How long a sweep of retained messages (``Publisher.sweep``) waits for its end marker.
+SWEEP_TIMEOUT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -209,10 +213,14 @@ class Publisher:
         max_queued: int = 100_000,
         outbox_path: Path | None = None,
         latency: LatencyWindow | None = None,
+        announce: tuple[OutMessage, ...] = (),
     ) -> None:
+        """``announce``: retained messages sent right after the birth on every connect and
+        rebirth (Home Assistant's discovery configs)."""
         self.config = config
         self.client_id = client_id
         self.birth = birth
+        self.announce = announce
         self.will = will
         self.rebirth_topic = rebirth_topic
         self.command_topic = CommandTopic(rebirth_topic, self._rebirth)
@@ -228,6 +236,8 @@ class Publisher:
         self._down_since: float | None = None  # monotonic time the broker was first missed
         self._failures = 0  # failed attempts since then
         self.latency = latency if latency is not None else LatencyWindow()
+        # Also told each latency measured, in ms (the /metrics histogram, monitor/metrics.py).
+        self.on_latency: Callable[[float], None] | None = None
         # MQTT 5 first; a broker that refuses it gets 3.1.1 (``protocol``: what is in use).
         self._protocol = ProtocolVersion.V5
         self.protocol: ProtocolVersion | None = None
@@ -343,7 +353,7 @@ class Publisher:
                     self._down_since = None
                     self._failures = 0
                     await client.subscribe(self.rebirth_topic, qos=1)
-                    await self._send(client, self.birth)
+                    await self._send_birth(client)
                     self.connected.set()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
@@ -486,6 +496,14 @@ class Publisher:
         )
         self.published += 1
 
+    async def _send_birth(self, client: aiomqtt.Client) -> None:
+        """The status, then what is announced with it. Sent on every connect, not queued: a
+        broker that restarted without persistence has forgotten every retained message, and the
+        connect is when we learn of it."""
+        await self._send(client, self.birth)
+        for msg in self.announce:
+            await self._send(client, msg)
+
     async def _deliver(self, client: aiomqtt.Client) -> None:
         """Send what the queue hands out, one message at a time, until the connection fails.
         A message in flight when it does stays queued and is handed out again on the next
@@ -500,13 +518,16 @@ class Publisher:
                 await self._wake.wait()
                 continue
             if isinstance(item, Rebirth):
-                await self._send(client, self.birth)
+                await self._send_birth(client)
                 for msg in item.retained:
                     await self._send(client, msg)
                 continue
             await self._send(client, item.msg)
             if item.received_ms is not None:
-                self.latency.add(time.time_ns() / 1e6 - item.received_ms)
+                ms = time.time_ns() / 1e6 - item.received_ms
+                self.latency.add(ms)
+                if self.on_latency is not None:
+                    self.on_latency(ms)
             outbox_id = queue.delivered(item)
             if queue.acknowledged:
                 self._acked.set()
@@ -524,6 +545,84 @@ class Publisher:
         self.queue.request_rebirth()
         self._idle.clear()
         self._wake.set()
+
+    async def sweep(
+        self,
+        topic_filter: str,
+        marker: str,
+        stale: Callable[[set[str]], list[str]],
+        timeout: float = SWEEP_TIMEOUT_S,
+    ) -> list[str]:
+        """Once connected, on a short connection of its own: read the retained messages under
+        ``topic_filter`` and clear (an empty retained payload) the topics ``stale`` picks from
+        them; returns those. Tried again, with back-off, until the broker lets it finish."""
+        backoff = Backoff(RECONNECT_INITIAL_S, REFUSED_MAX_S)
+        attempt = 0
+        while True:
+            await self.connected.wait()
+            try:
+                return await self._sweep(topic_filter, marker, stale, timeout)
+            except aiomqtt.MqttError as exc:
+                delay = backoff.next_delay()
+                attempt += 1
+                # A broker that refuses it for good (an ACL on client ids) costs a falling
+                # number of lines: attempts 1, 2, 4, 8, ... at WARNING.
+                level = logging.WARNING if attempt & (attempt - 1) == 0 else logging.DEBUG
+                log.log(
+                    level,
+                    "mqtt: sweep of %s failed (%s, attempt %d); again in %.1fs",
+                    topic_filter,
+                    exc,
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _sweep(
+        self,
+        topic_filter: str,
+        marker: str,
+        stale: Callable[[set[str]], list[str]],
+        timeout: float,
+    ) -> list[str]:
+        """MQTT has no "that was the last retained message". A broker sends a subscription's
+        retained messages as it grants it, and a client's messages in the order it queued them,
+        so ``marker`` (a topic under ``topic_filter``), published after the SUBACK, comes back
+        after the last of them. Without it in ``timeout`` (an ACL that hides the topic, say) the
+        topics seen so far are cleared anyway: each one seen is stale whatever else was missed."""
+        cfg = self.config
+        found: set[str] = set()
+        async with aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=f"{self.client_id}-sweep",
+            username=cfg.username,
+            password=cfg.password,
+            keepalive=round(cfg.keepalive),
+            tls_context=cfg.ssl_context(),
+            protocol=self.protocol or self._protocol,
+            timeout=10,
+        ) as client:
+            await client.subscribe(topic_filter, qos=1)
+            await client.publish(marker, b"end", qos=1)
+            try:
+                async with asyncio.timeout(timeout):
+                    async for message in client.messages:
+                        if message.topic.matches(marker):
+                            break
+                        if message.retain and message.payload:
+                            found.add(str(message.topic))
+            except TimeoutError:
+                log.warning(
+                    "mqtt: no end marker on %s within %gs: sweeping the %d retained topic(s) seen",
+                    marker,
+                    timeout,
+                    len(found),
+                )
+            cleared = stale(found)
+            for topic in cleared:
+                await client.publish(topic, b"", qos=1, retain=True)
+        return cleared
 
 
 def _handled_on_arrival(

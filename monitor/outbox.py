@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 import orjson
 
 from monitor.messages import OutMessage
+from monitor.state import aside_name
 
 log = logging.getLogger("tapewatch.outbox")
 
@@ -371,12 +372,7 @@ def unreadable(exc: sqlite3.DatabaseError) -> bool:
 
 def move_aside(path: Path) -> Path:
     """Rename an unreadable SQLite file to ``<name>.corrupt-<UTC time>``; returns the new name."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
+    aside = aside_name(path, "corrupt")
     # The -wal and -shm files belong to the old database: left behind, SQLite would apply
     # the old WAL to the fresh file. They keep their suffixes so the pair stays readable.
     for suffix in ("-wal", "-shm", ""):

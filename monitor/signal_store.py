@@ -190,30 +190,38 @@ class SignalStore:
             layout: orjson.loads(text)
             for layout, text in self._db.execute("SELECT id, columns FROM layouts")
         }
-        cur = self._db.execute(
-            "SELECT minute, layout, row FROM samples WHERE asset = ? AND minute BETWEEN ? AND ?"
-            " ORDER BY minute",
-            (asset, start_ms, end_ms),
-        )
-        times: list[int] = []
-        by_layout: dict[int, tuple[list[int], list[bytes]]] = {}
-        for i, (minute, layout, blob) in enumerate(cur):
-            times.append(minute)
-            positions, blobs = by_layout.setdefault(layout, ([], []))
-            positions.append(i)
-            blobs.append(blob)
-        values = np.full((len(times), len(wanted)), np.nan, dtype=ROW_DTYPE)
-        for layout, (positions, blobs) in by_layout.items():
-            columns = layouts.get(layout, [])
+        # One query per layout, fetched whole (a Python loop over 129,600 rows of a 90-day
+        # range cost 0.4 s; this is C until the join).
+        times: list[np.ndarray] = []
+        parts: list[np.ndarray] = []
+        for layout, columns in layouts.items():
+            found = self._db.execute(
+                "SELECT minute, row FROM samples WHERE asset = ? AND layout = ?"
+                " AND minute BETWEEN ? AND ? ORDER BY minute",
+                (asset, layout, start_ms, end_ms),
+            ).fetchall()
+            if not found:
+                continue
+            minutes, blobs = zip(*found, strict=True)
             rows = np.frombuffer(b"".join(blobs), dtype=ROW_DTYPE).reshape(len(blobs), -1)
+            part = np.full((len(blobs), len(wanted)), np.nan, dtype=ROW_DTYPE)
             for j, name in enumerate(wanted):
                 if name in columns and columns.index(name) < rows.shape[1]:
-                    values[positions, j] = rows[:, columns.index(name)]
-        t, v = downsample(np.array(times, dtype=np.int64), values, max_points)
+                    part[:, j] = rows[:, columns.index(name)]
+            times.append(np.array(minutes, dtype=np.int64))
+            parts.append(part)
+        if times:
+            order = np.argsort(np.concatenate(times), kind="stable")
+            all_times = np.concatenate(times)[order]
+            values = np.concatenate(parts)[order]
+        else:
+            all_times = np.zeros(0, dtype=np.int64)
+            values = np.zeros((0, len(wanted)), dtype=ROW_DTYPE)
+        t, v = downsample(all_times, values, max_points)
         return {
             "t": t.tolist(),
             "values": {name: _nullable(v[:, j]) for j, name in enumerate(wanted)},
-            "minutes": len(times),
+            "minutes": len(all_times),
         }
 
     def changes(self, asset: str, start_ms: int, end_ms: int) -> list[Any]:
@@ -236,8 +244,12 @@ class SignalStore:
 
     def span(self, asset: str) -> tuple[int, int] | None:
         """(oldest, newest) minute held for ``asset``."""
-        lo, hi = self._db.execute(
-            "SELECT min(minute), max(minute) FROM samples WHERE asset = ?", (asset,)
+        # Two queries: SQLite answers a lone min() or max() from the key, both at once by a scan.
+        (lo,) = self._db.execute(
+            "SELECT min(minute) FROM samples WHERE asset = ?", (asset,)
+        ).fetchone()
+        (hi,) = self._db.execute(
+            "SELECT max(minute) FROM samples WHERE asset = ?", (asset,)
         ).fetchone()
         return None if lo is None else (lo, hi)
 

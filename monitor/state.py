@@ -122,13 +122,19 @@ def set_aside(path: str | Path) -> Path:
     """Rename ``path`` to ``<name>.set-aside-<UTC time>`` (never overwriting) and return the new
     path: state that must not be used is kept for inspection, not deleted."""
     path = Path(path)
+    aside = aside_name(path, "set-aside")
+    path.rename(aside)
+    return aside
+
+
+def aside_name(path: Path, tag: str) -> Path:
+    """A free name for ``path`` put aside: ``<name>.<tag>-<UTC time>[-n]``."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.set-aside-{stamp}")
+    aside = path.with_name(f"{path.name}.{tag}-{stamp}")
     n = 1
     while aside.exists():
-        aside = path.with_name(f"{path.name}.set-aside-{stamp}-{n}")
+        aside = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
         n += 1
-    path.rename(aside)
     return aside
 
 

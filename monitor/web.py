@@ -36,6 +36,7 @@ log = logging.getLogger("tapewatch.web")
 RANGES: dict[str, int] = {"6h": 6 * HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS, "90d": 90 * DAY_MS}
 DEFAULT_RANGE = "24h"
 MAX_POINTS = 1500  # rows per response: about one per pixel of a wide chart
+END_OF_TIME = 2**62  # ms: later than any event
 LIVE_QUEUE = 256  # events waiting per page before the oldest are dropped
 KEEPALIVE_S = 15.0  # an SSE comment this often, so proxies keep the stream open
 STATIC = resources.files("monitor") / "web_static"
@@ -163,10 +164,14 @@ def history(store: SignalStore, asset: str, range_ms: int | None) -> dict[str, A
     span = store.span(asset)
     if span is None:
         return {"asset": asset, "start": None, "end": None, "t": [], "values": {}, "changes": []}
-    lo, end = span
-    start = lo if range_ms is None else max(lo, end - range_ms)
-    data = store.series(asset, start, end, CHARTED, MAX_POINTS)
-    data.update(asset=asset, start=start, end=end, changes=store.changes(asset, start, end))
+    lo, newest = span
+    start = lo if range_ms is None else max(lo, newest - range_ms)
+    data = store.series(asset, start, newest, CHARTED, MAX_POINTS)
+    # A change newer than the newest closed minute (entered a moment ago) is shown too: the
+    # range then ends at it.
+    changes = store.changes(asset, start, END_OF_TIME)
+    end = max([newest, *(c["since"] for c in changes if isinstance(c.get("since"), int))])
+    data.update(asset=asset, start=start, end=end, changes=changes)
     return data
 
 

@@ -641,16 +641,20 @@ class Simulator:
         }
 
     def config_for(self, base: Json) -> Json:
-        """``base`` (raw config data) pointed here: ``config_overrides()`` merged on top, and the
-        assets exactly the simulated ones (a base asset this simulator does not serve would only
-        fail, symbol by symbol, for ever).
+        """``base`` (raw config data) pointed here: ``config_overrides()`` merged on top, no HTTP
+        listener, and the assets exactly the simulated ones (a base asset this simulator does
+        not serve would only fail, symbol by symbol, for ever).
 
         The instance and state directory are the simulator's own (``<instance>-sim`` in
         ``<state.dir>/sim``): a real daemon on the base config must never restore the
         simulated market's baselines, history cache, regimes or outbox."""
         overrides = self.config_overrides()
         merged = deep_merge(base, overrides)
-        return {**merged, "assets": overrides["assets"], **_own_state(merged)}
+        # No HTTP listener copied from the base: a simulated daemon beside a real one on the
+        # same config would take (or find taken) the real one's port. Add one to the written
+        # file to see the simulated market's charts.
+        listener = {"http": {**merged.get("http", {}), "listen": None}} if "http" in merged else {}
+        return {**merged, **listener, "assets": overrides["assets"], **_own_state(merged)}
 
     def write_config(self, path: str | Path, base_config_path: str | Path = "config.yaml") -> None:
         """Write ``base_config_path`` pointed here (``config_for``) to ``path``.

@@ -33,6 +33,9 @@ PURE = [
     "streams/venues/coinbase.py",
     "monitor/history_tape.py",
     "monitor/delivery.py",
+    "monitor/series.py",
+    "monitor/discovery.py",
+    "monitor/notify_message.py",
 ]
 # Optional modules that join PURE once they exist.
 PURE_WHEN_PRESENT = ["streams/book.py", "streams/coinbase.py", "streams/continuity.py"]

@@ -187,7 +187,9 @@
       // Times in UTC, as every time tapewatch publishes.
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
       plugins: [shade(record), ...(z ? [zBand()] : [])],
-      scales: { x: { time: true }, ...(z ? { z: { range: (u, lo, hi) => [Math.min(lo ?? -3, -3), Math.max(hi ?? 3, 3)] } } : {}) },
+      // The whole range, to the minute after its end: a regime entered after the newest closed
+      // minute still shows, as a sliver at the right edge.
+      scales: { x: { time: true, range: () => [data.start / 1000, (data.end + MINUTE) / 1000] }, ...(z ? { z: { range: (u, lo, hi) => [Math.min(lo ?? -3, -3), Math.max(hi ?? 3, 3)] } } : {}) },
       series: [{}],
       axes: [{}, { values: (u, v) => v.map(si), size: 60 }],
       legend: { live: true },
@@ -271,6 +273,8 @@
       return;
     }
     draw();
+    if (!report) history.replaceState(null, "", `?asset=${T.asset}&range=${T.range}`);
+    T.readyAt = performance.now(); // ms since the navigation began
     T.ready = true;
   }
 
@@ -283,7 +287,7 @@
       const s = JSON.parse(ev.data);
       if (!T.ready || s.asset !== T.asset || !data.t.length || s.minute <= data.t[data.t.length - 1]) return;
       data.t.push(s.minute);
-      data.end = s.minute;
+      data.end = Math.max(data.end, s.minute);
       for (const name of Object.keys(data.values)) data.values[name].push(s.values[name] ?? null);
       for (const u of charts) {
         u.setData([data.t.map((t) => t / 1000), ...u.tapewatch.names.map(column)]);
@@ -296,8 +300,9 @@
       const c = JSON.parse(ev.data);
       if (!T.ready || c.asset !== T.asset) return;
       data.changes.push(c);
+      data.end = Math.max(data.end, c.since);
       current();
-      for (const u of charts) u.redraw(false);
+      for (const u of charts) u.setData(u.data); // the range grows to the change: rescale
       T.updates += 1;
     });
   }
@@ -315,8 +320,10 @@
       $("#status").textContent = "signal history is off (state.signal_history)";
       return;
     }
-    T.asset = meta.assets[0];
-    T.range = meta.default_range;
+    // ?asset=ETH&range=7d opens that view: a link to a view is a URL.
+    const query = new URLSearchParams(location.search);
+    T.asset = meta.assets.includes(query.get("asset")) ? query.get("asset") : meta.assets[0];
+    T.range = meta.ranges.includes(query.get("range")) ? query.get("range") : meta.default_range;
     if (report) $("#status").textContent = "report: " + meta.report;
     await load();
     if (!report) listen();
