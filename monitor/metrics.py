@@ -202,22 +202,25 @@ def stream_metrics(connections: Iterable[Connection], now_ms: int) -> Iterator[M
     yield from (connected, frames, reconnects, stalls, dropped, age)
 
 
+def _per_venue(name: str, doc: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=["venue"])
+    for venue, n in sorted(counts.items()):
+        family.add_metric([venue], n)
+    return family
+
+
 def _venue_metrics(d: Daemon) -> Iterator[Metric]:
     health, pipeline = d.health, d.pipeline
-    frames = CounterMetricFamily(
+    frames = _per_venue(
         "tapewatch_frames_processed",
         "Websocket frames the pipeline processed, per venue.",
-        labels=["venue"],
+        health.frames,
     )
-    for venue, n in sorted(health.frames.items()):
-        frames.add_metric([venue], n)
-    bodies = CounterMetricFamily(
+    bodies = _per_venue(
         "tapewatch_rest_bodies_processed",
         "REST responses the pipeline processed, per venue.",
-        labels=["venue"],
+        health.rest_bodies,
     )
-    for venue, n in sorted(health.rest_bodies.items()):
-        bodies.add_metric([venue], n)
     ignored_counts = dict(health.ignored)
     for venue, decoder in pipeline.decoders.items():
         if decoder.not_read:  # frames of streams no signal reads, skipped unparsed
