@@ -29,7 +29,7 @@ import math
 import sys
 from array import array
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -53,15 +53,70 @@ WAITING: Final = "waiting_snapshot"  # Coinbase update before the snapshot: drop
 _STALE: Final = "stale"  # internal verdict: the diff is already contained in the book
 
 
+def _apply_py(
+    levels: Sequence[Level],
+    slot_of: dict[float, int],
+    prices: array[float],
+    qtys: array[float],
+    free: list[int],
+    sign: float,
+    dead: float,
+    top: float,
+    used: int,
+) -> tuple[float, int, bool]:
+    """Set each level to its absolute quantity (0 removes it): the C loop of ``_ladder.c`` in
+    Python, for where that module was not built. Same arguments and result; see ``_Ladder``.
+
+    Stores go through memoryviews: a memoryview store converts the float directly, an
+    ``array`` store goes through ``PyArg_Parse`` and costs half as much again (measured)."""
+    price_view, qty_view = memoryview(prices), memoryview(qtys)
+    top_key = sign * top  # keys (sign × price): the smallest is the best on either side
+    lost_top = False
+    for price, qty in levels:
+        # 0.0, not 0: CPython 3.11 specialises a float-with-float comparison (measured).
+        if qty > 0.0:
+            slot = slot_of.get(price)
+            if slot is not None:
+                qty_view[slot] = qty
+                continue
+            if free:
+                slot = free.pop()
+            else:
+                slot, used = used, used + 1
+            slot_of[price] = slot
+            price_view[slot] = price
+            qty_view[slot] = qty
+            if sign * price < top_key:
+                top, top_key = price, sign * price
+        else:
+            slot = slot_of.pop(price, None)
+            if slot is None:
+                continue  # removing a level we never saw is normal (outside the snapshot)
+            price_view[slot] = dead
+            qty_view[slot] = 0.0
+            free.append(slot)
+            if price == top:
+                lost_top = True
+    return top, used, lost_top
+
+
+try:
+    from streams._ladder import apply as _apply
+except ImportError:  # built without a C compiler: the same loop in Python, ~4x slower
+    _apply = _apply_py
+
+
 class _Ladder:
     """One side of a book: each level's price and quantity in a slot of two flat arrays, a dict
     from price to slot, and the best price.
 
     The arrays make a depth band one vectorised pass (numpy views of the arrays, no copy) over
     a book that grows to thousands of levels per side, while setting a level stays a dict
-    lookup and an array store. A removed level's slot keeps quantity 0 (so it adds nothing to
-    a band) and a price that can never be the best, ``_dead`` (0 for bids, the largest float
-    for asks), until a new level reuses it (the last freed slot first).
+    lookup and an array store, done in C (``_ladder.c``; ``_apply_py`` where it was not built):
+    a depth frame's 40-odd levels were half of its time in CPython. A removed level's slot
+    keeps quantity 0 (so it adds nothing to a band) and a price that can never be the best,
+    ``_dead`` (0 for bids, the largest float for asks), until a new level reuses it (the last
+    freed slot first).
 
     ``top`` is the best price, kept up to date by ``apply``: a new level better than it becomes
     it. Only when the best level itself is removed is the book searched for the next one, once
@@ -76,26 +131,11 @@ class _Ladder:
     beat it.
 
     The arrays have room to grow into (a slot below ``_used`` holds a level or is free, the
-    ones past it hold a dead price and quantity 0), and ``apply`` writes through memoryviews
-    of them: a memoryview store converts the float directly, an ``array`` store goes through
-    ``PyArg_Parse`` and costs half as much again (22 against 33 ns, measured). A memoryview
-    pins its array's size, so ``_grow`` releases the views, doubles the arrays and takes new
-    views.
+    ones past it hold a dead price and quantity 0); ``apply`` makes room for every level of a
+    diff to be new before the loop, so the loop never grows them.
     """
 
-    __slots__ = (
-        "_dead",
-        "_empty",
-        "_free",
-        "_price_view",
-        "_prices",
-        "_qty_view",
-        "_qtys",
-        "_sign",
-        "_used",
-        "slot_of",
-        "top",
-    )
+    __slots__ = ("_dead", "_empty", "_free", "_prices", "_qtys", "_sign", "_used", "slot_of", "top")
 
     def __init__(self, sign: float) -> None:
         self._sign = sign  # -1: bids (the highest price is the best), 1: asks
@@ -109,8 +149,6 @@ class _Ladder:
         self.slot_of: dict[float, int] = {price: slot for slot, price in enumerate(book)}
         self._prices = array("d", book)
         self._qtys = array("d", book.values())
-        self._price_view = memoryview(self._prices)
-        self._qty_view = memoryview(self._qtys)
         self._used = len(book)  # slots [0, _used) hold levels or are in _free
         self._free: list[int] = []  # slots of removed levels, for reuse
         self.top = self._search_top()  # the best price; ±inf (worse than any price) when empty
@@ -118,47 +156,21 @@ class _Ladder:
     def clear(self) -> None:
         self.load(())
 
-    def apply(self, levels: Iterable[Level]) -> None:
-        """Set each level to its absolute quantity; 0 removes it. One loop with everything in
-        locals: this runs for every level of every diff."""
-        slot_of, prices, qtys, free = self.slot_of, self._price_view, self._qty_view, self._free
-        sign, dead, top, used = self._sign, self._dead, self.top, self._used
-        top_key = sign * top  # keys (sign × price): the smallest is the best on either side
-        lost_top = False  # the best level was removed: search the book for the next one
-        vacant = free[-1] if free else used  # the slot a new level takes
-        for price, qty in levels:
-            # 0.0, not 0: CPython 3.11 specialises a float-with-float comparison, and the int
-            # made each level ~30 ns dearer (measured).
-            if qty > 0.0:
-                # One look-up for both outcomes: an existing level's slot, or the price now
-                # mapped to the vacant slot (a new level).
-                slot = slot_of.setdefault(price, vacant)
-                if slot != vacant:
-                    qtys[slot] = qty
-                    continue
-                if free:
-                    free.pop()
-                else:
-                    if used == len(prices):
-                        self._grow()
-                        prices, qtys = self._price_view, self._qty_view
-                    used += 1
-                prices[slot] = price
-                qtys[slot] = qty
-                vacant = free[-1] if free else used
-                if sign * price < top_key:
-                    top, top_key = price, sign * price
-            else:
-                slot = slot_of.pop(price, None)
-                if slot is None:
-                    continue  # removing a level we never saw is normal (outside the snapshot)
-                prices[slot] = dead
-                qtys[slot] = 0.0
-                free.append(slot)
-                vacant = slot
-                if price == top:
-                    lost_top = True
-        self._used = used
+    def apply(self, levels: Sequence[Level]) -> None:
+        """Set each level to its absolute quantity; 0 removes it."""
+        if self._used + len(levels) > len(self._prices):
+            self._grow(len(levels))
+        top, self._used, lost_top = _apply(
+            levels,
+            self.slot_of,
+            self._prices,
+            self._qtys,
+            self._free,
+            self._sign,
+            self._dead,
+            self.top,
+            self._used,
+        )
         self.top = self._search_top() if lost_top else top
 
     def best(self) -> Level | None:
@@ -189,15 +201,12 @@ class _Ladder:
         prices = np.frombuffer(self._prices)[: self._used]
         return float(prices.max() if self._sign < 0 else prices.min())
 
-    def _grow(self) -> None:
-        """Double the arrays' room (the new slots dead, quantity 0)."""
-        room = max(len(self._prices), 64)
-        self._price_view.release()
-        self._qty_view.release()
+    def _grow(self, needed: int) -> None:
+        """At least double the arrays' room, and to ``needed`` slots past ``_used`` (the new
+        slots dead, quantity 0)."""
+        room = max(len(self._prices), 64, self._used + needed - len(self._prices))
         self._prices.extend(array("d", [self._dead]) * room)
         self._qtys.extend(array("d", bytes(8 * room)))
-        self._price_view = memoryview(self._prices)
-        self._qty_view = memoryview(self._qtys)
 
 
 class OrderBook:
@@ -218,7 +227,7 @@ class OrderBook:
         self._bids.clear()
         self._asks.clear()
 
-    def apply_levels(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
+    def apply_levels(self, bids: Sequence[Level], asks: Sequence[Level]) -> None:
         """Set each level to its absolute quantity; quantity 0 removes the level."""
         self._bids.apply(bids)
         self._asks.apply(asks)

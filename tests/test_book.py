@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import streams.book
 from streams.book import (
     ASK,
     BID,
@@ -47,6 +48,26 @@ from streams.events import (
 from streams.tape import read_tape
 from streams.venues import BY_NAME
 from tests.conftest import DATA
+
+
+@pytest.fixture(autouse=True, scope="module", params=["c", "python"])
+def ladder_loop(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs on both implementations of the per-level loop: the C one
+    (``streams/_ladder.c``, which the install builds; its absence is a failure here, not a
+    skip) and the Python one a machine without a compiler falls back to."""
+    if request.param == "c":
+        from streams._ladder import apply
+
+        assert streams.book._apply is apply
+        yield request.param
+        return
+    saved = streams.book._apply
+    streams.book._apply = streams.book._apply_py
+    try:
+        yield request.param
+    finally:
+        streams.book._apply = saved
+
 
 # ---------------------------------------------------------------------------------------------
 # Recorded sequences
@@ -429,8 +450,6 @@ def assert_ladders_consistent(book: OrderBook) -> None:
         held = ladder.slot_of
         assert ladder.top == (best(held) if held else ladder._sign * math.inf)
         assert ladder._used <= len(ladder._prices) == len(ladder._qtys)
-        assert len(ladder._price_view) == len(ladder._prices)
-        assert len(ladder._qty_view) == len(ladder._qtys)
         slots = set(held.values())
         assert len(slots) == len(held) and all(0 <= s < ladder._used for s in slots)
         assert len(set(ladder._free)) == len(ladder._free)
@@ -1035,3 +1054,29 @@ def test_hand_snapshot_load_last_entry_wins_and_zero_is_absent() -> None:
     assert book.levels(BID) == [(5.0, 3.0)]
     assert book.levels(ASK) == [(6.0, 2.0)]
     assert len(book) == 2
+
+
+def test_c_loop_refuses_what_it_cannot_store_safely() -> None:
+    # The C loop writes into raw buffers: arguments that would put a store out of bounds or
+    # read a non-pair are refused with an exception, never a crash (the caller makes room and
+    # the parsers give pairs of floats, so neither happens in the daemon).
+    from array import array
+
+    from streams._ladder import apply
+
+    prices, qtys = array("d", [0.0]), array("d", [0.0])
+    with pytest.raises(IndexError):
+        apply([(1.0, 1.0), (2.0, 1.0)], {}, prices, qtys, [], -1.0, 0.0, -math.inf, 0)
+    with pytest.raises(TypeError):
+        apply([(1.0,)], {}, prices, qtys, [], -1.0, 0.0, -math.inf, 0)
+    with pytest.raises(TypeError):
+        apply([(1.0, 1.0)], {}, [0.0], qtys, [], -1.0, 0.0, -math.inf, 0)
+    with pytest.raises(TypeError):
+        apply([("1", 1.0)], {}, prices, qtys, [], -1.0, 0.0, -math.inf, 0)
+    slot_of: dict[float, int] = {}
+    assert apply([(5.0, 2.0)], slot_of, prices, qtys, [], -1.0, 0.0, -math.inf, 0) == (
+        5.0,
+        1,
+        False,
+    )
+    assert slot_of == {5.0: 0} and (prices[0], qtys[0]) == (5.0, 2.0)
