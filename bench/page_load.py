@@ -170,7 +170,7 @@ def main() -> None:
         t0 = time.perf_counter()
         rows = fill(store, assets, args.days, end)
         print(
-            f"store: {rows:,} rows ({args.days} days x {len(assets)} assets, {len(COLUMNS)} "
+            f"store: {rows:,} minutes ({args.days} days x {len(assets)} assets, {len(COLUMNS)} "
             f"columns, {len(CHARTED)} charted) written in {time.perf_counter() - t0:.1f} s; "
             f"{disk_mb(path):.1f} MB on disk"
         )

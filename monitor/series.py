@@ -100,19 +100,25 @@ def downsample(
     runs = max_points // 2
     starts = np.unique(np.arange(runs, dtype=np.int64) * n // runs)  # exact: no float rounding
     ends = np.append(starts[1:], n)
+    # Each column's rows side by side in memory: a reduction along them is several times faster
+    # than down the columns of row-major rows (no copy if ``values`` is a transposed array).
+    by_column = np.ascontiguousarray(values.T)
     with np.errstate(invalid="ignore"):  # a run that is all NaN has NaN extremes: a gap
-        lo = np.fmin.reduceat(values, starts, axis=0)
-        hi = np.fmax.reduceat(values, starts, axis=0)
+        lo = np.fmin.reduceat(by_column, starts, axis=1)
+        hi = np.fmax.reduceat(by_column, starts, axis=1)
     # The first row of each run holding its minimum (maximum), for the pair's order.
-    run_of = np.repeat(np.arange(len(starts)), ends - starts)
-    index = np.arange(n)[:, None]
-    at_lo = np.minimum.reduceat(np.where(values == lo[run_of], index, n), starts, axis=0)
-    at_hi = np.minimum.reduceat(np.where(values == hi[run_of], index, n), starts, axis=0)
+    index, past = np.arange(n, dtype=np.int32), np.int32(n)
+    at_lo, at_hi = (
+        np.minimum.reduceat(
+            np.where(by_column == np.repeat(v, ends - starts, axis=1), index, past), starts, axis=1
+        )
+        for v in (lo, hi)
+    )
     low_first = at_lo <= at_hi
     first = np.where(low_first, lo, hi)
     second = np.where(low_first, hi, lo)
     out_times = np.stack([times[starts], times[(starts + ends - 1) // 2]], axis=1).reshape(-1)
-    out_values = np.stack([first, second], axis=1).reshape(-1, values.shape[1])
+    out_values = np.stack([first.T, second.T], axis=1).reshape(-1, values.shape[1])
     return out_times, out_values
 
 

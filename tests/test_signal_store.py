@@ -5,7 +5,10 @@ signals."""
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,11 @@ from monitor import __version__
 from monitor.config import config_from_dict
 from monitor.pipeline import Pipeline
 from monitor.series import COLUMNS, ROW_DTYPE, MinuteSampler, Sample, backfill_rows, downsample
-from monitor.signal_store import SignalStore, store_chart
+from monitor.signal_store import LIVE, SLOTS, SignalStore, store_chart
 from signals.baseline import ZScore
 from signals.engine import SignalSnapshot
 from streams.tape import merge
-from streams.units import DAY_MS, MINUTE_MS
+from streams.units import DAY_MS, HOUR_MS, MINUTE_MS
 from tests.conftest import DATA, REPO
 
 CROSS_TAPE = DATA / "sim-cross-venue-btc-160s.tape.jsonl.zst"
@@ -159,6 +162,78 @@ def test_live_rows_win_over_history_and_history_never_over_live(tmp_path: Path) 
     store.close()
 
 
+def samples(asset: str, minutes: np.ndarray, rows: np.ndarray) -> list[Sample]:
+    return [Sample(asset, int(m), r) for m, r in zip(minutes, rows, strict=True)]
+
+
+def assert_runs_hold_their_extremes(
+    got: dict[str, Any], times: np.ndarray, columns: dict[str, np.ndarray]
+) -> None:
+    """Each pair of rows of ``got`` (a downsampled ``series`` answer) is the minimum and the
+    maximum, NaN aside, of the minutes written (``times``; ``columns`` by name) from its run's
+    first time to the next run's; a run with no value is None twice, never 0."""
+    t = np.array(got["t"], dtype=np.int64)
+    bounds = [*np.searchsorted(times, t[::2]).tolist(), len(times)]
+    assert times[bounds[:-1]].tolist() == t[::2].tolist()  # each run opens at a minute held
+    for name, column in columns.items():
+        sent = got["values"][name]
+        for k, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            run = column[lo:hi]
+            finite = run[~np.isnan(run)]
+            pair = sent[2 * k : 2 * k + 2]
+            if len(finite):
+                assert sorted(pair) == [float(finite.min()), float(finite.max())], (name, k)
+            else:
+                assert pair == [None, None], (name, k)
+
+
+def test_a_long_range_is_the_minutes_min_and_max_run_by_run(tmp_path: Path) -> None:
+    """Thirty days read from the blocks and downsampled, against the minutes as written: a
+    one-minute spike, minutes never written, a stretch of NaN, live minutes over history."""
+    rng = np.random.default_rng(7)
+    n = 30 * 1440
+    minutes = 1_790_000_000_000 // DAY_MS * DAY_MS + MINUTE_MS * np.arange(n)
+    names = ["price", "liquidations_usd_long", "funding_rate"]
+    live = rows_for({}, n)
+    live[:, COLUMNS.index("price")] = 60_000 + np.cumsum(rng.normal(size=n))
+    live[:, COLUMNS.index("liquidations_usd_long")] = rng.random(n) * 1e5
+    live[:, COLUMNS.index("funding_rate")] = rng.normal(size=n) * 1e-4
+    live[12_345, COLUMNS.index("liquidations_usd_long")] = 5e8  # one minute of liquidations
+    live[20_000:23_000, COLUMNS.index("funding_rate")] = np.nan  # two days without funding
+    history = live.copy()
+    history[:, COLUMNS.index("price")] += 1_000  # what history says differs from live
+    held = rng.random(n) > 0.01
+    held[5_017:5_690] = False  # eleven hours the daemon was down, from mid-hour to mid-hour
+    is_live = held & (np.arange(n) >= n // 2)
+    early, late = is_live & (np.arange(n) < 3 * n // 4), is_live & (np.arange(n) >= 3 * n // 4)
+
+    store = SignalStore(tmp_path / "s.sqlite", retention_ms=90 * DAY_MS)
+    store.add_samples(samples("BTC", minutes[early], live[early]))
+    added = store.add_history("BTC", minutes[held], history[held])
+    assert added.result() == (held & ~early).sum()  # never over a live minute
+    store.add_samples(samples("BTC", minutes[late], live[late]))
+    start, end = int(minutes[37]), int(minutes[n - 24])  # neither on an hour
+    got = store.run_soon(SignalStore.series, "BTC", start, end, names, 1500).result()
+    store.close()
+
+    # Independently: the minutes held in the range, the live row where there was one.
+    wanted = held & (minutes >= start) & (minutes <= end)
+    written = np.where(is_live[:, None], live, history)[wanted]
+    columns = {name: written[:, COLUMNS.index(name)] for name in names}
+    assert got["minutes"] == wanted.sum() and len(got["t"]) == 1500
+    assert not set(got["t"]) & set(minutes[~held].tolist())  # a gap stays a gap
+    assert_runs_hold_their_extremes(got, minutes[wanted], columns)
+    assert max(got["values"]["liquidations_usd_long"]) == 5e8  # the spike survives
+    assert None in got["values"]["funding_rate"]
+    # And the pair order too: the same as the plain-Python downsampling of those minutes.
+    want_t, want_v = naive_downsample(
+        minutes[wanted], written[:, [COLUMNS.index(c) for c in names]], 1500
+    )
+    assert got["t"] == want_t
+    for j, name in enumerate(names):
+        assert got["values"][name] == [None if math.isnan(v[j]) else v[j] for v in want_v]
+
+
 def test_changes_come_with_the_regime_the_range_opens_in(tmp_path: Path) -> None:
     store = SignalStore(tmp_path / "s.sqlite", retention_ms=DAY_MS)
     for ts, regime in ((1_000, "neutral"), (5_000, "seller_dominance"), (9_000, "neutral")):
@@ -186,32 +261,120 @@ def test_minutes_older_than_the_retention_are_pruned(tmp_path: Path) -> None:
     assert hi == 1499 * MINUTE_MS
     # Pruned in batches of retention / 1000: never more than that behind the cut.
     assert 499 * MINUTE_MS <= lo <= 501 * MINUTE_MS
+    # The cut falls inside an hour: that hour's later minutes are all still there.
+    got = store.series("BTC", 0, hi, ["price"], 2000)
+    assert got["t"] == list(range(lo, hi + 1, MINUTE_MS))
+    assert got["values"]["price"] == [float(t // MINUTE_MS) for t in got["t"]]
     # The change before the cut that says which regime the oldest minutes are in is kept.
     assert [c["regime"] for c in store.changes("BTC", lo, hi)] == ["distribution"]
     store.close()
 
 
-def test_rows_of_an_older_column_layout_read_by_name(tmp_path: Path) -> None:
+def test_blocks_of_an_older_column_layout_read_by_name(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     store = SignalStore(path, retention_ms=DAY_MS)
     older = ("price", "removed_signal")  # what an earlier version might have written
     layout = store._submit(store._layout, older).result()
-    row = np.array([7.5, 1.0], dtype=ROW_DTYPE).tobytes()
-    store._submit(
-        store._db.execute, "INSERT INTO samples VALUES ('BTC', 0, ?, 1, ?)", (layout, row)
-    ).result()
+    for hour, price in ((0, 7.5), (HOUR_MS, 6.5)):  # each holding its hour's first minute
+        kinds = np.zeros(SLOTS, np.uint8)
+        kinds[0] = LIVE
+        rows = np.full((SLOTS, len(older)), np.nan, dtype=ROW_DTYPE)
+        rows[0] = (price, 1.0)
+        store._submit(
+            store._db.execute,
+            "INSERT INTO blocks VALUES ('BTC', ?, ?, ?, ?)",
+            (hour, layout, kinds.tobytes(), rows.tobytes()),
+        ).result()
+    # A minute added to the first hour rewrites its block in the current layout.
     store.add_samples([Sample("BTC", MINUTE_MS, rows_for({"price": 8.5, "funding_rate": 1e-4})[0])])
-    got = store.run_soon(
-        SignalStore.series, "BTC", 0, MINUTE_MS, ["price", "funding_rate"], 100
-    ).result()
-    assert got["values"]["price"] == [7.5, 8.5]
-    assert got["values"]["funding_rate"][0] is None
+    names = ["price", "funding_rate"]
+    got = store.run_soon(SignalStore.series, "BTC", 0, HOUR_MS, names, 100).result()
+    assert got["t"] == [0, MINUTE_MS, HOUR_MS]
+    assert got["values"]["price"] == [7.5, 8.5, 6.5]
+    assert got["values"]["funding_rate"][0] is None and got["values"]["funding_rate"][2] is None
     assert got["values"]["funding_rate"][1] == pytest.approx(1e-4, rel=1e-6)
     store.close()
     # Reopened, it reads the same.
     again = SignalStore(path, retention_ms=DAY_MS)
-    assert again.series("BTC", 0, MINUTE_MS, ["price"], 100)["values"]["price"] == [7.5, 8.5]
+    assert again.series("BTC", 0, HOUR_MS, names, 100)["values"]["price"] == [7.5, 8.5, 6.5]
     again.close()
+
+
+# The first schema: a row per asset and minute (what a store written before hour blocks holds).
+MINUTE_ROWS_SCHEMA = """
+CREATE TABLE layouts (id INTEGER PRIMARY KEY, columns TEXT NOT NULL UNIQUE);
+CREATE TABLE samples (
+    asset TEXT NOT NULL, minute INTEGER NOT NULL, layout INTEGER NOT NULL,
+    live INTEGER NOT NULL, row BLOB NOT NULL, PRIMARY KEY (asset, minute)
+) WITHOUT ROWID;
+CREATE TABLE changes (
+    asset TEXT NOT NULL, ts_event INTEGER NOT NULL, regime TEXT NOT NULL,
+    payload BLOB NOT NULL, PRIMARY KEY (asset, ts_event)
+) WITHOUT ROWID;
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_store_of_minute_rows_is_rebuilt_as_blocks_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.sqlite"
+    older = ("price", "funding_rate", "removed_signal")
+    db = sqlite3.connect(path)
+    db.executescript(MINUTE_ROWS_SCHEMA)
+    db.execute(
+        "INSERT INTO layouts VALUES (1, ?), (2, ?)",
+        (orjson.dumps(older).decode(), orjson.dumps(COLUMNS).decode()),
+    )
+    # Minutes 0-99 (across an hour) and 200-209, none between: live and history rows, of two
+    # layouts (the older one's rows end in 0.0: zero bytes); a spike at 77, NaN where missing.
+    want: dict[int, tuple[float, float]] = {}
+    for m in [*range(100), *range(200, 210)]:
+        price, funding = (5e8 if m == 77 else float(m)), (math.nan if m < 20 else m / 1e4)
+        want[m] = (price, funding)
+        if m % 2:
+            layout, row = 1, np.array([price, funding, 0.0], dtype=ROW_DTYPE)
+        else:
+            layout, row = 2, rows_for({"price": price, "funding_rate": funding})[0]
+        db.execute(
+            "INSERT INTO samples VALUES ('BTC', ?, ?, ?, ?)",
+            (m * MINUTE_MS, layout, int(m >= 50), row.tobytes()),
+        )
+    db.execute("INSERT INTO changes VALUES ('BTC', 0, 'neutral', ?)", (b'{"regime":"neutral"}',))
+    db.commit()
+    db.close()
+
+    caplog.set_level(logging.INFO, "tapewatch.history")
+    store = SignalStore(path, retention_ms=DAY_MS)
+    rebuilding, rebuilt = (r.getMessage() for r in caplog.records)
+    assert rebuilding == f"signal history {path}: rebuilding 110 minute rows as hour blocks"
+    assert re.fullmatch(
+        rf"signal history {re.escape(str(path))}: rebuilt as 3 hour blocks in [\d.]+ s", rebuilt
+    )
+    end = 209 * MINUTE_MS
+    got = store.run_soon(
+        SignalStore.series, "BTC", 0, end, ["price", "funding_rate"], 1000
+    ).result()
+    assert got["t"] == [m * MINUTE_MS for m in want]
+    assert got["values"]["price"] == [p for p, _ in want.values()]
+    assert got["values"]["funding_rate"] == [
+        None if math.isnan(f) else pytest.approx(f, rel=1e-6) for _, f in want.values()
+    ]
+    assert store.span("BTC") == (0, end)
+    assert [c["regime"] for c in store.changes("BTC", 0, end)] == ["neutral"]
+    # Whether a minute was live survived: history fills only what no row held.
+    added = store.add_history("BTC", np.arange(210) * MINUTE_MS, rows_for({"price": -1.0}, 210))
+    assert added.result() == 210 - 110
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'samples'").fetchone() is None
+    db.close()
+    # Opened again, there is nothing left to rebuild.
+    caplog.clear()
+    again = SignalStore(path, retention_ms=DAY_MS)
+    again.close()
+    assert caplog.records == []
 
 
 def test_an_unreadable_file_is_moved_aside(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from monitor.signal_store import SignalStore
 from monitor.web import CHARTED, LIVE_QUEUE, MAX_POINTS, PANELS, RANGES, LiveFeed, add_routes
 from streams.units import DAY_MS, MINUTE_MS
 from tests.conftest import DATA, REPO, free_port
+from tests.test_signal_store import assert_runs_hold_their_extremes
 
 CROSS_TAPE = DATA / "sim-cross-venue-btc-160s.tape.jsonl.zst"
 RULES = ["deleveraging_cascade", "seller_dominance"]
@@ -149,6 +150,38 @@ async def test_a_change_newer_than_the_newest_minute_is_in_the_range(
     assert status == 200
     assert data["end"] == since and data["t"][-1] == newest
     assert [c["regime"] for c in data["changes"]] == ["neutral", "seller_dominance"]
+
+
+async def test_the_90_day_view_is_each_run_s_extremes_with_its_spike_and_gaps(
+    served: tuple[str, LiveFeed], store: SignalStore, http: aiohttp.ClientSession
+) -> None:
+    """90 days of ETH minutes as the page asks for them: each pair of rows sent is the minimum
+    and maximum of its run of the minutes written (numpy over them), a one-minute spike
+    included; minutes never written and values missing stay gaps."""
+    base, _ = served
+    n = 90 * 1440
+    minutes = BASE - 60 * DAY_MS + MINUTE_MS * np.arange(n)
+    rng = np.random.default_rng(3)
+    rows = np.full((n, len(COLUMNS)), np.nan, dtype=ROW_DTYPE)
+    rows[:, COLUMNS.index("price")] = 3_000 + np.cumsum(rng.normal(size=n))
+    rows[:, COLUMNS.index("liquidations_usd_long")] = rng.random(n) * 1e4
+    rows[77_777, COLUMNS.index("liquidations_usd_long")] = 5e8  # one minute of liquidations
+    rows[:, COLUMNS.index("funding_rate")] = rng.normal(size=n) * 1e-4
+    rows[100_000:104_000, COLUMNS.index("funding_rate")] = np.nan  # no funding for 3 days
+    held = np.ones(n, dtype=bool)
+    held[30_030:31_000] = False  # the daemon was down for 16 hours
+    store.add_history("ETH", minutes[held], rows[held])
+
+    status, data = await get_json(http, f"{base}/api/history?asset=ETH&range=90d")
+    assert status == 200
+    assert (data["start"], data["end"]) == (minutes[0], minutes[-1])
+    assert data["minutes"] == held.sum() and len(data["t"]) == MAX_POINTS
+    names = ["price", "liquidations_usd_long", "funding_rate", "depth_usd_1pct_bid"]
+    columns = {name: rows[held, COLUMNS.index(name)] for name in names}
+    assert_runs_hold_their_extremes(data, minutes[held], columns)
+    assert max(data["values"]["liquidations_usd_long"]) == 5e8
+    assert not set(data["t"]) & set(minutes[~held].tolist())
+    assert set(data["values"]["depth_usd_1pct_bid"]) == {None}  # never recorded: never 0
 
 
 @pytest.mark.parametrize(
