@@ -50,11 +50,11 @@ BOOK_LEVEL = "book_level"
 # of times the largest single trade.
 OI_NOTIONAL_FACTOR = 1_000.0
 
-# Clock offset: the median of the last OFFSET_SAMPLES measured frames (every OFFSET_STRIDE-th
-# frame of the venue, rejected ones too: a single forged time cannot move a median, and a venue
-# whose clock really differs is followed within a few dozen frames). Recomputed every
-# OFFSET_EVERY samples, which keeps it off the per-frame bill; offset 0 until OFFSET_MIN samples
-# are in.
+# Clock offset: the median of the last OFFSET_SAMPLES measured frames (the newest event of every
+# OFFSET_STRIDE-th frame of the venue, rejected ones too: a single forged time cannot move a
+# median, and a venue whose clock really differs is followed within a few dozen frames).
+# Recomputed every OFFSET_EVERY samples, which keeps it off the per-frame bill; offset 0 until
+# OFFSET_MIN samples are in.
 OFFSET_SAMPLES = 31
 OFFSET_STRIDE = 2
 OFFSET_EVERY = 8
@@ -107,17 +107,22 @@ class _ClockOffset:
 class _Reference:
     """An asset's reference price, and the band around it that prices must lie in."""
 
-    __slots__ = ("_batch", "band", "high", "low", "price")
+    __slots__ = ("band", "batch", "high", "low", "price")
 
     def __init__(self, band: float) -> None:
-        self._batch: list[float] = []
+        self.batch: list[float] = []  # prices since the last batch
         self.band = band
         self.price: float | None = None
         self.low, self.high = 0.0, math.inf  # everything, until there is a reference
 
     def observe(self, price: float) -> None:
-        batch = self._batch
-        batch.append(price)
+        self.batch.append(price)
+        self.observed()
+
+    def observed(self) -> None:
+        """Prices were appended to ``batch``: a full batch (or a first estimate) sets the
+        reference."""
+        batch = self.batch
         if len(batch) >= REFERENCE_BATCH:
             self._set(sorted(batch)[len(batch) // 2])
             batch.clear()
@@ -158,37 +163,43 @@ class EventGuard:
         clock = self._clocks.get(venue)
         return 0 if clock is None else clock.offset
 
-    def observe_frame(self, venue: str, events: list[Event]) -> None:
-        """Every OFFSET_STRIDE-th websocket frame's newest event measures the venue's clock,
-        unless its time is the receive time (Binance spot's bookTicker carries no time of its
-        own: the parser stamps it with the receive time, which measures nothing)."""
+    def check(self, venue: str, event: Event, clocked: bool = False) -> Rejection | None:
+        """``clocked``: the event is the newest of a websocket frame, and every
+        OFFSET_STRIDE-th such event of the venue measures its clock (rejected ones too), unless
+        its time is the receive time (Binance spot's bookTicker carries no time of its own: the
+        parser stamps it with the receive time, which measures nothing). A frame's older events
+        (a Coinbase snapshot of past trades) and a REST row say nothing of the feed's clock."""
+        symbol = event.symbol
         clock = self._clocks.get(venue)
-        if clock is None or not events:
-            return
-        event = events[-1]
-        delta = event.ts_event - event.ts_recv
-        if delta:
+        if clock is None:
+            return Rejection(UNKNOWN_SYMBOL, f"{symbol} (venue not collected)")
+        ahead = event.ts_event - event.ts_recv
+        if clocked and ahead:
             clock.frames += 1
             if clock.frames % OFFSET_STRIDE == 1:
-                clock.observe(delta)
-
-    def check(self, venue: str, event: Event) -> Rejection | None:
-        symbol = event.symbol
-        subjects = self._subjects.get(venue)
-        if subjects is None:
-            return Rejection(UNKNOWN_SYMBOL, f"{symbol} (venue not collected)")
-        subject = None if symbol is None else subjects.get(symbol)
+                clock.observe(ahead)
+        subject = None if symbol is None else self._subjects[venue].get(symbol)
         if subject is None and symbol is not None:
             return Rejection(UNKNOWN_SYMBOL, symbol)
-        ahead = event.ts_event - event.ts_recv
-        if ahead > self._clocks[venue].offset + self._max_ahead:
+        if ahead > clock.offset + self._max_ahead:
             return Rejection(FUTURE_TS, f"{symbol} {ahead / 1000:.1f} s ahead of its receipt")
         if -ahead > self._max_behind:
             return Rejection(STALE_TS, f"{symbol} {-ahead / 1000:.0f} s behind its receipt")
         if subject is None:  # a venue-wide event (a heartbeat): no price to judge
             return None
         cls = event.__class__  # exact class checks: this is the per-event path
-        if cls is Trade or cls is Liquidation:
+        if cls is Trade:  # ``_priced`` and the reference's ``observe``, inline: the per-trade path
+            price, ref = event.price, subject.reference
+            if not price * event.qty <= self._max_notional:  # also catches inf and NaN
+                return Rejection(NOTIONAL, f"{price:g} x {event.qty:g}")
+            low, high, batch = ref.low, ref.high, ref.batch
+            batch.append(price)
+            if len(batch) >= REFERENCE_BATCH or ref.price is None:
+                ref.observed()
+            if not low <= price <= high:
+                return Rejection(PRICE_BAND, f"{price:g} against {ref.price:g}")
+            return None
+        if cls is Liquidation:
             return self._priced(subject.reference, event.price, event.qty)
         if isinstance(event, MarkPrice):
             return self._priced(subject.reference, event.mark_price, 0.0)
@@ -234,10 +245,19 @@ class EventGuard:
         return kept_bids, kept_asks, len(bids) + len(asks) - len(kept_bids) - len(kept_asks)
 
 
-def _plausible(levels: tuple[Level, ...], low: float, high: float, cap: float) -> bool:
+def _plausible_py(levels: tuple[Level, ...], low: float, high: float, cap: float) -> bool:
+    """Whether every level lies in [low, high] and within the notional cap (NaN does not)."""
     # A plain loop, not all() over a generator: this runs over every level of every depth
     # frame, and the generator costs a third more.
     for price, qty in levels:  # noqa: SIM110
         if not (low <= price <= high and price * qty <= cap):
             return False
     return True
+
+
+# The same loop in C where the optional extension was built (streams/_ladder.c: the book's
+# per-level loop is there too); ``_plausible_py`` is the fallback, and the tests run both.
+try:
+    from streams._ladder import plausible as _plausible
+except ImportError:  # built without a C compiler
+    _plausible = _plausible_py

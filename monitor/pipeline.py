@@ -25,7 +25,7 @@ from monitor.history_tape import HISTORY, HistoryReader
 from monitor.messages import MessageBuilder, OutMessage, Topics
 from monitor.series import ChartItems, MinuteSampler, backfill_rows
 from signals.backfill import AssetHistory, chart_samples
-from signals.engine import DEPTH_BAND_PCT, BaselineSpec, SignalEngine
+from signals.engine import DEPTH_BAND_PCT, BaselineSpec, SignalEngine, SignalSnapshot
 from signals.regimes import RegimeEngine
 from streams.book import BookSync
 from streams.continuity import TradeContinuity, TradeGap
@@ -179,7 +179,6 @@ class Pipeline:
             self._frames_lost(venue)
         if not events:  # a frame of a stream no signal reads, a control reply, a bad frame
             return []
-        self.guard.observe_frame(venue, events)
         return self._process(venue, events, now_ms, live=True)
 
     def feed_rest(
@@ -307,9 +306,10 @@ class Pipeline:
         """``live``: the events came from a websocket frame (not a REST body)."""
         # The per-frame path: exact class checks and the common case inline.
         out: list[OutMessage] = []
-        check = self.guard.check
+        check, on_trade = self.guard.check, self.engine.on_trade
+        newest = events[-1] if live else None  # a frame's newest event measures its clock
         for event in events:
-            rejection = check(venue, event)
+            rejection = check(venue, event, event is newest)
             if rejection is not None:
                 self.health.count_rejected(venue, rejection, event.ts_recv)
                 continue
@@ -325,7 +325,9 @@ class Pipeline:
                         if venue in self._reconnecting:
                             out += self._first_trade_since_reconnect(trade, gap, now_ms)
                             gap = None  # the gap opened before the first of them
-                    out += self.feed_event(trade, now_ms)
+                    snapshots = on_trade(trade)
+                    if snapshots:  # a publish boundary passed
+                        out += self._messages(snapshots, now_ms)
                 continue
             if cls is DepthDiff or cls is DepthSnapshot:
                 self._book(event)
@@ -396,8 +398,10 @@ class Pipeline:
 
     def feed_event(self, event: Event, now_ms: int | None = None) -> list[OutMessage]:
         snapshots = self.engine.on_event(event)
-        if not snapshots:  # nearly every event: no publish boundary passed
-            return []
+        return self._messages(snapshots, now_ms) if snapshots else []
+
+    def _messages(self, snapshots: list[SignalSnapshot], now_ms: int | None) -> list[OutMessage]:
+        """What the snapshots of a publish boundary say: signals, and any regime change."""
         out: list[OutMessage] = []
         sampler = self._sampler
         for snap in snapshots:

@@ -220,6 +220,12 @@ class AssetSignals:
         # Perp and spot volume share one window: a gap on either venue drops the bucket from
         # both sums, so the ratio always compares the same minutes.
         self.volume = BucketWindow(volume_window_ms, VOLUME_BUCKET_MS, channels=2)
+        # Where each venue's trades are summed, looked up once: (its flow window, its channel of
+        # the volume window), None where it has none.
+        volume_channels = {BINANCE_USDM: 0, BINANCE_SPOT: 1}
+        self._trade_sums = {
+            venue: (self.flow.get(venue), volume_channels.get(venue)) for venue in self.symbols
+        }
         self.liquidations = BucketWindow(flow_window_ms, bucket_ms, channels=2)
         self.flow_min_coverage = flow_min_coverage
         self.depth = depth
@@ -284,16 +290,16 @@ class AssetSignals:
     def on_trade(self, trade: Trade) -> None:
         venue, ts = trade.venue, trade.ts_event
         last = self.heard_ms.get(venue)
-        if last is None or ts > last:  # ``heard``, inline: the per-trade path
+        if last is None:
             self.heard(venue, ts)
+        elif ts > last:  # ``heard``, inline: the per-trade path
+            self.heard_ms[venue] = ts
         notional = trade.price * trade.qty
-        window = self.flow.get(venue)
-        if window is not None:
-            window.add_one(ts, 0 if trade.taker_side == BUY else 1, notional)
-        if venue == BINANCE_USDM:
-            self.volume.add_one(ts, 0, notional)
-        elif venue == BINANCE_SPOT:
-            self.volume.add_one(ts, 1, notional)
+        flow, volume_channel = self._trade_sums[venue]
+        if flow is not None:
+            flow.add_one(ts, 0 if trade.taker_side == BUY else 1, notional)
+        if volume_channel is not None:
+            self.volume.add_one(ts, volume_channel, notional)
         latest = self.last_trade.get(venue)
         if latest is None or ts >= latest.ts_event:
             self.last_trade[venue] = trade
@@ -560,10 +566,9 @@ def _part(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
-# What each routed event type updates; event types not listed (books, tickers) change no
-# asset state here.
+# What each routed event type but trades (``SignalEngine.on_trade``) updates; event types not
+# listed change no asset state here.
 _HANDLERS: dict[type, Callable[[AssetSignals, Any], None]] = {
-    Trade: AssetSignals.on_trade,
     MarkPrice: AssetSignals.on_mark,
     Liquidation: AssetSignals.on_liquidation,
     OpenInterest: AssetSignals.on_open_interest,
@@ -648,12 +653,10 @@ class SignalEngine:
         self.usdt_trade: Trade | None = None
 
     def on_event(self, event: Event) -> list[SignalSnapshot]:
-        next_boundary = self._next_boundary
-        if next_boundary is not None and event.ts_event < next_boundary:
-            snapshots = []  # nearly every event: ``_tick`` would say the same
-        else:
-            snapshots = self._tick(event.ts_event)
         cls = event.__class__  # exact class checks: this is the per-event path
+        if cls is Trade:
+            return self.on_trade(event)  # type: ignore[arg-type]
+        snapshots = self._advance(event.ts_event)
         if cls is FeedGap or cls is Heartbeat:  # venue-wide, or several symbols at once
             for (venue, symbol), state in self._route.items():
                 if venue == event.venue and event.symbol in (None, symbol):
@@ -662,13 +665,7 @@ class SignalEngine:
                     else:
                         state.on_book_event(event)
             return snapshots
-        key = (event.venue, event.symbol)
-        state = self._route.get(key)
-        if key == self._usdt_key and cls is Trade:
-            # The USDT price, not an asset's (unless an asset maps the product too).
-            self._on_usdt_trade(event)
-            if state is None:
-                return snapshots
+        state = self._route.get((event.venue, event.symbol))
         if state is None:
             self.unrouted += 1
             return snapshots
@@ -676,6 +673,34 @@ class SignalEngine:
         if handler is not None:
             handler(state, event)
         return snapshots
+
+    def on_trade(self, trade: Trade) -> list[SignalSnapshot]:
+        """``on_event`` of a trade, the most frequent event, without the dispatch on type."""
+        next_boundary = self._next_boundary  # ``_advance``, inline: the per-trade path
+        if next_boundary is not None and trade.ts_event < next_boundary:
+            snapshots = []
+        else:
+            snapshots = self._tick(trade.ts_event)
+        key = (trade.venue, trade.symbol)
+        state = self._route.get(key)
+        if key == self._usdt_key:
+            # The USDT price, not an asset's (unless an asset maps the product too).
+            self._on_usdt_trade(trade)
+            if state is None:
+                return snapshots
+        if state is None:
+            self.unrouted += 1
+            return snapshots
+        state.on_trade(trade)
+        return snapshots
+
+    def _advance(self, ts_ms: int) -> list[SignalSnapshot]:
+        """The snapshots of the publish boundaries an event at ``ts_ms`` passes (nearly always
+        none)."""
+        next_boundary = self._next_boundary
+        if next_boundary is not None and ts_ms < next_boundary:
+            return []  # nearly every event: ``_tick`` would say the same
+        return self._tick(ts_ms)
 
     def _on_usdt_trade(self, trade: Trade) -> None:
         last = self.usdt_trade

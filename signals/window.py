@@ -39,6 +39,7 @@ class BucketWindow:
         self._filled = np.zeros(self.slots, dtype=bool)  # the bucket received data
         self._missing = np.zeros(self.slots, dtype=bool)
         self._totals = np.zeros(channels)  # over the slots that are not missing
+        self._bind()
         self._n_missing = 0  # slots flagged missing
         self._n_kept = 0  # slots filled and not missing: the ones the totals are made of
         self._head: int | None = None  # absolute index of the newest bucket in the window
@@ -111,14 +112,28 @@ class BucketWindow:
         self._write(self._head % self.slots, pending)
         self._open = None
 
+    def _bind(self) -> None:
+        """Memoryviews of the arrays, for the one-slot updates of the per-event path (writing a
+        bucket, moving on by one): an item of a memoryview is a plain float or bool, several
+        times cheaper to read and write than a numpy scalar. The arrays are only ever updated
+        in place, so the views stay valid; ``from_state`` binds its new arrays."""
+        self._sums_at = memoryview(self._sums)
+        self._filled_at = memoryview(self._filled)
+        self._missing_at = memoryview(self._missing)
+        self._totals_at = memoryview(self._totals)
+
     def _write(self, slot: int, values: tuple[float, ...] | list[float]) -> None:
-        self._sums[slot] += values
-        if self._missing[slot]:
-            self._filled[slot] = True
+        sums = self._sums_at
+        for i, v in enumerate(values):
+            sums[slot, i] += v
+        if self._missing_at[slot]:
+            self._filled_at[slot] = True
             return  # kept (a later read of the bucket sees it), never counted in the totals
-        self._totals += values
-        if not self._filled[slot]:
-            self._filled[slot] = True
+        totals = self._totals_at
+        for i, v in enumerate(values):
+            totals[i] += v
+        if not self._filled_at[slot]:
+            self._filled_at[slot] = True
             self._n_kept += 1
 
     def advance(self, ts_ms: int) -> None:
@@ -203,18 +218,21 @@ class BucketWindow:
             self._n_missing = self._n_kept = 0
             self._advances_since_exact = 0
         else:
-            sums, filled, missing = self._sums, self._filled, self._missing
+            sums, filled, missing = self._sums_at, self._filled_at, self._missing_at
+            totals, channels = self._totals_at, range(len(self._totals))
             for b in range(self._head + 1, bucket + 1):
                 slot = b % self.slots
                 if missing[slot]:
                     missing[slot] = False
                     self._n_missing -= 1
                 elif filled[slot]:
-                    self._totals -= sums[slot]
+                    for i in channels:
+                        totals[i] -= sums[slot, i]
                     self._n_kept -= 1
                 else:
                     continue  # never written: its sums are zero already
-                sums[slot] = 0.0
+                for i in channels:
+                    sums[slot, i] = 0.0
                 filled[slot] = False
             self._advances_since_exact += steps
             if self._advances_since_exact >= self.slots:
@@ -227,7 +245,7 @@ class BucketWindow:
         self._n_missing = int(self._missing.sum())
         kept = self._filled & ~self._missing
         self._n_kept = int(kept.sum())
-        self._totals = self._sums[kept].sum(axis=0)
+        self._totals[:] = self._sums[kept].sum(axis=0)
         self._advances_since_exact = 0
 
     # -- reading -------------------------------------------------------------------------
@@ -341,6 +359,7 @@ class BucketWindow:
         )
         window._missing = state["missing"].astype(bool, copy=True)
         window._sums[~window._filled] = 0.0  # a slot without data holds nothing
+        window._bind()
         window._head = None if head < 0 else head
         window._first = None if first < 0 else first
         window._advances_since_exact = advances

@@ -269,8 +269,9 @@ _TRADE_DECODER = msgspec.json.Decoder(_Combined[_TradePayload], strict=False)
 
 def parse_trade_frame(venue: str, raw: str | bytes, ts_recv: int) -> list[Event]:
     """A combined-stream trade or aggTrade frame: same outcome as ``parse_frame``."""
-    p = _fast(_TRADE_DECODER, raw)
-    if p is None:
+    try:  # ``_fast``, inline: this is the per-trade path
+        p = _TRADE_DECODER.decode(raw).data
+    except msgspec.MsgspecError:
         return parse_frame(venue, raw, ts_recv)
     trade_id = p.t if p.e == "trade" else p.a if p.e == "aggTrade" else None
     if trade_id is None or not p.s:

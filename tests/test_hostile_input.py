@@ -20,6 +20,7 @@ import orjson
 import pytest
 import yaml
 
+import monitor.guards
 from monitor.config import Config, config_from_dict
 from monitor.health import Health
 from monitor.pipeline import Pipeline, RefetchRequest, Request
@@ -219,8 +220,50 @@ def test_a_price_outside_the_band_is_rejected(tape: list[TapeRecord], control: R
     assert run.rejected() == {f"{PERP}/price_band": 1}
 
 
+@pytest.fixture(params=["c", "python"])
+def level_check(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The guard's per-level check in C (``streams/_ladder.c``, which the install builds: its
+    absence is a failure here, not a skip) and in Python, the fallback without a compiler."""
+    if request.param == "c":
+        from streams._ladder import plausible
+
+        assert monitor.guards._plausible is plausible
+    else:
+        monkeypatch.setattr(monitor.guards, "_plausible", monitor.guards._plausible_py)
+    return str(request.param)
+
+
+NAN, INF = math.nan, math.inf
+
+
+@pytest.mark.parametrize(
+    ("levels", "low", "high", "cap", "expected"),
+    [
+        ((), 1.0, 2.0, 1.0, True),  # nothing to doubt
+        (((100.0, 1.0), (150.0, 2.0)), 100.0, 150.0, 300.0, True),  # every bound is inclusive
+        (((100.0, 1.0), (150.01, 1.0)), 100.0, 150.0, 1e10, False),  # above the band
+        (((99.99, 1.0),), 100.0, 150.0, 1e10, False),  # below it
+        (((120.0, 2.5),), 100.0, 150.0, 299.0, False),  # 300 of notional over a cap of 299
+        (((120.0, 0.0),), 100.0, 150.0, 1.0, True),  # a removal has no notional
+        (((NAN, 1.0),), 0.0, INF, 1e10, False),
+        (((100.0, NAN),), 0.0, INF, 1e10, False),
+        (((INF, 1.0),), 0.0, INF, 1e10, False),  # in an open band, but worth infinity
+        (((1e200, 1.0),), 0.0, INF, 1e10, False),
+    ],
+)
+def test_the_level_check_in_c_and_python_agree_with_the_rule(
+    level_check: str,
+    levels: tuple[tuple[float, float], ...],
+    low: float,
+    high: float,
+    cap: float,
+    expected: bool,
+) -> None:
+    assert monitor.guards._plausible(levels, low, high, cap) is expected
+
+
 def test_a_crossing_book_level_is_dropped_and_the_book_stays_synced(
-    tape: list[TapeRecord], control: Run
+    tape: list[TapeRecord], control: Run, level_check: str
 ) -> None:
     """A bid at 1e200 in one diff: without the guard the book crosses and is resynced; with it
     the level is dropped, the rest of the diff applies and depth is published as before."""
