@@ -11,9 +11,14 @@ hands this queue's decisions to the MQTT client; ``monitor/outbox.py`` owns the 
   them in publish order. They go before any signal.
 - With an outbox, the QoS >= 1 messages that are history rather than state (not retained: the
   ``events`` topics) are written to it when published (``add`` returns the entry to write;
-  ``stored`` reports the write's outcome). Nothing at all is handed out while such a write is
-  under way: whatever the broker has, every event published before it is on disk (what a
-  synchronous write gave). A message in the outbox is never dropped; one in memory only is
+  ``stored`` reports the write's outcome). The send does not wait for the write: an event is
+  handed out while its write is under way. The outbox guarantees no less for it: an event is
+  safe once committed or PUBACKed, the writes commit in publish order, and the broker holds a
+  prefix of the QoS >= 1 messages published (one in flight at a time), so a crash loses only
+  the newest events, those neither committed nor PUBACKed: the window there always was between
+  ``publish`` and the commit. The broker may acknowledge an event before its write is done;
+  its row is then deleted once written (``stored`` returns it).
+- A message in the outbox, or on its way there, is never dropped; one in memory only is
   dropped, oldest first, when ``max_queued`` are waiting.
 - Every retained message is kept, newest per topic, for a rebirth (``request_rebirth``).
 """
@@ -40,6 +45,9 @@ class Entry:
     received_ms: int | None = None
     outbox_id: int | None = None  # its outbox row once stored; None: in memory only
     storing: bool = False  # its outbox write is under way
+    # The broker's PUBACK came (``delivered``). If its write was still under way then, the row
+    # is deleted once the write reports its id.
+    acked: bool = False
 
     @property
     def durable(self) -> bool:
@@ -91,14 +99,16 @@ class DeliveryQueue:
             return entry
         return None
 
-    def stored(self, entry: Entry, outbox_id: int | None) -> None:
+    def stored(self, entry: Entry, outbox_id: int | None) -> int | None:
         """``entry``'s outbox write ended: its row id, or None when it failed (the message is
-        then kept in memory only, like one published without an outbox)."""
+        then kept in memory only, like one published without an outbox). Returns the row to
+        delete now, when the broker acknowledged ``entry`` before its write was done."""
         if not entry.storing:
-            return
+            return None
         entry.storing = False
         entry.outbox_id = outbox_id
         self._storing -= 1
+        return outbox_id if entry.acked else None
 
     def request_rebirth(self) -> None:
         """Republish the birth and every retained message, once, before anything else."""
@@ -114,13 +124,12 @@ class DeliveryQueue:
 
     # -- what goes out ------------------------------------------------------------------------
     def next(self) -> Entry | Rebirth | None:
-        """What to send now; None when nothing may be sent (see ``idle`` for why).
+        """What to send now; None when nothing waits to be sent.
 
         A QoS >= 1 entry is the head of the queue and stays there until ``delivered``: asked
         again before that (after a lost connection) it is handed out again. A QoS 0 message
-        leaves the queue here."""
-        if self._storing:
-            return None  # an event is not on disk yet: nothing may overtake its write
+        leaves the queue here. An entry whose outbox write is under way is handed out too:
+        the send does not wait for the disk (see the module's docstring for why that is safe)."""
         if self._rebirth:
             self._rebirth = False
             return Rebirth(tuple(self._retained.values()))
@@ -133,11 +142,13 @@ class DeliveryQueue:
 
     def delivered(self, entry: Entry) -> int | None:
         """The broker acknowledged ``entry`` (a QoS 0 one: it was written to the socket).
-        Returns its outbox row, to be deleted there, or None if it has none."""
+        Returns its outbox row, to be deleted there, or None if it has none yet: with its
+        write still under way, ``stored`` returns the row instead."""
+        entry.acked = True
         # Dropped while in flight (a full queue), it is no longer the head: leave the new one.
         if self._ordered and self._ordered[0] is entry:
             self._ordered.popleft()
-        return entry.outbox_id
+        return entry.outbox_id  # None while its write is under way: ``stored`` returns the row
 
     # -- where it stands ----------------------------------------------------------------------
     @property
@@ -157,7 +168,7 @@ class DeliveryQueue:
 
     @property
     def storing(self) -> int:
-        """Outbox writes under way."""
+        """Outbox writes under way (of messages queued or already acknowledged)."""
         return self._storing
 
     def retained(self) -> list[OutMessage]:

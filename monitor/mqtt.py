@@ -12,8 +12,9 @@ connection loop between them and the broker, on the event loop.
 - With an ``outbox_path``, the messages that are history rather than state (QoS >= 1 and not
   retained: the ``events`` topics) are also written to a durable SQLite outbox when published,
   and deleted from it after the broker's PUBACK. The writes run on the outbox's thread, so an
-  fsync never holds the event loop; nothing is sent while one is under way, so an event is on
-  disk before the broker can have it (or anything published after it). A new Publisher on the
+  fsync never holds the event loop, and the send does not wait for them: an event goes to the
+  broker while its write is under way (safe: see ``monitor/delivery.py``), and one the broker
+  acknowledged before the write was done is deleted once it is written. A new Publisher on the
   same file (the restarted daemon) sends what an earlier process left there first, in order,
   before anything of its own. Retained regime state stays in memory only: the new session
   republishes it. Delivery is at-least-once: a crash between PUBACK and the delete sends that
@@ -290,8 +291,13 @@ class Publisher:
                 exc,
             )
             outbox_id = None
-        self.queue.stored(entry, outbox_id)
-        self._wake.set()
+        delivered = self.queue.stored(entry, outbox_id)
+        if delivered is not None:
+            # The broker acknowledged it while it was being written. Deletes stay in id order
+            # (what ``lost_since`` relies on): writes report in call order, PUBACKs come in
+            # publish order, and each delete is asked for at the later of the two.
+            self._forget(delivered)
+        self._wake.set()  # ``drained`` waits for the writes too
 
     def _forget(self, outbox_id: int) -> None:
         """Delete a delivered message from the outbox, on its thread; nothing waits for it (a
@@ -310,12 +316,13 @@ class Publisher:
         return self.queue.dropped
 
     async def drained(self) -> None:
-        """Return once nothing waits to be sent (every QoS >= 1 message acknowledged)."""
+        """Return once nothing waits to be sent (every QoS >= 1 message acknowledged) and no
+        outbox write is under way (so every delivered row's delete has been asked for)."""
         await self._idle.wait()
 
     async def acknowledged(self) -> None:
         """Return once every QoS >= 1 message (regime changes) has the broker's PUBACK;
-        signals still waiting to be sent do not count."""
+        signals still waiting to be sent do not count, nor do outbox writes under way."""
         await self._acked.wait()
 
     # -- connection side --------------------------------------------------------------------
@@ -512,7 +519,10 @@ class Publisher:
         while True:
             item = queue.next()
             if item is None:
-                if queue.idle:
+                # A write still under way may owe a delete (its event acknowledged meanwhile):
+                # not idle until it reports, so a clean stop asks for that delete before the
+                # outbox closes.
+                if queue.idle and not queue.storing:
                     self._idle.set()
                 self._wake.clear()  # set again by publish, a finished outbox write, a rebirth
                 await self._wake.wait()

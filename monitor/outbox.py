@@ -6,7 +6,9 @@ and only when ``ack`` says the broker acknowledged them.
 Every statement runs on one thread of the outbox's own, in the order the calls were made: a
 commit with ``synchronous=FULL`` waits for an fsync (well under a millisecond on an idle SSD,
 tens of milliseconds on a busy disk), which the event loop must not wait for. The publisher
-uses ``append_soon``/``ack_soon`` and is told when the write is done; the other methods wait for
+uses ``append_soon``/``ack_soon`` and is told when the write is done; it sends an event without
+waiting for its write, and asks for the delete of one the broker acknowledged meanwhile once
+the write gives its id (why that is safe: ``monitor/delivery.py``). The other methods wait for
 their result, and since calls run in order, a read sees every write asked for before it (a
 checkpoint's ``marks`` include the event just published). They are for start-up, checkpoints,
 the health report and tests: on the event loop such a read waits only for the writes still

@@ -2,10 +2,12 @@
 
 No broker and no files: ``DeliveryQueue`` only decides; the tests play the connection loop's
 part (take what ``next`` hands out, report the PUBACK with ``delivered``) and the outbox's part
-(report each write with ``stored``).
+(report each write with ``stored``, before or after the PUBACK: the send does not wait for it).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
@@ -123,38 +125,85 @@ def test_only_unretained_qos1_messages_go_to_the_outbox() -> None:
     assert DeliveryQueue(outbox=False).add(event("BTC", 1)) is None  # no outbox to write to
 
 
-def test_nothing_leaves_while_an_event_is_being_written_and_its_row_is_acked_after() -> None:
+def test_an_event_is_sent_while_its_outbox_write_is_under_way_in_publish_order() -> None:
     queue = DeliveryQueue(outbox=True)
     queue.add(regime("BTC", 1))
     ev = queue.add(event("BTC", 1))
     assert ev is not None
     queue.add(signals("BTC", 1))
     queue.request_rebirth()
-    # The regime state was published before the event, but whatever the broker has, the
-    # events published before it must be on disk: nothing at all is handed out yet.
-    assert queue.next() is None
-    assert not queue.idle and not queue.acknowledged
-
-    queue.stored(ev, 7)
-    assert not ev.storing and ev.outbox_id == 7 and queue.storing == 0
+    # The send does not wait for the disk: the rebirth, then the messages as published, the
+    # event while its write is still under way.
     assert isinstance(queue.next(), Rebirth)
     state = entry(queue.next())
     assert state.msg == regime("BTC", 1)
     assert queue.delivered(state) is None  # in memory only
-    assert queue.next() is ev
-    assert queue.delivered(ev) == 7  # its row is deleted only now, after the PUBACK
+    assert queue.next() is ev and ev.storing
+    assert not queue.acknowledged and not queue.idle
+
+    assert queue.stored(ev, 7) is None  # written before its PUBACK: nothing to delete yet
+    assert not ev.storing and ev.outbox_id == 7 and queue.storing == 0
+    assert queue.delivered(ev) == 7  # its row is deleted now, after the PUBACK
     assert send_all(queue) == [signals("BTC", 1)]
+
+
+def test_an_event_acknowledged_before_its_write_is_done_has_its_row_deleted_once_written() -> None:
+    queue = DeliveryQueue(outbox=True)
+    ev = queue.add(event("BTC", 1))
+    assert ev is not None
+    assert queue.next() is ev
+    assert queue.delivered(ev) is None  # no row yet to delete
+    # The broker has it: acknowledged and idle, though its write is still under way.
+    assert queue.acknowledged and queue.idle and queue.pending == 0
+    assert queue.storing == 1
+    assert queue.stored(ev, 7) == 7  # the write reports its row: delete it now, not leak it
+    assert queue.storing == 0
+    assert queue.stored(ev, 7) is None  # a second report of the same write changes nothing
+
+
+def test_a_write_that_fails_after_the_puback_leaves_nothing_to_delete() -> None:
+    queue = DeliveryQueue(outbox=True)
+    ev = queue.add(event("BTC", 1))
+    assert ev is not None
+    assert queue.next() is ev
+    assert queue.delivered(ev) is None
+    assert queue.stored(ev, None) is None  # the broker has it; there is no row
+    assert queue.storing == 0 and queue.idle
+
+
+@pytest.mark.parametrize(
+    "reports",
+    # Every order of 3 write reports (W) and 3 PUBACKs (A): writes report in call order,
+    # PUBACKs come in publish order, either may run ahead of the other.
+    sorted({"".join(p) for p in itertools.permutations("WWWAAA")}),
+)
+def test_each_row_is_deleted_once_and_in_id_order_however_writes_and_pubacks_interleave(
+    reports: str,
+) -> None:
+    queue = DeliveryQueue(outbox=True)
+    writing = [queue.add(event("BTC", seq)) for seq in (1, 2, 3)]
+    written = iter(zip(writing, (1, 2, 3), strict=True))
+    deleted = []
+    for report in reports:
+        if report == "W":
+            ev, row = next(written)
+            assert ev is not None
+            deleted.append(queue.stored(ev, row))
+        else:
+            deleted.append(queue.delivered(entry(queue.next())))
+    assert [row for row in deleted if row is not None] == [1, 2, 3]
+    assert queue.idle and queue.storing == 0
 
 
 def test_a_failed_outbox_write_keeps_the_event_in_memory() -> None:
     queue = DeliveryQueue(outbox=True)
     ev = queue.add(event("BTC", 1))
     assert ev is not None
-    queue.stored(ev, None)
+    assert queue.stored(ev, None) is None
     assert not ev.durable
     assert queue.next() is ev
     assert queue.delivered(ev) is None  # no row to delete
-    queue.stored(ev, 3)  # a second report of the same write changes nothing
+    assert queue.stored(ev, 3) is None  # a second report of the same write changes nothing
     assert ev.outbox_id is None and queue.storing == 0
 
 
@@ -164,9 +213,11 @@ def test_what_an_earlier_process_left_goes_first_in_its_order() -> None:
     assert ev is not None
     queue.resume([(4, event("BTC", 4)), (5, event("ETH", 1))])
     assert queue.pending == 3
-    queue.stored(ev, 6)
     acked = []
     while (item := queue.next()) is not None:
+        if item is ev:
+            assert ev.storing  # handed out after the earlier ones, its write still under way
+            assert queue.stored(ev, 6) is None
         acked.append(queue.delivered(entry(item)))
     assert acked == [4, 5, 6]
 
@@ -185,6 +236,30 @@ def test_a_full_queue_drops_the_oldest_message_in_memory_never_one_in_the_outbox
     queue.stored(ev2, 2)
     assert queue.dropped == 1 and queue.pending == 4
     assert send_all(queue) == [event("BTC", 1), regime("BTC", 2), regime("BTC", 3), event("BTC", 2)]
+
+
+def test_a_full_queue_never_drops_an_event_whose_write_is_under_way_even_in_flight() -> None:
+    queue = DeliveryQueue(max_queued=2, outbox=True)
+    ev = queue.add(event("BTC", 1))
+    assert ev is not None
+    assert queue.next() is ev  # in flight, its write not done
+    queue.add(regime("BTC", 1))
+    queue.add(regime("BTC", 2))  # full: the oldest in memory is regime 1, not the event
+    assert queue.dropped == 1
+    assert queue.delivered(ev) is None
+    assert queue.stored(ev, 1) == 1
+    assert send_all(queue) == [regime("BTC", 2)]
+
+
+def test_an_event_whose_write_failed_may_be_dropped_like_any_in_memory() -> None:
+    queue = DeliveryQueue(max_queued=2, outbox=True)
+    ev = queue.add(event("BTC", 1))
+    assert ev is not None
+    queue.stored(ev, None)  # in memory only from here
+    queue.add(regime("BTC", 1))
+    queue.add(regime("BTC", 2))  # full: the event is now the oldest in memory
+    assert queue.dropped == 1
+    assert send_all(queue) == [regime("BTC", 1), regime("BTC", 2)]
 
 
 def test_a_message_dropped_while_in_flight_does_not_take_the_next_one_with_it() -> None:
@@ -226,6 +301,26 @@ def test_a_message_in_flight_when_the_connection_drops_is_sent_again_first() -> 
         acked.append(queue.delivered(entry(item)))
     assert sent == [regime("BTC", 2), event("BTC", 2), signals("BTC", 2)]
     assert [i for i in acked if i is not None] == [11, 12]
+
+
+@pytest.mark.parametrize("written_first", [False, True])
+def test_an_event_in_flight_and_still_being_written_when_the_connection_drops_is_sent_again(
+    written_first: bool,
+) -> None:
+    queue = DeliveryQueue(outbox=True)
+    ev = queue.add(event("BTC", 1))
+    assert ev is not None
+    queue.add(regime("BTC", 2))
+    assert queue.next() is ev  # sent, then the connection drops before its PUBACK
+    # Next connection: the same event first, whether its write ended in between or not; its
+    # row is deleted exactly once, by whichever of the two reports comes last.
+    rows = [queue.stored(ev, 11)] if written_first else []
+    assert queue.next() is ev
+    rows.append(queue.delivered(ev))
+    if not written_first:
+        rows.append(queue.stored(ev, 11))
+    assert [row for row in rows if row is not None] == [11]
+    assert send_all(queue) == [regime("BTC", 2)]
 
 
 def test_a_signal_lost_mid_send_is_not_sent_again_the_next_one_replaces_it() -> None:

@@ -66,6 +66,9 @@ async def test_acknowledged_waits_for_the_regime_change_not_for_the_signals(
         assert not waiting.done()  # both are queued, neither sent yet
         await asyncio.wait_for(waiting, 10)
         assert publisher.published >= 2 and publisher.outbox is not None
+        # The event's outbox write may still be under way (the send does not wait for it);
+        # once it has reported, its row is deleted.
+        await asyncio.wait_for(publisher.drained(), 10)
         assert len(publisher.outbox) == 0  # both acknowledged, so both left the outbox
     finally:
         await stop_tasks([task])
