@@ -54,6 +54,22 @@ get_doubles(PyObject *obj, doubles *out)
     return 0;
 }
 
+/* One (price, qty) pair of a level sequence; -1 with an exception set if it is not one. */
+static int
+read_level(PyObject *level, double *price, double *qty)
+{
+    if (!PyTuple_Check(level) || PyTuple_GET_SIZE(level) != 2) {
+        PyErr_SetString(PyExc_TypeError, "each level must be a (price, qty) tuple");
+        return -1;
+    }
+    *price = PyFloat_AsDouble(PyTuple_GET_ITEM(level, 0));
+    *qty = PyFloat_AsDouble(PyTuple_GET_ITEM(level, 1));
+    if ((*price == -1.0 || *qty == -1.0) && PyErr_Occurred()) {
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 apply(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -94,17 +110,11 @@ apply(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(levels);
     PyObject **items = PySequence_Fast_ITEMS(levels);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *level = items[i];
-        if (!PyTuple_Check(level) || PyTuple_GET_SIZE(level) != 2) {
-            PyErr_SetString(PyExc_TypeError, "each level must be a (price, qty) tuple");
+        double price, qty;
+        if (read_level(items[i], &price, &qty) < 0) {
             goto done;
         }
-        PyObject *price_obj = PyTuple_GET_ITEM(level, 0);
-        double price = PyFloat_AsDouble(price_obj);
-        double qty = PyFloat_AsDouble(PyTuple_GET_ITEM(level, 1));
-        if ((price == -1.0 || qty == -1.0) && PyErr_Occurred()) {
-            goto done;
-        }
+        PyObject *price_obj = PyTuple_GET_ITEM(items[i], 0);
         PyObject *slot_obj = PyDict_GetItemWithError(slot_of, price_obj); /* borrowed */
         if (slot_obj == NULL && PyErr_Occurred()) {
             goto done;
@@ -188,15 +198,8 @@ plausible(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(levels);
     PyObject **items = PySequence_Fast_ITEMS(levels);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *level = items[i];
-        if (!PyTuple_Check(level) || PyTuple_GET_SIZE(level) != 2) {
-            PyErr_SetString(PyExc_TypeError, "each level must be a (price, qty) tuple");
-            Py_DECREF(levels);
-            return NULL;
-        }
-        double price = PyFloat_AsDouble(PyTuple_GET_ITEM(level, 0));
-        double qty = PyFloat_AsDouble(PyTuple_GET_ITEM(level, 1));
-        if ((price == -1.0 || qty == -1.0) && PyErr_Occurred()) {
+        double price, qty;
+        if (read_level(items[i], &price, &qty) < 0) {
             Py_DECREF(levels);
             return NULL;
         }
