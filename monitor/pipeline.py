@@ -304,34 +304,48 @@ class Pipeline:
         self, venue: str, events: list[Event], now_ms: int | None, live: bool
     ) -> list[OutMessage]:
         """``live``: the events came from a websocket frame (not a REST body)."""
+        newest = events[-1] if live else None  # a frame's newest event measures its clock
+        if newest is not None and len(events) == 1 and newest.__class__ is Trade:
+            return self._trade(venue, newest, now_ms, live, True)  # most frames: one trade
         # The per-frame path: exact class checks and the common case inline.
         out: list[OutMessage] = []
-        check, on_trade = self.guard.check, self.engine.on_trade
-        newest = events[-1] if live else None  # a frame's newest event measures its clock
+        check = self.guard.check
         for event in events:
+            cls = event.__class__
+            if cls is Trade:
+                out += self._trade(venue, event, now_ms, live, event is newest)  # type: ignore[arg-type]
+                continue
             rejection = check(venue, event, event is newest)
             if rejection is not None:
                 self.health.count_rejected(venue, rejection, event.ts_recv)
                 continue
-            cls = event.__class__
-            if cls is Trade:
-                counted, gap = self.continuity.admit(event, live)
-                if gap is not None:
-                    self._trade_gap(gap)
-                for trade in counted:
-                    if live:
-                        if trade.ts_event > self._last_trade_ms.get(venue, 0):
-                            self._last_trade_ms[venue] = trade.ts_event
-                        if venue in self._reconnecting:
-                            out += self._first_trade_since_reconnect(trade, gap, now_ms)
-                            gap = None  # the gap opened before the first of them
-                    snapshots = on_trade(trade)
-                    if snapshots:  # a publish boundary passed
-                        out += self._messages(snapshots, now_ms)
-                continue
             if cls is DepthDiff or cls is DepthSnapshot:
                 self._book(event)
             out += self.feed_event(event, now_ms)
+        return out
+
+    def _trade(
+        self, venue: str, trade: Trade, now_ms: int | None, live: bool, clocked: bool
+    ) -> list[OutMessage]:
+        """One trade through the guard, continuity and the engine: the per-trade path."""
+        rejection = self.guard.check(venue, trade, clocked)
+        if rejection is not None:
+            self.health.count_rejected(venue, rejection, trade.ts_recv)
+            return []
+        counted, gap = self.continuity.admit(trade, live)
+        if gap is not None:
+            self._trade_gap(gap)
+        out: list[OutMessage] = []
+        for admitted in counted:
+            if live:
+                if admitted.ts_event > self._last_trade_ms.get(venue, 0):
+                    self._last_trade_ms[venue] = admitted.ts_event
+                if venue in self._reconnecting:
+                    out += self._first_trade_since_reconnect(admitted, gap, now_ms)
+                    gap = None  # the gap opened before the first of them
+            snapshots = self.engine.on_trade(admitted)
+            if snapshots:  # a publish boundary passed
+                out += self._messages(snapshots, now_ms)
         return out
 
     def _trade_gap(self, gap: TradeGap) -> None:
