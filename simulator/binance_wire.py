@@ -44,11 +44,31 @@ def fixed(value: float, decimals: int) -> str:
     return f"{value:.{decimals}f}"
 
 
+# Below this, a whole number of 10**-decimals converts to a float that is less than half of
+# 10**-decimals off (an ulp of a float under 2**52 units is below one unit).
+EXACT_UNITS: Final = 2**52
+
+
+def decimal_text(units: int, exp: int, decimals: int) -> str:
+    """``fixed(round(units / 10**exp, exp), decimals)``, written from the integer: the float is
+    the decimal ``units`` × 10**-exp to within half an ulp, below half of 10**-decimals while
+    the value in units of 10**-decimals stays under 2**52, so both roundings land on that
+    decimal and the text is its digits. Twice as fast as the float round trip (``round`` to a
+    number of digits alone costs as much as the whole text), which the book's sizes need: they
+    are drawn afresh and rarely repeat. Outside that range, the float round trip itself."""
+    if units < 0 or not 0 <= exp <= decimals or units * 10 ** (decimals - exp) >= EXACT_UNITS:
+        return fixed(round(units / 10**exp, exp), decimals)
+    if not exp:
+        return f"{units}.{'0' * decimals}" if decimals else str(units)
+    whole, part = divmod(units, 10**exp)
+    return f"{whole}.{part:0{exp}d}{'0' * (decimals - exp)}"
+
+
 @lru_cache(maxsize=TEXT_CACHE)
 def units_text(units: int, exp: int, decimals: int) -> str:
     """``units`` of 10**-``exp`` (ticks or lots, as ``BookSpec.price`` / ``qty`` convert them)
     printed with ``decimals``."""
-    return fixed(round(units / 10**exp, exp), decimals)
+    return decimal_text(units, exp, decimals)
 
 
 def price_text(ticks: int, spec: VenueSpec) -> str:
@@ -66,6 +86,60 @@ def _levels(levels: tuple[Level, ...] | list[Level], spec: VenueSpec) -> list[li
     return [
         [units_text(p, tick_exp, price_dec), units_text(q, lot_exp, qty_dec)] for p, q in levels
     ]
+
+
+class _Texts(dict[int, str]):
+    """``units`` -> its text (``units_text``) between ``before`` and ``after``, computed once:
+    a depth frame prints ~25 levels, and a dict lookup per level costs a fraction of an
+    ``lru_cache`` call with three arguments. Bounded like the ``lru_cache`` (emptied when full:
+    the levels near the touch come back at once).
+
+    Sizes are drawn afresh and mostly print once, so callers write them from the integer
+    inline (``decimal_text`` without the call) when ``0 < units < limit``: ``template %
+    (units // div, units % div)``, a %-template being the cheapest way to print two integers;
+    ``limit`` is 0 where that form does not apply."""
+
+    __slots__ = ("after", "before", "decimals", "div", "exp", "limit", "template")
+
+    def __init__(self, exp: int, decimals: int, before: str = "", after: str = "") -> None:
+        super().__init__()
+        self.exp, self.decimals, self.before, self.after = exp, decimals, before, after
+        self.div = 10**exp
+        inline = 0 < exp <= decimals
+        self.limit = EXACT_UNITS // 10 ** (decimals - exp) if inline else 0
+        tail = "0" * (decimals - exp) + after.replace("%", "%%")
+        self.template = f"%d.%0{exp}d{tail}" if inline else ""
+
+    def __missing__(self, units: int) -> str:
+        if len(self) >= TEXT_CACHE:
+            self.clear()
+        text = f"{self.before}{decimal_text(units, self.exp, self.decimals)}{self.after}"
+        self[units] = text
+        return text
+
+
+# (tick exp, price decimals, lot exp, qty decimals) -> the texts of a level's two halves
+_LEVEL_TEXTS: dict[tuple[int, int, int, int], tuple[_Texts, _Texts]] = {}
+
+
+def _level_texts(spec: VenueSpec) -> tuple[_Texts, _Texts]:
+    """Texts of a level's price as ``["<price>","`` and of its size as ``<qty>"]``, so that a
+    level is one concatenation."""
+    book = spec.book
+    key = (book.tick_exp, spec.price_decimals, book.lot_exp, spec.qty_decimals)
+    texts = _LEVEL_TEXTS.get(key)
+    if texts is None:
+        texts = _LEVEL_TEXTS[key] = (
+            _Texts(book.tick_exp, spec.price_decimals, '["', '","'),
+            _Texts(book.lot_exp, spec.qty_decimals, "", '"]'),
+        )
+    return texts
+
+
+@lru_cache(maxsize=1024)
+def json_text(text: str) -> str:
+    """``text`` as a JSON string, quotes included (symbols and stream names, over and over)."""
+    return dumps(text)
 
 
 # -- streams ----------------------------------------------------------------------------------
@@ -192,6 +266,49 @@ def book_ticker_payload(tick: QuoteTick, spec: VenueSpec) -> Json:
     return {"e": "bookTicker", "u": tick.update_id, "E": tick.event_ms, "T": tick.event_ms, **top}
 
 
+# -- the frames' texts -----------------------------------------------------------------------
+# The frames the simulator sends most, written straight to text: byte for byte what ``dumps``
+# makes of the payloads above (same keys, same order, no spaces), without building the dicts
+# and lists first. Prices, sizes and symbols are plain text that needs no JSON escaping.
+def agg_trade_text(tick: TradeTick, spec: VenueSpec) -> str:
+    """``dumps(agg_trade_payload(tick, spec))``."""
+    qty = fixed(tick.qty, spec.qty_decimals)
+    nq = f',"nq":"{qty}"' if tick.venue == BINANCE_USDM else ""
+    spot = ',"M":true' if tick.venue == BINANCE_SPOT else ""
+    return (
+        f'{{"e":"aggTrade","E":{tick.event_ms},"s":{json_text(tick.symbol)},"a":{tick.agg_id},'
+        f'"p":"{fixed(tick.price, spec.price_decimals)}","q":"{qty}"{nq},"f":{tick.first_id},'
+        f'"l":{tick.last_id},"T":{tick.trade_ms},"m":{"true" if tick.buyer_is_maker else "false"}'
+        f"{spot}}}"
+    )
+
+
+def depth_text(tick: DepthTick, spec: VenueSpec) -> str:
+    """``dumps(depth_payload(tick, spec))``."""
+    prices, sizes = _level_texts(spec)
+    div, limit, template = sizes.div, sizes.limit, sizes.template
+    # A size is written inline; a removal (0, a third of the levels) comes from the cache.
+    bids = ",".join(
+        [
+            prices[p] + (template % (q // div, q % div) if 0 < q < limit else sizes[q])
+            for p, q in tick.bids
+        ]
+    )
+    asks = ",".join(
+        [
+            prices[p] + (template % (q // div, q % div) if 0 < q < limit else sizes[q])
+            for p, q in tick.asks
+        ]
+    )
+    head = f'{{"e":"depthUpdate","E":{tick.event_ms},'
+    if tick.venue != BINANCE_SPOT:
+        head += f'"T":{tick.event_ms},'
+    head += f'"s":{json_text(tick.symbol)},"U":{tick.first_id},"u":{tick.last_id},'
+    if tick.venue != BINANCE_SPOT:
+        head += f'"pu":{tick.prev_last_id},'
+    return f'{head}"b":[{bids}],"a":[{asks}]}}'
+
+
 class _Everything:
     def __contains__(self, _: object) -> bool:
         return True
@@ -206,8 +323,8 @@ def tick_frames(
     """``(socket family, stream name, encoded payload)`` of every frame that carries ``tick``
     on Binance, of the streams in ``wanted`` (encoding is most of the cost: a spot aggregate's
     ``@trade`` fills are built only when someone reads them); empty for Coinbase ticks."""
-    base = tick.symbol.lower()
     if isinstance(tick, MarkTick):
+        base = tick.symbol.lower()
         streams = [f"{base}@markPrice@1s"]
         if tick.event_ms % MARK_3S_EVERY_MS == 0:
             streams.append(f"{base}@markPrice")
@@ -215,31 +332,49 @@ def tick_frames(
         raw = dumps(mark_payload(tick)) if streams else ""
         return [(MARKET, s, raw) for s in streams]
     assert spec is not None
-    family, stream = _family_and_stream(tick, base)
+    family, stream, fills = _streams_of(type(tick), getattr(tick, "venue", None), tick.symbol)
     if not stream:
         return []
     out = []
     if stream in wanted:
-        out.append((family, stream, dumps(_payload(tick, spec))))
-    if isinstance(tick, TradeTick) and family == SPOT and f"{base}@trade" in wanted:
-        out += [(family, f"{base}@trade", dumps(p)) for p in trade_payloads(tick, spec)]
+        out.append((family, stream, _text(tick, spec)))
+    if fills and fills in wanted:
+        assert isinstance(tick, TradeTick)
+        out += [(family, fills, dumps(p)) for p in trade_payloads(tick, spec)]
     return out
 
 
-def _family_and_stream(tick: Tick, base: str) -> tuple[str, str]:
+@lru_cache(maxsize=1024)
+def _streams_of(kind: type, venue: str | None, symbol: str) -> tuple[str, str, str]:
+    """``(family, stream, @trade stream)`` of a tick of type ``kind`` on ``venue``: the stream
+    of its main frame ("" for a Coinbase tick) and, for a spot trade, that of its fills ("")."""
+    base = symbol.lower()
+    family, stream = _family_and_stream(kind, venue, base)
+    fills = f"{base}@trade" if issubclass(kind, TradeTick) and family == SPOT else ""
+    return family, stream, fills
+
+
+def _text(tick: Tick, spec: VenueSpec) -> str:
+    if isinstance(tick, DepthTick):
+        return depth_text(tick, spec)
+    if isinstance(tick, TradeTick):
+        return agg_trade_text(tick, spec)
+    return dumps(_payload(tick, spec))
+
+
+def _family_and_stream(kind: type, venue: str | None, base: str) -> tuple[str, str]:
     """The socket family and stream of a tick's main frame ("" for a Coinbase tick)."""
-    if isinstance(tick, LiquidationTick):
+    if issubclass(kind, LiquidationTick):
         return MARKET, f"{base}@forceOrder"
-    venue = getattr(tick, "venue", None)
     if venue == BINANCE_USDM:
-        family = MARKET if isinstance(tick, TradeTick) else PUBLIC
+        family = MARKET if issubclass(kind, TradeTick) else PUBLIC
     elif venue == BINANCE_SPOT:
         family = SPOT
     else:
         return "", ""
-    if isinstance(tick, TradeTick):
+    if issubclass(kind, TradeTick):
         return family, f"{base}@aggTrade"
-    if isinstance(tick, DepthTick):
+    if issubclass(kind, DepthTick):
         return family, f"{base}@{DEPTH_STREAM}"
     return family, f"{base}@bookTicker"
 
@@ -257,7 +392,7 @@ def _payload(tick: Tick, spec: VenueSpec) -> Json:
 
 def envelope(stream: str, raw: str) -> str:
     """Combined-mode frame around an already encoded payload (no second JSON encode)."""
-    return f'{{"stream":{orjson.dumps(stream).decode()},"data":{raw}}}'
+    return f'{{"stream":{json_text(stream)},"data":{raw}}}'
 
 
 def dumps(obj: object) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Final
 
 import numpy as np
@@ -37,6 +38,7 @@ DEPTH_GROWTH_PER_LEVEL: Final = 0.1  # level k rests (1 + 0.1 k) times the touch
 REFRESH_MEAN: Final = 4.0  # re-sized levels per side per step, beyond one that always is
 
 Level = tuple[int, int]  # (price in ticks, quantity in lots); 0 lots removes the level
+_PRICE: Final = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,18 @@ class BookStep:
     prev_last_id: int  # pu (the previous event's u)
 
 
+# Rank r of a side (0: the touch) lies in "band" RANK_BAND[r] of (touch, band 0, band 1, ...)
+# and RANK_INDEX[r] levels behind that band's first level: a level's price is then two lookups
+# and an addition (``_Side.price_at``), where a divmod and a method call per re-sized level
+# cost more than the rest of its work.
+RANK_BAND: Final = (0, *(1 + (r - 1) // LEVELS_PER_BAND for r in range(1, LEVELS)))
+RANK_INDEX: Final = (0, *((r - 1) % LEVELS_PER_BAND for r in range(1, LEVELS)))
+
+
+# BookStep's fields in order: (bids, asks, first_id, last_id, prev_last_id)
+StepFields = tuple[tuple[Level, ...], tuple[Level, ...], int, int, int]
+
+
 class _Side:
     """One side: price -> lots on the grid that the touch determines.
 
@@ -120,13 +134,19 @@ class _Side:
     only the levels that enter or leave a band's ends, instead of set operations over every
     level of both grids, which were the largest single cost of the simulator at 40x."""
 
-    __slots__ = ("levels", "sign", "steps", "tops", "touch")
+    __slots__ = ("firsts", "levels", "offsets", "sign", "steps", "tops", "touch")
 
     def __init__(self, sign: int, base: int, growth: int) -> None:
         self.sign = sign  # +1 bids (better = higher), -1 asks
         self.steps = tuple(base * growth**band for band in range(BANDS))
+        # Price of rank r minus that of its band's first level (0 for the touch).
+        steps = (0, *self.steps)
+        self.offsets = tuple(
+            -sign * i * steps[b] for b, i in zip(RANK_BAND, RANK_INDEX, strict=True)
+        )
         self.touch = 0  # best price; meaningful once ``regrid`` has run
         self.tops: tuple[int, ...] = ()  # key of each band's best level; () before the first
+        self.firsts: tuple[int, ...] = ()  # prices of (touch, each band's best): by RANK_BAND
         self.levels: dict[int, int] = {}
 
     @property
@@ -144,48 +164,40 @@ class _Side:
 
     def price_at(self, rank: int) -> int:
         """The price of the ``rank``-th level, best first (0: the touch)."""
-        if rank == 0:
-            return self.touch
-        band, index = divmod(rank - 1, LEVELS_PER_BAND)
-        return self.sign * (self.tops[band] - index * self.steps[band])
-
-    def _band_tops(self, touch_key: int) -> tuple[int, ...]:
-        tops = []
-        edge = touch_key - 1  # the best key the next band may use
-        for step in self.steps:
-            top = edge - edge % step
-            tops.append(top)
-            edge = top - LEVELS_PER_BAND * step
-        return tuple(tops)
-
-    def _on_grid(self, key: int, touch_key: int, tops: tuple[int, ...]) -> bool:
-        if key == touch_key:
-            return True
-        for top, step in zip(tops, self.steps, strict=True):
-            if key > top:
-                return False  # between this band and the one above it (or the touch)
-            if key > top - LEVELS_PER_BAND * step:
-                return (top - key) % step == 0
-        return False
+        return self.firsts[RANK_BAND[rank]] + self.offsets[rank]
 
     def regrid(self, touch: int, changes: dict[int, int]) -> list[tuple[int, int]]:
         """Move the touch to ``touch``: removed levels go into ``changes``; returns (rank,
         price) of the new levels, best first, which still need a size."""
-        sign, levels = self.sign, self.levels
-        key, old_key = sign * touch, sign * self.touch
-        tops, old_tops = self._band_tops(key), self.tops
-        gone = [old_key] if old_tops and old_key != key else []
-        came = [(0, key)] if not old_tops or old_key != key else []
-        for band, (top, step) in enumerate(zip(tops, self.steps, strict=True)):
+        sign, levels, steps = self.sign, self.levels, self.steps
+        old_tops = self.tops
+        gone: list[int] = []  # prices that left the touch or their band
+        came: list[tuple[int, int]] = []  # (rank, price) that entered the touch or a band
+        if not old_tops or touch != self.touch:
+            came.append((0, touch))
+            if old_tops:
+                gone.append(self.touch)
+        tops = list(old_tops) if old_tops else [0] * BANDS
+        edge = sign * touch - 1  # the best key the next band may use
+        for band, step in enumerate(steps):
+            top = edge - edge % step
             old_top = old_tops[band] if old_tops else None
-            if top != old_top:
-                _band_changes(band, top, old_top, step, gone, came)
-        self.touch, self.tops = touch, tops
-        for k in gone:
-            if not self._on_grid(k, key, tops):
-                del levels[sign * k]
-                changes[sign * k] = 0
-        return [(rank, sign * k) for rank, k in came if sign * k not in levels]
+            if top == old_top:
+                break  # a band's first level depends only on the one above: none moves further
+            tops[band] = top
+            _band_changes(band, top, old_top, step, sign, gone, came)
+            edge = top - LEVELS_PER_BAND * step
+        self.touch, self.tops = touch, tuple(tops)
+        self.firsts = (touch, *tops) if sign == 1 else (touch, *[-top for top in tops])
+        if gone:
+            # The grids' bands are disjoint, so a level that left one place is still on the
+            # grid exactly when it entered another (a band next to it, or the touch).
+            moved = {price for _, price in came}
+            for price in gone:
+                if price not in moved:
+                    del levels[price]
+                    changes[price] = 0
+        return [new for new in came if new[1] not in levels]
 
 
 def _band_changes(
@@ -193,28 +205,35 @@ def _band_changes(
     top: int,
     old_top: int | None,
     step: int,
+    sign: int,
     gone: list[int],
     came: list[tuple[int, int]],
 ) -> None:
-    """The keys that leave band ``band`` (old first key ``old_top``) into ``gone`` and the
-    (rank, key) pairs that enter it (new first key ``top``) into ``came``, ranks ascending.
-    Both bands lie on multiples of ``step``, so they differ only at their ends."""
+    """The prices that leave band ``band`` (old first key ``old_top``) into ``gone`` and the
+    (rank, price) pairs that enter it (new first key ``top``) into ``came``, ranks ascending
+    (a price is ``sign`` × its key). Both bands lie on multiples of ``step``, so they differ
+    only at their ends."""
     n = LEVELS_PER_BAND
     first = 1 + band * n  # the rank of the band's first level
     shift = n if old_top is None else (old_top - top) // step  # > 0: moved down, < 0: up
-    # Level i of the band (rank first + i) has key top - i * step.
+    # Level i of the band (rank first + i) has key top - i * step: price top_price + i * rung.
+    rung = -sign * step
     if old_top is None or not -n < shift < n:
         lo, hi = 0, n  # every level is new
         if old_top is not None:
-            gone.extend(range(old_top, old_top - n * step, -step))
+            old = sign * old_top
+            gone.extend(range(old, old + n * rung, rung))
     elif shift > 0:
         lo, hi = n - shift, n  # new at the bottom, the old top ones left
-        gone.extend(range(old_top, old_top - shift * step, -step))
+        old = sign * old_top
+        gone.extend(range(old, old + shift * rung, rung))
     else:
         lo, hi = 0, -shift  # new at the top, the old bottom ones left
-        gone.extend(range(old_top - (n + shift) * step, old_top - n * step, -step))
-    ranks = range(first + lo, first + hi)
-    came.extend(zip(ranks, range(top - lo * step, top - hi * step, -step), strict=True))
+        old = sign * old_top
+        gone.extend(range(old + (n + shift) * rung, old + n * rung, rung))
+    # (A comprehension: a zip of two ranges with strict=True costs more, for a few levels.)
+    top_price = sign * top
+    came.extend([(first + i, top_price + i * rung) for i in range(lo, hi)])
 
 
 class VenueBook:
@@ -236,11 +255,14 @@ class VenueBook:
         self.bids = _Side(1, spec.base, spec.growth)
         self.asks = _Side(-1, spec.base, spec.growth)
         self.depth = (1.0, 1.0)  # (bid, ask) scale of the sizes drawn, set by each step
+        # The median size of rank r at scale 1.0, the first factor of every size drawn.
+        self._medians = tuple(
+            spec.median_touch_lots * (1.0 + DEPTH_GROWTH_PER_LEVEL * rank) for rank in range(LEVELS)
+        )
         best_bid = math.floor(mid_ticks)
-        new: list[tuple[_Side, int, int]] = []
-        for side, touch in ((self.bids, best_bid), (self.asks, best_bid + 1)):
-            new += [(side, rank, price) for rank, price in side.regrid(touch, {})]
-        self._size_new(new, {}, {})
+        bid_new = self.bids.regrid(best_bid, {})
+        ask_new = self.asks.regrid(best_bid + 1, {})
+        self._size_new(bid_new, ask_new, {}, {})
 
     @property
     def best_bid(self) -> Level:
@@ -268,26 +290,36 @@ class VenueBook:
         """Follow ``mid_ticks``; ``bought_lots`` were taken from the best ask and ``sold_lots``
         from the best bid since the last step. ``depth`` scales the (bid, ask) sizes drawn from
         now on (1.0: calm)."""
+        return BookStep(*self.step_fields(mid_ticks, bought_lots, sold_lots, depth))
+
+    def step_fields(
+        self,
+        mid_ticks: float,
+        bought_lots: int,
+        sold_lots: int,
+        depth: tuple[float, float] = (1.0, 1.0),
+    ) -> StepFields:
+        """``step``'s fields, in their order, without the ``BookStep``: the market model puts
+        them straight into its ``DepthTick`` (a frozen dataclass costs a few µs to build)."""
         self.depth = depth
+        bids, asks = self.bids, self.asks
         bid_changes: dict[int, int] = {}
         ask_changes: dict[int, int] = {}
-        old_bid, old_ask = self.bids.best, self.asks.best
+        old_bid, old_ask = bids.touch, asks.touch
         best_bid = math.floor(mid_ticks)
-        new: list[tuple[_Side, int, int]] = []
         if best_bid != old_bid:
-            bid_new = self.bids.regrid(best_bid, bid_changes)
-            ask_new = self.asks.regrid(best_bid + 1, ask_changes)
-            new = [(self.bids, r, p) for r, p in bid_new] + [(self.asks, r, p) for r, p in ask_new]
+            bid_new = bids.regrid(best_bid, bid_changes)
+            ask_new = asks.regrid(best_bid + 1, ask_changes)
+        else:
+            bid_new = ask_new = []
         # Trades ate into the touch they hit, if that level is still on the book.
-        for side, price, lots, changes in (
-            (self.bids, old_bid, sold_lots, bid_changes),
-            (self.asks, old_ask, bought_lots, ask_changes),
-        ):
-            if lots > 0 and price in side.levels:
-                left = max(1, side.levels[price] - lots)
-                side.levels[price] = left
-                changes[price] = left
-        self._size_new(new, bid_changes, ask_changes)
+        if sold_lots > 0 and old_bid in bids.levels:
+            left = max(1, bids.levels[old_bid] - sold_lots)
+            bids.levels[old_bid] = bid_changes[old_bid] = left
+        if bought_lots > 0 and old_ask in asks.levels:
+            left = max(1, asks.levels[old_ask] - bought_lots)
+            asks.levels[old_ask] = ask_changes[old_ask] = left
+        self._size_new(bid_new, ask_new, bid_changes, ask_changes)
         self._refresh(bid_changes, ask_changes)
         return self._event(bid_changes, ask_changes)
 
@@ -296,25 +328,29 @@ class VenueBook:
     # handful of levels, where each numpy call costs more than the arithmetic. The operations
     # and their order are numpy's (touch × (1 + g·rank) × scale × noise, rounded half to even),
     # so the book is the same, level for level.
-    def _level_lots(self, rank: int, noise: float, scale: float) -> int:
-        median = self.spec.median_touch_lots * (1.0 + DEPTH_GROWTH_PER_LEVEL * rank) * scale
-        return max(1, round(median * noise))
-
     def _size_new(
         self,
-        new: list[tuple[_Side, int, int]],
+        bid_new: list[tuple[int, int]],
+        ask_new: list[tuple[int, int]],
         bid_changes: dict[int, int],
         ask_changes: dict[int, int],
     ) -> None:
-        if not new:
-            return
+        """Draw a size for each new (rank, price) of each side, bids first (one draw)."""
+        n_bids = len(bid_new)
+        total = n_bids + len(ask_new)
+        if not total:
+            return  # no draw: an empty draw leaves the stream where it is
+        noise = self.rng.lognormal(0.0, LEVEL_SIGMA, size=total).tolist()
         bid_scale, ask_scale = self.depth
-        noise = self.rng.lognormal(0.0, LEVEL_SIGMA, size=len(new)).tolist()
-        for (side, rank, price), drawn in zip(new, noise, strict=True):
-            bids = side is self.bids
-            size = self._level_lots(rank, drawn, bid_scale if bids else ask_scale)
-            side.levels[price] = size
-            (bid_changes if bids else ask_changes)[price] = size
+        medians = self._medians
+        for side, new, changes, scale, start in (
+            (self.bids, bid_new, bid_changes, bid_scale, 0),
+            (self.asks, ask_new, ask_changes, ask_scale, n_bids),
+        ):
+            levels = side.levels
+            for i, (rank, price) in enumerate(new, start):
+                size = round(medians[rank] * scale * noise[i])
+                levels[price] = changes[price] = size if size > 1 else 1
 
     def _refresh(self, bid_changes: dict[int, int], ask_changes: dict[int, int]) -> None:
         rng = self.rng
@@ -325,29 +361,29 @@ class VenueBook:
         ranks = [int(LEVELS * (u * u)) for u in rng.random(total).tolist()]
         noise = rng.lognormal(0.0, LEVEL_SIGMA, size=total).tolist()
         bid_scale, ask_scale = self.depth
-        for i in range(total):
-            bids = i < n_bids
-            side, changes = (self.bids, bid_changes) if bids else (self.asks, ask_changes)
-            price = side.price_at(ranks[i])
-            size = self._level_lots(ranks[i], noise[i], bid_scale if bids else ask_scale)
-            side.levels[price] = size
-            changes[price] = size
+        medians, rank_band = self._medians, RANK_BAND
+        for side, changes, scale, lo, hi in (
+            (self.bids, bid_changes, bid_scale, 0, n_bids),
+            (self.asks, ask_changes, ask_scale, n_bids, total),
+        ):
+            firsts, offsets, levels = side.firsts, side.offsets, side.levels
+            for i in range(lo, hi):
+                rank = ranks[i]
+                price = firsts[rank_band[rank]] + offsets[rank]
+                size = round(medians[rank] * scale * noise[i])
+                levels[price] = changes[price] = size if size > 1 else 1
 
-    def _event(self, bid_changes: dict[int, int], ask_changes: dict[int, int]) -> BookStep:
+    def _event(self, bid_changes: dict[int, int], ask_changes: dict[int, int]) -> StepFields:
         changes = len(bid_changes) + len(ask_changes)
         previous = self.last_update_id
         if self.id_gaps:
-            gaps = self.rng.geometric(0.3, size=2)
-            first = previous + 1 + int(gaps[0])  # never previous + 1: only pu links events
-            last = first + changes - 1 + int(gaps[1]) - 1
+            gap_first, gap_last = self.rng.geometric(0.3, size=2).tolist()
+            first = previous + 1 + gap_first  # never previous + 1: only pu links events
+            last = first + changes - 1 + gap_last - 1
         else:
             first = previous + 1
             last = previous + changes
         self.last_update_id = last
-        return BookStep(
-            bids=tuple(sorted(bid_changes.items(), reverse=True)),
-            asks=tuple(sorted(ask_changes.items())),
-            first_id=first,
-            last_id=last,
-            prev_last_id=previous,
-        )
+        # By price alone (prices are unique): a fifth cheaper than comparing the pairs.
+        bids = tuple(sorted(bid_changes.items(), key=_PRICE, reverse=True))
+        return bids, tuple(sorted(ask_changes.items(), key=_PRICE)), first, last, previous

@@ -106,7 +106,7 @@ class CoinbaseFeed:
 
     def on_depth(self, tick: DepthTick) -> str:
         """Encoded ``l2_data`` update events (the caller has applied ``tick`` to the book)."""
-        return wire.dumps([wire.depth_event(tick, self.specs[tick.symbol])])
+        return wire.depth_events_text(tick, self.specs[tick.symbol])
 
     def on_quote(self, tick: QuoteTick) -> str:
         return wire.dumps([{"type": "update", "tickers": [self._ticker(tick.symbol)]}])

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import orjson
 
+from simulator.binance_wire import EXACT_UNITS, decimal_text
 from simulator.book_model import Level
 from simulator.market import DepthTick, TradeTick, VenueSpec
 
@@ -60,8 +61,10 @@ def trimmed(value: float, decimals: int) -> str:
 
 @lru_cache(maxsize=TEXT_CACHE)
 def _units_trimmed(units: int, exp: int, decimals: int) -> str:
-    """``units`` of 10**-``exp`` (as ``BookSpec.price`` / ``qty`` convert them), trimmed."""
-    return trimmed(round(units / 10**exp, exp), decimals)
+    """``units`` of 10**-``exp`` (as ``BookSpec.price`` / ``qty`` convert them), trimmed:
+    ``trimmed(round(units / 10**exp, exp), decimals)``, from the integer (``decimal_text``)."""
+    text = decimal_text(units, exp, decimals)
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def price_text(ticks: int, spec: VenueSpec) -> str:
@@ -118,6 +121,75 @@ def level_updates(
         for p, q in asks
     ]
     return out
+
+
+class _Trimmed(dict[int, str]):
+    """``units`` -> its trimmed text (``price_text`` / ``qty_text``) followed by ``after``,
+    computed once: a level2 update prints ~25 levels, and a dict lookup per level costs a
+    fraction of an ``lru_cache`` call with three arguments. Emptied when full, like that cache.
+
+    Sizes are drawn afresh and mostly print once, so callers write them from the integer
+    inline when ``0 < units < limit``: ``template % (units // div, units % div)``, then
+    trimmed (``decimal_text`` without the call); ``limit`` is 0 where that form does not
+    apply."""
+
+    __slots__ = ("after", "decimals", "div", "exp", "limit", "template")
+
+    def __init__(self, exp: int, decimals: int, after: str) -> None:
+        super().__init__()
+        self.exp, self.decimals, self.after = exp, decimals, after
+        self.div = 10**exp
+        self.limit = EXACT_UNITS // 10 ** (decimals - exp) if 0 < exp <= decimals else 0
+        self.template = f"%d.%0{exp}d" if self.limit else ""
+
+    def __missing__(self, units: int) -> str:
+        if len(self) >= TEXT_CACHE:
+            self.clear()
+        text = decimal_text(units, self.exp, self.decimals)
+        if "." in text:
+            text = text.rstrip("0").rstrip(".")
+        self[units] = text = text + self.after
+        return text
+
+
+# (tick exp, price decimals, lot exp, qty decimals) -> the texts of an update's price and size
+_UPDATE_TEXTS: dict[tuple[int, int, int, int], tuple[_Trimmed, _Trimmed]] = {}
+
+
+def _update_texts(spec: VenueSpec) -> tuple[_Trimmed, _Trimmed]:
+    book = spec.book
+    key = (book.tick_exp, spec.price_decimals, book.lot_exp, spec.qty_decimals)
+    texts = _UPDATE_TEXTS.get(key)
+    if texts is None:
+        texts = _UPDATE_TEXTS[key] = (
+            _Trimmed(book.tick_exp, spec.price_decimals, '","new_quantity":"'),
+            _Trimmed(book.lot_exp, spec.qty_decimals, '"}'),
+        )
+    return texts
+
+
+def depth_events_text(tick: DepthTick, spec: VenueSpec) -> str:
+    """``dumps([depth_event(tick, spec)])``, byte for byte, written straight to text (same
+    keys, same order, no spaces) without building a dict per level first. Prices, sizes,
+    times and product ids are plain text that needs no JSON escaping."""
+    prices, sizes = _update_texts(spec)
+    div, limit, template = sizes.div, sizes.limit, sizes.template
+    at = rfc3339_ms(tick.event_ms)
+    updates = []
+    for side, levels in (("bid", tick.bids), ("offer", tick.asks)):
+        head = f'{{"side":"{side}","event_time":"{at}","price_level":"'
+        updates += [
+            head
+            + prices[p]
+            + (
+                (template % (q // div, q % div)).rstrip("0").rstrip(".") + '"}'
+                if 0 < q < limit
+                else sizes[q]
+            )
+            for p, q in levels
+        ]
+    product = orjson.dumps(tick.symbol).decode()
+    return f'[{{"type":"update","product_id":{product},"updates":[{",".join(updates)}]}}]'
 
 
 def l2_event(kind: str, product: str, updates: list[Json]) -> Json:
