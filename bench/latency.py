@@ -11,16 +11,15 @@ days of synthetic one-minute samples, bench/_support.py ``fill_synthetic``), as 
 running; ``--empty-baselines`` starts them empty, as on a first start without backfill.
 
 The figure is the daemon's own ``publish_latency_ms`` (monitor/health.py): for each regime and
-events message (QoS 1), from the receive stamp of the frame that caused it (``Frame.ts_recv_ms``,
-taken by the socket reader as the websocket message arrives) to the return of the publish, which
-for QoS 1 is the broker's PUBACK. The stamp is whole milliseconds (floored), so each latency is
-overstated by 0 to 1 ms. To say where the time goes the bench also wraps, in this process only,
-the publisher's ``publish`` and ``_send`` (stages of each message), the queue's ``get_batch``
-and the daemon's ``_publish`` (each step of the consumer: a batch, split where it awaits a
-regime change's PUBACK), the pipeline's ``feed_event`` (publish ticks: snapshots, regimes,
-messages), the engine's ``checkpoint`` (the state copy a save makes on the loop) and
-``gc.callbacks`` (collector pauses); a ``mosquitto_sub`` counts the events delivered. Runs
-warm-up + measured seconds, then stops.
+events message (QoS 1), from the receive stamp of the frame that caused it (``Frame.recv_ms``,
+taken by the socket reader as the websocket message arrives, to the microsecond) to the return
+of the publish, which for QoS 1 is the broker's PUBACK. To say where the time goes the bench
+also wraps, in this process only, the publisher's ``publish`` and ``_send`` (stages of each
+message), the queue's ``get_batch`` and the daemon's ``_publish`` (each step of the consumer: a
+batch, split where it awaits a regime change's PUBACK), the pipeline's ``feed_event`` (publish
+ticks: snapshots, regimes, messages), the engine's ``checkpoint`` (the state copy a save makes
+on the loop) and ``gc.callbacks`` (collector pauses); a ``mosquitto_sub`` counts the events
+delivered. Runs warm-up + measured seconds, then stops.
 """
 
 from __future__ import annotations
@@ -64,7 +63,7 @@ class Delivery:
     """One QoS 1 message's way out (wall ms)."""
 
     kind: str  # "regime" or "events"
-    received: int  # Frame.ts_recv_ms of the causing frame
+    received: float  # Frame.recv_ms of the causing frame
     handed: float  # the daemon calls Publisher.publish
     stored: float  # publish returned (the events message is queued for the outbox's thread)
     sending: float = 0.0  # the publisher's drain task starts sending it
@@ -87,7 +86,7 @@ class Probe:
         pub = self.publisher
         publish, send = pub.publish, pub._send
 
-        def timed_publish(msg: OutMessage, received_ms: int | None = None) -> None:
+        def timed_publish(msg: OutMessage, received_ms: float | None = None) -> None:
             if msg.qos == 0 or received_ms is None:
                 publish(msg, received_ms)
                 return
@@ -147,7 +146,7 @@ class LoopHolders:
                 self.ticks.append(((start, now_ms()), closes))
             return out
 
-        async def timed_publish(msgs: list[Any], received_ms: int) -> None:
+        async def timed_publish(msgs: list[Any], received_ms: float) -> None:
             # The consumer awaits a regime change's PUBACK here: the loop is free meanwhile, so
             # a step is split around it.
             if self._step is not None:
@@ -363,7 +362,7 @@ def report(
 
     # Of each message's receive → PUBACK time, how much was spent while the consumer held the
     # loop, and within that in minute ticks (baseline refresh) and in gc.
-    lives = [(float(d.received), d.acked) for d in window]
+    lives = [(d.received, d.acked) for d in window]
     total = sum(b - a for a, b in lives) or 1.0
     in_steps = sum(overlap(life, [s for s, _ in steps]) for life in lives)
     in_minutes = sum(overlap(life, [s for s, m in ticks if m]) for life in lives)
@@ -376,11 +375,11 @@ def report(
         "readers, MQTT I/O and loop turns"
     )
     if args.each:
-        print("received   kind    handed  stored sending   acked (ms after the receive stamp)")
+        print("  received kind    handed  stored sending   acked (ms after the receive stamp)")
         for d in window:
             times = (d.handed, d.stored, d.sending, d.acked)
             print(
-                f"{d.received % 100_000:>8} {d.kind:<7}"
+                f"{d.received % 100_000:>10.2f} {d.kind:<7}"
                 + "".join(f"{t - d.received:8.2f}" for t in times)
             )
     p99 = percentile(sorted(health), 99)

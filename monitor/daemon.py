@@ -456,7 +456,7 @@ class Daemon:
         for change in self.restored_regimes:
             self.publisher.publish(self.pipeline.builder.regime_state(change, now))
 
-    async def _publish(self, msgs: list[Any], received_ms: int) -> None:
+    async def _publish(self, msgs: list[Any], received_ms: float) -> None:
         """Hand ``msgs`` to the publisher; ``received_ms`` is when the queue item that caused
         them was received (the health report's ``publish_latency_ms`` starts there).
 
@@ -479,8 +479,10 @@ class Daemon:
             for item in await self.queue.get_batch():
                 if recorder is not None:
                     recorder.write(item)
+                received: float = item.ts_recv_ms
                 if isinstance(item, Frame):
                     msgs = pipeline.feed_frame(item.venue, item.raw, item.ts_recv_ms, wall_ms())
+                    received = item.recv_ms or received
                 elif isinstance(item, HistoryItem):
                     pipeline.fill_history(item.asset, item.history, item.final)
                     continue
@@ -491,7 +493,7 @@ class Daemon:
                 else:
                     msgs = pipeline.control(item.venue, item.ctl)
                 if msgs:  # most frames publish nothing: no coroutine for them
-                    await self._publish(msgs, item.ts_recv_ms)
+                    await self._publish(msgs, received)
             for request in pipeline.take_requests():
                 self._dispatch(request)
             if self.signal_store is not None and pipeline.chart_pending:

@@ -42,7 +42,7 @@ class Entry:
     msg: OutMessage
     # Wall-clock receive time (ms) of the frame that caused it: its receive → PUBACK latency is
     # measured. None: not measured (QoS 0, or no receive time given).
-    received_ms: int | None = None
+    received_ms: float | None = None
     outbox_id: int | None = None  # its outbox row once stored; None: in memory only
     storing: bool = False  # its outbox write is under way
     # The broker's PUBACK came (``delivered``). If its write was still under way then, the row
@@ -80,7 +80,7 @@ class DeliveryQueue:
         published in this one."""
         self._ordered.extendleft(reversed([Entry(msg, outbox_id=i) for i, msg in left]))
 
-    def add(self, msg: OutMessage, received_ms: int | None = None) -> Entry | None:
+    def add(self, msg: OutMessage, received_ms: float | None = None) -> Entry | None:
         """Queue ``msg``; returns its entry when it must be written to the outbox (then report
         the outcome with ``stored``), else None."""
         if msg.retain:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -278,3 +279,27 @@ def test_queue_drops_the_oldest_when_full() -> None:
         q.put(Frame("v", i, str(i)))
     assert q.dropped == 2
     assert [f.raw for f in q._items if isinstance(f, Frame)] == ["2", "3", "4"]
+
+
+async def test_each_frame_carries_its_receive_time_to_the_microsecond(server: Any) -> None:
+    """The whole-millisecond stamp is the tapes' unit; delivery latencies start at the finer
+    one, which must be the same instant (so the floored stamp is its floor)."""
+
+    async def handler(ws: ServerConnection, n: int) -> None:
+        for i in range(50):
+            await ws.send(frame("btcusdt@aggTrade", i))
+        await ws.wait_closed()
+
+    _, url = await server(handler)
+    queue = FrameQueue(1_000)
+    conn, stats = connection(url, queue)
+    before = time.time_ns() / 1e6
+    await run_until(conn, lambda: stats.frames >= 50)
+    after = time.time_ns() / 1e6
+    frames = [item for item in queue._items if isinstance(item, Frame)]
+    assert len(frames) == 50
+    for f in frames:
+        assert before <= f.recv_ms <= after
+        assert f.ts_recv_ms == int(f.recv_ms)  # the same instant, floored
+    assert any(f.recv_ms != f.ts_recv_ms for f in frames)  # finer than whole milliseconds
+    assert [f.recv_ms for f in frames] == sorted(f.recv_ms for f in frames)

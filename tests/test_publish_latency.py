@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -70,5 +71,24 @@ async def test_acknowledged_waits_for_the_regime_change_not_for_the_signals(
         # once it has reported, its row is deleted.
         await asyncio.wait_for(publisher.drained(), 10)
         assert len(publisher.outbox) == 0  # both acknowledged, so both left the outbox
+    finally:
+        await stop_tasks([task])
+
+
+async def test_the_publishers_socket_sends_each_packet_at_once(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path
+) -> None:
+    """TCP_NODELAY: with Nagle's algorithm a regime change written while a small packet (a
+    signals message) is unacknowledged waits for the broker's delayed ACK: 15-25 ms of a
+    5 ms budget in bench/latency.py."""
+    publisher = make_publisher(mosquitto.port, prefix, "nodelay", tmp_path / "outbox.sqlite")
+    task = asyncio.create_task(publisher.run())
+    try:
+        await asyncio.wait_for(publisher.connected.wait(), 30)
+        client = publisher._client
+        assert client is not None
+        sock = client._client.socket()  # aiomqtt's paho client: the connected TCP socket
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         await stop_tasks([task])
