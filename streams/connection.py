@@ -24,7 +24,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -179,6 +179,7 @@ class Connection:
         self.carries_trades = carries_trades
         self._ws: ClientConnection | None = None
         self._restart_reason: str | None = None
+        self._watch_reason: str | None = None  # why ``_read``'s watch closed the socket
         # Shared by a daemon's connections and REST clients: one line per host, not per socket.
         self.hosts = hosts if hosts is not None else HostReporter()
         self.host = host_of(url)
@@ -243,6 +244,7 @@ class Connection:
                 )
             async with connect(self.url, max_size=2**23, open_timeout=10, close_timeout=2) as ws:
                 self._ws, self._restart_reason, self._opened = ws, None, True
+                self._watch_reason = None
                 self._mark_up()
                 log.info("%s: connected to %s", self.name, self.url)
                 if self.on_open is not None:
@@ -265,6 +267,8 @@ class Connection:
                 self.hosts.ok(self.host)
             return f"connect failed: {type(exc).__name__}: {exc}"
         except websockets.ConnectionClosed as exc:
+            if self._watch_reason is not None:
+                return self._watch_reason
             if self._restart_reason is not None:
                 return f"requested: {self._restart_reason}"
             return f"closed: {exc}"
@@ -282,57 +286,97 @@ class Connection:
             health.down_since = None
 
     async def _read(self, ws: ClientConnection) -> str:
-        opened = time.monotonic()
-        deadline = opened + self.max_age
+        """Queue every frame until the socket ends; returns why it ended here (silent, stalled,
+        rotated, shutdown announced). Silence, stalls and age are watched by one timer that
+        fires only when something could be due, not by a timeout around each ``recv``: that
+        cost ~5 µs a frame, more than the pipeline spends on a trade frame. The timer ends
+        the socket by closing it; ``_session`` returns the reason it left in ``_watch_reason``."""
+        loop = asyncio.get_running_loop()
+        watch = ReadWatch(
+            time.monotonic(), self.silence_timeout, self.max_age, self.stall_timeout, self.watched
+        )
         health, queue, venue = self.health, self.queue, self.venue
-        last_seen = dict.fromkeys(self.watched, opened)
-        last_frame_mono = opened
-        next_check = opened + self.stall_timeout / 4
-        while True:
-            now_mono = time.monotonic()
-            if last_seen and now_mono >= next_check:
-                stalled = tuple(
-                    s for s, t in last_seen.items() if now_mono - t > self.stall_timeout
-                )
-                if stalled:
-                    health.stalls += 1
-                    health.stalled = stalled
+        last_seen, stream_of = watch.last_seen, self.stream_of if self.watched else None
+        closing: list[asyncio.Task[None]] = []
+
+        def check() -> None:
+            nonlocal timer
+            now = time.monotonic()
+            ending = watch.ending(now)
+            if ending is None:
+                timer = loop.call_later(watch.due(now) - now, check)
+                return
+            reason, stalled = ending
+            if stalled:
+                health.stalls += 1
+                health.stalled = stalled
+            self._watch_reason = reason
+            closing.append(loop.create_task(_close_quietly(ws)))  # held until ``_read`` ends
+
+        timer = loop.call_later(watch.due(watch.opened) - watch.opened, check)
+        try:
+            while True:
+                raw = await ws.recv()
+                watch.last_frame = now_mono = time.monotonic()
+                if stream_of is not None:
+                    stream = stream_of(raw)
+                    if stream in last_seen:
+                        last_seen[stream] = now_mono
+                ns = time.time_ns()
+                now = ns // 1_000_000
+                health.frames += 1
+                health.last_frame_recv_ms = now
+                if not queue.put(Frame(venue, now, raw, ns / 1e6)):
+                    health.dropped += 1
+                head = raw[:64] if isinstance(raw, str) else raw[:64].decode("ascii", "replace")
+                if "serverShutdown" in head:
                     await _close_quietly(ws)
-                    return f"stalled stream(s) {', '.join(stalled)} (socket still open)"
-                next_check = now_mono + self.stall_timeout / 4
-            timeout = min(self.silence_timeout, deadline - now_mono)
-            if last_seen:
-                timeout = min(timeout, max(0.01, next_check - now_mono))
-            if timeout <= 0:
-                await _close_quietly(ws)
-                return "rotate"
-            try:
-                async with asyncio.timeout(timeout):
-                    raw = await ws.recv()
-            except TimeoutError:
-                if last_seen and time.monotonic() < deadline:
-                    silent = time.monotonic() - max(last_frame_mono, opened)
-                    if silent < self.silence_timeout:
-                        continue  # only the stall check was due
-                await _close_quietly(ws)
-                if time.monotonic() >= deadline:
-                    return "rotate"
-                return f"silent for {self.silence_timeout:.0f}s"
-            last_frame_mono = time.monotonic()
-            if last_seen and self.stream_of is not None:
-                stream = self.stream_of(raw)
-                if stream in last_seen:
-                    last_seen[stream] = last_frame_mono
-            ns = time.time_ns()
-            now = ns // 1_000_000
-            health.frames += 1
-            health.last_frame_recv_ms = now
-            if not queue.put(Frame(venue, now, raw, ns / 1e6)):
-                health.dropped += 1
-            head = raw[:64] if isinstance(raw, str) else raw[:64].decode("ascii", "replace")
-            if "serverShutdown" in head:
-                await _close_quietly(ws)
-                return "serverShutdown announced"
+                    return "serverShutdown announced"
+        finally:
+            timer.cancel()
+
+
+@dataclass(slots=True)
+class ReadWatch:
+    """When a socket's reading must end, from monotonic times alone: no frame for
+    ``silence`` seconds (Binance's retired paths connect and then say nothing), a ``watched``
+    stream unheard for ``stall`` seconds while the socket still delivers others (the exchange
+    stopped it), or ``max_age`` seconds since it opened (rotated before Binance's 24 h cut).
+    Stalls are looked for every ``stall / 4`` seconds."""
+
+    opened: float
+    silence: float
+    max_age: float
+    stall: float
+    watched: tuple[str, ...] = ()
+    last_frame: float = field(init=False)
+    last_seen: dict[str, float] = field(init=False)  # watched stream -> last heard
+    _next_stall_check: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last_frame = self.opened
+        self.last_seen = dict.fromkeys(self.watched, self.opened)
+        self._next_stall_check = self.opened + self.stall / 4
+
+    def ending(self, now: float) -> tuple[str, tuple[str, ...]] | None:
+        """(why the socket must end now, the stalled streams), or None."""
+        if self.last_seen and now >= self._next_stall_check:
+            self._next_stall_check = now + self.stall / 4
+            stalled = tuple(s for s, t in self.last_seen.items() if now - t > self.stall)
+            if stalled:
+                return f"stalled stream(s) {', '.join(stalled)} (socket still open)", stalled
+        if now >= self.opened + self.max_age:
+            return "rotate", ()
+        if now - self.last_frame >= self.silence:
+            return f"silent for {self.silence:.0f}s", ()
+        return None
+
+    def due(self, now: float) -> float:
+        """When ``ending`` could next say something (a little past ``now`` at the least)."""
+        due = min(self.opened + self.max_age, self.last_frame + self.silence)
+        if self.last_seen:
+            due = min(due, self._next_stall_check)
+        return max(due, now + 0.001)
 
 
 def _proxied(url: str) -> bool:

@@ -14,7 +14,15 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from streams.binance import stream_name
-from streams.connection import Backoff, Connection, Control, Frame, FrameQueue, LinkStats
+from streams.connection import (
+    Backoff,
+    Connection,
+    Control,
+    Frame,
+    FrameQueue,
+    LinkStats,
+    ReadWatch,
+)
 from streams.reporting import HostReporter
 from tests.conftest import free_port
 
@@ -303,3 +311,32 @@ async def test_each_frame_carries_its_receive_time_to_the_microsecond(server: An
         assert f.ts_recv_ms == int(f.recv_ms)  # the same instant, floored
     assert any(f.recv_ms != f.ts_recv_ms for f in frames)  # finer than whole milliseconds
     assert [f.recv_ms for f in frames] == sorted(f.recv_ms for f in frames)
+
+
+def test_the_read_watch_ends_a_socket_silent_stalled_or_old_and_sleeps_until_then() -> None:
+    """The timer's arithmetic, without a socket (times in seconds since the socket opened)."""
+    watch = ReadWatch(0.0, silence=5.0, max_age=100.0, stall=4.0, watched=("depth",))
+    assert watch.due(0.0) == 1.0  # the first stall check, a quarter of ``stall`` in
+    assert watch.ending(1.0) is None  # nothing stalled yet (unheard since the open, 1 s)
+    assert watch.due(1.0) == 2.0
+    watch.last_frame = 3.9  # frames flow, none of the watched stream
+    assert watch.ending(2.0) is None and watch.due(2.0) == 3.0
+    assert watch.ending(3.0) is None and watch.due(3.0) == 4.0
+    watch.last_frame = 4.5
+    assert watch.ending(4.0) is None  # 4 s unheard is not past ``stall``
+    assert watch.ending(5.0) == ("stalled stream(s) depth (socket still open)", ("depth",))
+
+    heard = ReadWatch(0.0, silence=5.0, max_age=100.0, stall=8.0, watched=("depth",))
+    for t in (0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5):
+        heard.last_frame = heard.last_seen["depth"] = t
+        assert heard.ending(t + 0.5) is None  # heard every second: never stalled nor silent
+    assert heard.due(7.0) == 8.0  # the next stall check comes before the silence (11.5)
+    assert heard.ending(11.4) is None
+    assert heard.ending(11.5) == ("silent for 5s", ())  # then nothing: 5 s after 6.5
+
+    plain = ReadWatch(10.0, silence=5.0, max_age=30.0, stall=4.0)  # no watched stream
+    assert plain.due(10.0) == 15.0  # silence first, no stall checks
+    plain.last_frame = 38.0
+    assert plain.ending(39.0) is None and plain.due(39.0) == 40.0  # the age comes first
+    assert plain.ending(40.0) == ("rotate", ())
+    assert plain.due(41.0) == 41.001  # overdue: asked again at once, never in the past
