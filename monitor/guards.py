@@ -25,6 +25,7 @@ Pure: no clock, no I/O. Receive times come with the events, so a replay judges t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from streams.events import (
@@ -134,12 +135,89 @@ class _Reference:
         self.low, self.high = price * (1 - self.band), price * (1 + self.band)
 
 
-@dataclass(slots=True)
 class _Subject:
-    """What the guard knows about one subscribed (venue, symbol)."""
+    """What the guard knows about one (venue, symbol), and its judgement of their events. A
+    venue has two more: one for its venue-wide events (no symbol: no price to judge) and one
+    for the symbols it did not subscribe (``unknown``)."""
 
-    clock: _ClockOffset  # its venue's
-    reference: _Reference  # its asset's, shared by the asset's venues
+    __slots__ = ("clock", "max_ahead", "max_behind", "max_notional", "reference", "unknown")
+
+    def __init__(
+        self,
+        clock: _ClockOffset,
+        reference: _Reference | None,
+        limits: GuardLimits,
+        unknown: bool = False,
+    ) -> None:
+        self.clock = clock  # its venue's
+        self.reference = reference  # its asset's, shared by the asset's venues
+        self.unknown = unknown
+        # The bounds as plain attributes: they are read for every event.
+        self.max_ahead, self.max_behind = limits.max_ahead_ms, limits.max_behind_ms
+        self.max_notional = limits.max_notional
+
+    def check(self, event: Event, clocked: bool) -> Rejection | None:
+        """``EventGuard.check`` of an event of this subject: the pipeline holds this bound
+        method per subscribed (venue, symbol), so the per-trade path skips the lookups."""
+        ahead = event.ts_event - event.ts_recv
+        if clocked and ahead:
+            clock = self.clock
+            clock.frames = frames = clock.frames + 1
+            if frames % OFFSET_STRIDE == 1:
+                clock.observe(ahead)
+        if self.unknown:
+            return Rejection(UNKNOWN_SYMBOL, event.symbol)
+        if ahead > self.clock.offset + self.max_ahead:
+            return Rejection(FUTURE_TS, f"{event.symbol} {ahead / 1000:.1f} s ahead of its receipt")
+        if -ahead > self.max_behind:
+            return Rejection(STALE_TS, f"{event.symbol} {-ahead / 1000:.0f} s behind its receipt")
+        ref = self.reference
+        if ref is None:  # a venue-wide event (a heartbeat): no price to judge
+            return None
+        cls = event.__class__  # exact class checks: this is the per-event path
+        if cls is Trade:  # ``_priced`` and the reference's ``observe``, inline: the per-trade path
+            price = event.price
+            if not price * event.qty <= self.max_notional:  # also catches inf and NaN
+                return Rejection(NOTIONAL, f"{price:g} x {event.qty:g}")
+            low, high, batch = ref.low, ref.high, ref.batch
+            batch.append(price)
+            if len(batch) >= REFERENCE_BATCH or ref.price is None:
+                ref.observed()
+            if not low <= price <= high:
+                return Rejection(PRICE_BAND, f"{price:g} against {ref.price:g}")
+            return None
+        if cls is Liquidation:
+            return self._priced(event.price, event.qty)
+        if isinstance(event, MarkPrice):
+            return self._priced(event.mark_price, 0.0)
+        if isinstance(event, OpenInterest):
+            return self._open_interest(event.open_interest)
+        if isinstance(event, BookTicker) and not (
+            ref.low <= event.bid <= ref.high and ref.low <= event.ask <= ref.high
+        ):
+            return Rejection(PRICE_BAND, f"{event.symbol} ticker {event.bid:g}/{event.ask:g}")
+        return None
+
+    def _priced(self, price: float, qty: float) -> Rejection | None:
+        ref = self.reference
+        assert ref is not None
+        if not price * qty <= self.max_notional:  # also catches inf and NaN
+            return Rejection(NOTIONAL, f"{price:g} x {qty:g}")
+        low, high = ref.low, ref.high  # the band before this price joins the reference
+        ref.observe(price)
+        if not low <= price <= high:
+            return Rejection(PRICE_BAND, f"{price:g} against {ref.price:g}")
+        return None
+
+    def _open_interest(self, contracts: float) -> Rejection | None:
+        assert self.reference is not None
+        worth = contracts * (self.reference.price or 1.0)
+        if not worth <= self.max_notional * OI_NOTIONAL_FACTOR:
+            return Rejection(NOTIONAL, f"open interest {contracts:g}")
+        return None
+
+
+Check = Callable[[Event, bool], "Rejection | None"]
 
 
 class EventGuard:
@@ -149,15 +227,20 @@ class EventGuard:
         """``reference_of``: every subscribed (venue, symbol) -> the name of the reference price
         it shares (its asset's; USDT-USD has its own). Anything else is an unknown symbol."""
         self.limits = limits
-        # The bounds as plain attributes: they are read for every event.
-        self._max_ahead, self._max_behind = limits.max_ahead_ms, limits.max_behind_ms
         self._max_notional = limits.max_notional
         self._clocks = {venue: _ClockOffset() for venue, _ in reference_of}
         references: dict[str, _Reference] = {}
-        self._subjects: dict[str, dict[str, _Subject]] = {venue: {} for venue in self._clocks}
+        # venue -> symbol -> subject; the key None holds the venue-wide one.
+        self._subjects: dict[str, dict[str | None, _Subject]] = {
+            venue: {None: _Subject(clock, None, limits)} for venue, clock in self._clocks.items()
+        }
+        self._unknown = {
+            venue: _Subject(clock, None, limits, unknown=True)
+            for venue, clock in self._clocks.items()
+        }
         for (venue, symbol), name in reference_of.items():
             reference = references.setdefault(name, _Reference(limits.price_band))
-            self._subjects[venue][symbol] = _Subject(self._clocks[venue], reference)
+            self._subjects[venue][symbol] = _Subject(self._clocks[venue], reference, limits)
 
     def clock_offset_ms(self, venue: str) -> int:
         clock = self._clocks.get(venue)
@@ -169,62 +252,19 @@ class EventGuard:
         its time is the receive time (Binance spot's bookTicker carries no time of its own: the
         parser stamps it with the receive time, which measures nothing). A frame's older events
         (a Coinbase snapshot of past trades) and a REST row say nothing of the feed's clock."""
-        symbol = event.symbol
-        clock = self._clocks.get(venue)
-        if clock is None:
-            return Rejection(UNKNOWN_SYMBOL, f"{symbol} (venue not collected)")
-        ahead = event.ts_event - event.ts_recv
-        if clocked and ahead:
-            clock.frames += 1
-            if clock.frames % OFFSET_STRIDE == 1:
-                clock.observe(ahead)
-        subject = None if symbol is None else self._subjects[venue].get(symbol)
-        if subject is None and symbol is not None:
-            return Rejection(UNKNOWN_SYMBOL, symbol)
-        if ahead > clock.offset + self._max_ahead:
-            return Rejection(FUTURE_TS, f"{symbol} {ahead / 1000:.1f} s ahead of its receipt")
-        if -ahead > self._max_behind:
-            return Rejection(STALE_TS, f"{symbol} {-ahead / 1000:.0f} s behind its receipt")
-        if subject is None:  # a venue-wide event (a heartbeat): no price to judge
-            return None
-        cls = event.__class__  # exact class checks: this is the per-event path
-        if cls is Trade:  # ``_priced`` and the reference's ``observe``, inline: the per-trade path
-            price, ref = event.price, subject.reference
-            if not price * event.qty <= self._max_notional:  # also catches inf and NaN
-                return Rejection(NOTIONAL, f"{price:g} x {event.qty:g}")
-            low, high, batch = ref.low, ref.high, ref.batch
-            batch.append(price)
-            if len(batch) >= REFERENCE_BATCH or ref.price is None:
-                ref.observed()
-            if not low <= price <= high:
-                return Rejection(PRICE_BAND, f"{price:g} against {ref.price:g}")
-            return None
-        if cls is Liquidation:
-            return self._priced(subject.reference, event.price, event.qty)
-        if isinstance(event, MarkPrice):
-            return self._priced(subject.reference, event.mark_price, 0.0)
-        if isinstance(event, OpenInterest):
-            return self._open_interest(subject, event.open_interest)
-        if isinstance(event, BookTicker):
-            ref = subject.reference
-            if not (ref.low <= event.bid <= ref.high and ref.low <= event.ask <= ref.high):
-                return Rejection(PRICE_BAND, f"{symbol} ticker {event.bid:g}/{event.ask:g}")
-        return None
+        subjects = self._subjects.get(venue)
+        if subjects is None:
+            return Rejection(UNKNOWN_SYMBOL, f"{event.symbol} (venue not collected)")
+        subject = subjects.get(event.symbol)
+        if subject is None:
+            subject = self._unknown[venue]
+        return subject.check(event, clocked)
 
-    def _priced(self, ref: _Reference, price: float, qty: float) -> Rejection | None:
-        if not price * qty <= self._max_notional:  # also catches inf and NaN
-            return Rejection(NOTIONAL, f"{price:g} x {qty:g}")
-        low, high = ref.low, ref.high  # the band before this price joins the reference
-        ref.observe(price)
-        if not low <= price <= high:
-            return Rejection(PRICE_BAND, f"{price:g} against {ref.price:g}")
-        return None
-
-    def _open_interest(self, subject: _Subject, contracts: float) -> Rejection | None:
-        worth = contracts * (subject.reference.price or 1.0)
-        if not worth <= self._max_notional * OI_NOTIONAL_FACTOR:
-            return Rejection(NOTIONAL, f"open interest {contracts:g}")
-        return None
+    def checker(self, venue: str, symbol: str) -> Check | None:
+        """``check`` of the events of one subscribed (venue, symbol), looked up once; None
+        when it is not subscribed."""
+        subject = self._subjects.get(venue, {}).get(symbol)
+        return None if subject is None or subject.reference is None else subject.check
 
     def book_levels(
         self, venue: str, event: DepthDiff | DepthSnapshot
@@ -233,9 +273,8 @@ class EventGuard:
         the bids and asks without the implausible levels (bids above the band, asks below
         it, levels above the notional cap), and how many were dropped."""
         subject = self._subjects.get(venue, {}).get(event.symbol)
-        low, high = (
-            (0.0, math.inf) if subject is None else (subject.reference.low, subject.reference.high)
-        )
+        ref = None if subject is None else subject.reference
+        low, high = (0.0, math.inf) if ref is None else (ref.low, ref.high)
         cap = self._max_notional
         bids, asks = event.bids, event.asks
         if _plausible(bids, 0.0, high, cap) and _plausible(asks, low, math.inf, cap):

@@ -13,13 +13,15 @@ so a replay is reproducible to the byte.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import msgspec
 
 from monitor.config import Config
-from monitor.guards import BOOK_LEVEL, EventGuard, GuardLimits, Rejection
+from monitor.guards import BOOK_LEVEL, Check, EventGuard, GuardLimits, Rejection
 from monitor.health import Health
 from monitor.history_tape import HISTORY, HistoryReader
 from monitor.messages import MessageBuilder, OutMessage, Topics
@@ -28,7 +30,7 @@ from signals.backfill import AssetHistory, chart_samples
 from signals.engine import DEPTH_BAND_PCT, BaselineSpec, SignalEngine, SignalSnapshot
 from signals.regimes import RegimeEngine
 from streams.book import BookSync
-from streams.continuity import TradeContinuity, TradeGap
+from streams.continuity import SymbolContinuity, TradeContinuity, TradeGap
 from streams.events import COINBASE, DepthDiff, DepthSnapshot, Event, FeedGap, Trade
 from streams.frames import IgnoredFrame, MalformedFrame, SkippedFrame
 from streams.venues import ADAPTERS, Resync, Venue
@@ -75,6 +77,19 @@ def asset_symbols(config: Config) -> dict[str, dict[str, str]]:
             if (symbol := getattr(asset, key)) is not None
         }
     return out
+
+
+class _TradeLane:
+    """What a trade of one subscribed (venue, symbol) goes through, looked up once: the guard's
+    check, its id sequence (bound at its first admissible trade, when ``TradeContinuity`` would
+    create it) and the engine's route."""
+
+    __slots__ = ("check", "on_trade", "sequence")
+
+    def __init__(self, check: Check, on_trade: Callable[[Trade], list[SignalSnapshot]]) -> None:
+        self.check = check
+        self.sequence: SymbolContinuity | None = None
+        self.on_trade = on_trade
 
 
 class Pipeline:
@@ -129,6 +144,9 @@ class Pipeline:
             for venue, symbol in venues.items()
         }
         self.continuity = TradeContinuity()
+        # venue -> symbol -> its lane (see ``_trade``); by venue first, so that the per-trade
+        # lookup builds no key. Trades come only from the configured venues' frames and bodies.
+        self._lanes: dict[str, dict[str, _TradeLane]] = {venue: {} for venue in self.venues}
         self.decoders = {name: venue.decoder() for name, venue in self.venues.items()}
         self.history_reader = HistoryReader()  # history records of a tape
         self.history_added: dict[str, dict[str, int]] = {name: {} for name in config.assets}
@@ -179,6 +197,8 @@ class Pipeline:
             self._frames_lost(venue)
         if not events:  # a frame of a stream no signal reads, a control reply, a bad frame
             return []
+        if len(events) == 1 and events[0].__class__ is Trade:  # most frames: one trade
+            return self._trade(venue, events[0], now_ms, True, True)
         return self._process(venue, events, now_ms, live=True)
 
     def feed_rest(
@@ -305,8 +325,6 @@ class Pipeline:
     ) -> list[OutMessage]:
         """``live``: the events came from a websocket frame (not a REST body)."""
         newest = events[-1] if live else None  # a frame's newest event measures its clock
-        if newest is not None and len(events) == 1 and newest.__class__ is Trade:
-            return self._trade(venue, newest, now_ms, live, True)  # most frames: one trade
         # The per-frame path: exact class checks and the common case inline.
         out: list[OutMessage] = []
         check = self.guard.check
@@ -328,25 +346,50 @@ class Pipeline:
         self, venue: str, trade: Trade, now_ms: int | None, live: bool, clocked: bool
     ) -> list[OutMessage]:
         """One trade through the guard, continuity and the engine: the per-trade path."""
-        rejection = self.guard.check(venue, trade, clocked)
+        lane = self._lanes[venue].get(trade.symbol) or self._lane(venue, trade.symbol)
+        rejection = lane.check(trade, clocked)
         if rejection is not None:
             self.health.count_rejected(venue, rejection, trade.ts_recv)
             return []
-        counted, gap = self.continuity.admit(trade, live)
+        seq = lane.sequence
+        if seq is None:  # the symbol's first admissible trade: its id sequence starts here
+            seq = lane.sequence = self.continuity.state(venue, trade.symbol)
+        if trade.trade_id - 1 == seq.last_id and not seq.suspects and not self._reconnecting:
+            # ``SymbolContinuity.admit``'s first case, inline (nearly every trade): the trade
+            # continues its sequence, nothing is held, and no reconnect is being settled.
+            seq.last_id = trade.trade_id
+            seq.anchored = True
+            return self._admitted(lane, venue, trade, now_ms, live)
+        counted, gap = seq.admit(trade, live)
         if gap is not None:
             self._trade_gap(gap)
         out: list[OutMessage] = []
         for admitted in counted:
-            if live:
-                if admitted.ts_event > self._last_trade_ms.get(venue, 0):
-                    self._last_trade_ms[venue] = admitted.ts_event
-                if venue in self._reconnecting:
-                    out += self._first_trade_since_reconnect(admitted, gap, now_ms)
-                    gap = None  # the gap opened before the first of them
-            snapshots = self.engine.on_trade(admitted)
-            if snapshots:  # a publish boundary passed
-                out += self._messages(snapshots, now_ms)
+            if live and venue in self._reconnecting:
+                out += self._first_trade_since_reconnect(admitted, gap, now_ms)
+                gap = None  # the gap opened before the first of them
+            out += self._admitted(lane, venue, admitted, now_ms, live)
         return out
+
+    def _admitted(
+        self, lane: _TradeLane, venue: str, trade: Trade, now_ms: int | None, live: bool
+    ) -> list[OutMessage]:
+        """A trade continuity counts: into the engine."""
+        if live and trade.ts_event > self._last_trade_ms.get(venue, 0):
+            self._last_trade_ms[venue] = trade.ts_event
+        snapshots = lane.on_trade(trade)
+        return self._messages(snapshots, now_ms) if snapshots else []
+
+    def _lane(self, venue: str, symbol: str) -> _TradeLane:
+        """The lane of (venue, symbol): kept for a subscribed one; for any other symbol, made
+        for the one trade (the guard rejects it), so made-up symbols cannot grow the table."""
+        check = self.guard.checker(venue, symbol)
+        if check is None:
+            return _TradeLane(partial(self.guard.check, venue), self.engine.on_trade)
+        lane = self._lanes[venue][symbol] = _TradeLane(
+            check, self.engine.trade_route(venue, symbol)
+        )
+        return lane
 
     def _trade_gap(self, gap: TradeGap) -> None:
         if gap.refetchable:

@@ -220,12 +220,6 @@ class AssetSignals:
         # Perp and spot volume share one window: a gap on either venue drops the bucket from
         # both sums, so the ratio always compares the same minutes.
         self.volume = BucketWindow(volume_window_ms, VOLUME_BUCKET_MS, channels=2)
-        # Where each venue's trades are summed, looked up once: (its flow window, its channel of
-        # the volume window), None where it has none.
-        volume_channels = {BINANCE_USDM: 0, BINANCE_SPOT: 1}
-        self._trade_sums = {
-            venue: (self.flow.get(venue), volume_channels.get(venue)) for venue in self.symbols
-        }
         self.liquidations = BucketWindow(flow_window_ms, bucket_ms, channels=2)
         self.flow_min_coverage = flow_min_coverage
         self.depth = depth
@@ -286,23 +280,6 @@ class AssetSignals:
                 for window in self._venue_windows(venue):
                     window.mark_missing(start, boundary_ms)
                 self._silence_marked[venue] = boundary_ms
-
-    def on_trade(self, trade: Trade) -> None:
-        venue, ts = trade.venue, trade.ts_event
-        last = self.heard_ms.get(venue)
-        if last is None:
-            self.heard(venue, ts)
-        elif ts > last:  # ``heard``, inline: the per-trade path
-            self.heard_ms[venue] = ts
-        notional = trade.price * trade.qty
-        flow, volume_channel = self._trade_sums[venue]
-        if flow is not None:
-            flow.add_one(ts, 0 if trade.taker_side == BUY else 1, notional)
-        if volume_channel is not None:
-            self.volume.add_one(ts, volume_channel, notional)
-        latest = self.last_trade.get(venue)
-        if latest is None or ts >= latest.ts_event:
-            self.last_trade[venue] = trade
 
     def on_mark(self, mark: MarkPrice) -> None:
         self.heard(mark.venue, mark.ts_event)
@@ -651,6 +628,7 @@ class SignalEngine:
         # The USDT price tracker: the latest USDT-USD trade by event time.
         self._usdt_key = (COINBASE, usdt_usd) if usdt_usd else None
         self.usdt_trade: Trade | None = None
+        self._trade_routes: dict[tuple[str, str], _TradeRoute] = {}
 
     def on_event(self, event: Event) -> list[SignalSnapshot]:
         cls = event.__class__  # exact class checks: this is the per-event path
@@ -676,23 +654,18 @@ class SignalEngine:
 
     def on_trade(self, trade: Trade) -> list[SignalSnapshot]:
         """``on_event`` of a trade, the most frequent event, without the dispatch on type."""
-        next_boundary = self._next_boundary  # ``_advance``, inline: the per-trade path
-        if next_boundary is not None and trade.ts_event < next_boundary:
-            snapshots = []
-        else:
-            snapshots = self._tick(trade.ts_event)
-        key = (trade.venue, trade.symbol)
-        state = self._route.get(key)
-        if key == self._usdt_key:
-            # The USDT price, not an asset's (unless an asset maps the product too).
-            self._on_usdt_trade(trade)
-            if state is None:
-                return snapshots
-        if state is None:
-            self.unrouted += 1
-            return snapshots
-        state.on_trade(trade)
-        return snapshots
+        return self.trade_route(trade.venue, trade.symbol)(trade)
+
+    def trade_route(self, venue: str, symbol: str) -> Callable[[Trade], list[SignalSnapshot]]:
+        """``on_trade`` for the trades of one (venue, symbol), its destination looked up once
+        (the pipeline holds one per symbol). Routes of the configured symbols are kept; any
+        other symbol gets one made for the call, so made-up symbols cannot grow the table."""
+        route = self._trade_routes.get((venue, symbol))
+        if route is None:
+            route = _TradeRoute(self, venue, symbol)
+            if route.asset is not None or route.usdt:
+                self._trade_routes[venue, symbol] = route
+        return route.on_trade
 
     def _advance(self, ts_ms: int) -> list[SignalSnapshot]:
         """The snapshots of the publish boundaries an event at ``ts_ms`` passes (nearly always
@@ -791,3 +764,83 @@ class SignalEngine:
         if previous is None or self._baseline_bucket_ms is None:
             return self._baselines
         return math.ceil(self._baselines * (boundary - previous) / self._baseline_bucket_ms)
+
+
+# The channel of the volume window each Binance venue's quote volume goes to.
+_VOLUME_CHANNELS = {BINANCE_USDM: AssetSignals._PERP, BINANCE_SPOT: AssetSignals._SPOT}
+
+
+class _TradeRoute:
+    """Where the trades of one (venue, symbol) go, looked up once: the engine's side of the
+    per-trade path."""
+
+    __slots__ = (
+        "asset",
+        "engine",
+        "flow",
+        "heard_ms",
+        "last_trade",
+        "usdt",
+        "venue",
+        "volume",
+        "volume_channel",
+    )
+
+    def __init__(self, engine: SignalEngine, venue: str, symbol: str) -> None:
+        self.engine = engine
+        self.venue = venue
+        # The USDT price's trades go to the engine (and to an asset only if one maps them too).
+        self.usdt = (venue, symbol) == engine._usdt_key
+        asset = self.asset = engine._route.get((venue, symbol))
+        self.flow: BucketWindow | None = None  # the venue's flow window
+        self.volume: BucketWindow | None = None  # the volume window, for a Binance venue
+        self.volume_channel = 0
+        self.heard_ms: dict[str, int] = {}
+        self.last_trade: dict[str, Trade] = {}
+        if asset is not None:
+            self.heard_ms, self.last_trade = asset.heard_ms, asset.last_trade
+            self.flow = asset.flow.get(venue)
+            if venue in _VOLUME_CHANNELS:
+                self.volume = asset.volume
+                self.volume_channel = _VOLUME_CHANNELS[venue]
+
+    def on_trade(self, trade: Trade) -> list[SignalSnapshot]:
+        engine = self.engine
+        ts = trade.ts_event
+        next_boundary = engine._next_boundary  # ``_advance``, inline: the per-trade path
+        snapshots = [] if next_boundary is not None and ts < next_boundary else engine._tick(ts)
+        if self.usdt:
+            engine._on_usdt_trade(trade)
+        asset = self.asset
+        if asset is None:
+            if not self.usdt:
+                engine.unrouted += 1
+            return snapshots
+        venue, heard_ms = self.venue, self.heard_ms
+        last = heard_ms.get(venue)
+        if last is None:
+            asset.heard(venue, ts)
+        elif ts > last:  # ``heard``, inline
+            heard_ms[venue] = ts
+        notional = trade.price * trade.qty
+        # ``BucketWindow.add_one``'s first case, inline (nearly every trade lands in the open
+        # head bucket of both windows): the two calls were an eighth of the engine's time.
+        flow = self.flow
+        if flow is not None:
+            side = 0 if trade.taker_side == BUY else 1  # AssetSignals._BUY, _SELL
+            pending = flow._open
+            if pending is not None and ts // flow.bucket_ms == flow._head:
+                pending[side] += notional
+            else:
+                flow.add_one(ts, side, notional)
+        volume = self.volume
+        if volume is not None:
+            pending = volume._open
+            if pending is not None and ts // volume.bucket_ms == volume._head:
+                pending[self.volume_channel] += notional
+            else:
+                volume.add_one(ts, self.volume_channel, notional)
+        latest = self.last_trade.get(venue)
+        if latest is None or ts >= latest.ts_event:
+            self.last_trade[venue] = trade
+        return snapshots

@@ -81,7 +81,8 @@ class BucketWindow:
 
     def add_one(self, ts_ms: int, channel: int, value: float) -> None:
         """``add`` of ``value`` to one channel (the others 0): the per-trade path, with no
-        tuple built when the event lands in the open head bucket, as nearly every one does."""
+        tuple built when the event lands in the open head bucket, as nearly every one does
+        (the engine's trade route, ``signals/engine.py``, does that first case inline)."""
         pending = self._open
         if pending is not None and ts_ms // self.bucket_ms == self._head:
             pending[channel] += value

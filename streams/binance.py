@@ -207,7 +207,7 @@ def _depth_diff(venue: str, p: dict, ts_recv: int) -> DepthDiff:
 _P = TypeVar("_P")
 
 
-class _DepthPayload(msgspec.Struct):
+class _DepthPayload(msgspec.Struct, gc=False):
     e: str
     E: int
     s: str
@@ -218,7 +218,9 @@ class _DepthPayload(msgspec.Struct):
     pu: int | None = None
 
 
-class _Combined(msgspec.Struct, Generic[_P]):
+# ``gc=False`` on the decoded structs: they hold strings, numbers and lists of number pairs,
+# never a cycle, and one is made per frame.
+class _Combined(msgspec.Struct, Generic[_P], gc=False):
     """The combined-stream envelope around a payload."""
 
     stream: str
@@ -249,7 +251,7 @@ def parse_depth_frame(venue: str, raw: str | bytes, ts_recv: int) -> list[Event]
     return [DepthDiff(venue, p.s, p.E, ts_recv, p.U, p.u, p.pu, tuple(p.b), tuple(p.a))]
 
 
-class _TradePayload(msgspec.Struct):
+class _TradePayload(msgspec.Struct, gc=False):
     """``trade`` (id ``t``) or ``aggTrade`` (id ``a``)."""
 
     e: str

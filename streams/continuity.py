@@ -56,8 +56,14 @@ class TradeGap:
         return self.size <= MAX_REFETCH_IDS
 
 
-@dataclass
+Admission = tuple[tuple[Trade, ...], TradeGap | None]
+_NONE: Admission = ((), None)
+
+
+@dataclass(slots=True)
 class SymbolContinuity:
+    """The id sequence of one (venue, symbol), and the admission of its trades."""
+
     last_id: int | None = None
     open_gaps: list[list[int]] = field(default_factory=list)  # [first, last, gap] still missing
     remaining: dict[int, int] = field(default_factory=dict)  # gap (its first id) -> ids missing
@@ -74,9 +80,143 @@ class SymbolContinuity:
     def missing(self) -> int:
         return sum(hi - lo + 1 for lo, hi, _ in self.open_gaps)
 
+    def admit(self, trade: Trade, live: bool = True) -> Admission:
+        """``TradeContinuity.admit`` of a trade of this symbol: the pipeline holds this bound
+        method per symbol, so the per-trade path skips the lookup."""
+        # ``last_id + 1``, with no test for None: an int never equals None.
+        if trade.trade_id - 1 == self.last_id and not self.suspects:
+            self.last_id = trade.trade_id
+            self.anchored = True
+            return (trade,), None
+        return self._admit_slow(trade, live)
 
-Admission = tuple[tuple[Trade, ...], TradeGap | None]
-_NONE: Admission = ((), None)
+    def _admit_slow(self, trade: Trade, live: bool) -> Admission:
+        trade_id, last = trade.trade_id, self.last_id
+        if last is None:  # the first trade: counted, its id an anchor until the next confirms
+            if not live:
+                return _NONE
+            self.last_id = trade_id
+            return (trade,), None
+        if trade_id <= last:
+            if self._fill(trade_id):
+                return (trade,), None
+            if not self.anchored and live:
+                # The first id was not followed by its successor but by an older id: it was
+                # the forged one. The stream's own sequence takes over from here.
+                self.last_id = trade_id
+                self.suspects_dropped += 1
+                return (trade,), None
+            self.duplicates += 1
+            return _NONE
+        if not live:  # a REST row ahead of the stream: the stream itself will deliver it
+            return _NONE
+        if trade_id == last + 1:
+            self.last_id = trade_id
+            self.anchored = True
+            self._prune(trade)
+            return (trade,), None
+        for i, suspect in enumerate(self.suspects):
+            if suspect.trade_id == trade_id:  # the suspect's frame again
+                self.duplicates += 1
+                return _NONE
+            if suspect.trade_id < trade_id <= suspect.trade_id + CONFIRM_SPAN:
+                return self._adopt(i, trade)
+        self._hold(trade)
+        return _NONE
+
+    def _hold(self, trade: Trade) -> None:
+        ids = [s.trade_id for s in self.suspects]
+        self.suspects.insert(bisect.bisect(ids, trade.trade_id), trade)
+        if len(self.suspects) > MAX_SUSPECTS:
+            self.suspects.pop()  # the farthest ahead: the least plausible
+            self.suspects_dropped += 1
+
+    def _prune(self, newest: Trade) -> None:
+        """After the old sequence advanced: suspects it reached were forged (the real trade of
+        that id just arrived), and suspects it has outlived for long were never confirmed."""
+        keep = [
+            s
+            for s in self.suspects
+            if s.trade_id > newest.trade_id and newest.ts_event - s.ts_event <= SUSPECT_TTL_MS
+        ]
+        self.suspects_dropped += len(self.suspects) - len(keep)
+        self.suspects = keep
+
+    def _adopt(self, index: int, trade: Trade) -> Admission:
+        """``trade`` landed just beyond suspect ``index``: the jump was real."""
+        suspect = self.suspects.pop(index)
+        gap = None
+        last = self.last_id
+        if last is not None and suspect.trade_id > last + 1:
+            missed = TradeGap(trade.venue, trade.symbol, last + 1, suspect.trade_id - 1)
+            if self.anchored or missed.refetchable:
+                gap = self._open_gap(missed)
+            else:  # a lone first id far from the confirmed sequence was no sequence at all
+                self.suspects_dropped += 1
+        self.last_id = suspect.trade_id
+        self.anchored = True
+        counted = [suspect]
+        # Lower suspects now sit inside the gap just opened: they are some of its trades.
+        while self.suspects and self.suspects[0].trade_id < suspect.trade_id:
+            held = self.suspects.pop(0)
+            if self._fill(held.trade_id):
+                counted.append(held)
+        counted += self._release()
+        if trade.trade_id == self.last_id + 1:
+            self.last_id = trade.trade_id
+            counted.append(trade)
+            counted += self._release()
+        else:  # yet another jump: it waits for its own confirmation
+            self._hold(trade)
+        counted.sort(key=lambda t: t.trade_id)
+        return tuple(counted), gap
+
+    def _release(self) -> list[Trade]:
+        """Suspects that now continue the confirmed sequence."""
+        out = []
+        while self.suspects and self.last_id is not None:
+            head = self.suspects[0]
+            if head.trade_id != self.last_id + 1:
+                break
+            self.suspects.pop(0)
+            self.last_id = head.trade_id
+            out.append(head)
+        return out
+
+    def _open_gap(self, gap: TradeGap) -> TradeGap:
+        self.gaps += 1
+        if gap.refetchable:
+            self.open_gaps.append([gap.first_id, gap.last_id, gap.first_id])
+            self.remaining[gap.first_id] = gap.size
+        else:
+            self.lost_trades += gap.size
+        return gap
+
+    def give_up(self, first_id: int, last_id: int) -> int:
+        """``TradeContinuity.give_up`` for this symbol."""
+        lost = 0
+        for trade_id in range(first_id, last_id + 1):
+            if self._fill(trade_id, recovered=False):
+                lost += 1
+        self.lost_trades += lost
+        return lost
+
+    def _fill(self, trade_id: int, recovered: bool = True) -> bool:
+        for i, (lo, hi, origin) in enumerate(self.open_gaps):
+            if lo <= trade_id <= hi:
+                parts = [
+                    [a, b, origin] for a, b in ((lo, trade_id - 1), (trade_id + 1, hi)) if a <= b
+                ]
+                self.open_gaps[i : i + 1] = parts
+                self.remaining[origin] -= 1
+                done = self.remaining[origin] == 0
+                if done:
+                    del self.remaining[origin]
+                if recovered:
+                    self.recovered_trades += 1
+                    self.recovered_gaps += done
+                return True
+        return False
 
 
 class TradeContinuity:
@@ -88,150 +228,20 @@ class TradeContinuity:
         or a held suspect; several when a suspect is confirmed), and the gap that revealed,
         if any. A gap too wide to refetch is counted lost at once; a narrower one stays open
         until filled. ``live=False`` (a refetched REST row) only ever fills an open gap."""
-        key = (trade.venue, trade.symbol)
+        return self.state(trade.venue, trade.symbol).admit(trade, live)
+
+    def state(self, venue: str, symbol: str) -> SymbolContinuity:
+        """The sequence of (venue, symbol), created at its first trade."""
+        key = (venue, symbol)
         state = self.symbols.get(key)
         if state is None:
             state = self.symbols[key] = SymbolContinuity()
-        last = state.last_id
-        if last is not None and trade.trade_id == last + 1 and not state.suspects:
-            state.last_id = trade.trade_id
-            state.anchored = True
-            return (trade,), None
-        return self._admit_slow(state, trade, live)
-
-    def _admit_slow(self, state: SymbolContinuity, trade: Trade, live: bool) -> Admission:
-        trade_id, last = trade.trade_id, state.last_id
-        if last is None:  # the first trade: counted, its id an anchor until the next confirms
-            if not live:
-                return _NONE
-            state.last_id = trade_id
-            return (trade,), None
-        if trade_id <= last:
-            if self._fill(state, trade_id):
-                return (trade,), None
-            if not state.anchored and live:
-                # The first id was not followed by its successor but by an older id: it was
-                # the forged one. The stream's own sequence takes over from here.
-                state.last_id = trade_id
-                state.suspects_dropped += 1
-                return (trade,), None
-            state.duplicates += 1
-            return _NONE
-        if not live:  # a REST row ahead of the stream: the stream itself will deliver it
-            return _NONE
-        if trade_id == last + 1:
-            state.last_id = trade_id
-            state.anchored = True
-            self._prune(state, trade)
-            return (trade,), None
-        for i, suspect in enumerate(state.suspects):
-            if suspect.trade_id == trade_id:  # the suspect's frame again
-                state.duplicates += 1
-                return _NONE
-            if suspect.trade_id < trade_id <= suspect.trade_id + CONFIRM_SPAN:
-                return self._adopt(state, i, trade)
-        self._hold(state, trade)
-        return _NONE
-
-    def _hold(self, state: SymbolContinuity, trade: Trade) -> None:
-        ids = [s.trade_id for s in state.suspects]
-        state.suspects.insert(bisect.bisect(ids, trade.trade_id), trade)
-        if len(state.suspects) > MAX_SUSPECTS:
-            state.suspects.pop()  # the farthest ahead: the least plausible
-            state.suspects_dropped += 1
-
-    def _prune(self, state: SymbolContinuity, newest: Trade) -> None:
-        """After the old sequence advanced: suspects it reached were forged (the real trade of
-        that id just arrived), and suspects it has outlived for long were never confirmed."""
-        keep = [
-            s
-            for s in state.suspects
-            if s.trade_id > newest.trade_id and newest.ts_event - s.ts_event <= SUSPECT_TTL_MS
-        ]
-        state.suspects_dropped += len(state.suspects) - len(keep)
-        state.suspects = keep
-
-    def _adopt(self, state: SymbolContinuity, index: int, trade: Trade) -> Admission:
-        """``trade`` landed just beyond suspect ``index``: the jump was real."""
-        suspect = state.suspects.pop(index)
-        gap = None
-        last = state.last_id
-        if last is not None and suspect.trade_id > last + 1:
-            missed = TradeGap(trade.venue, trade.symbol, last + 1, suspect.trade_id - 1)
-            if state.anchored or missed.refetchable:
-                gap = self._open_gap(state, missed)
-            else:  # a lone first id far from the confirmed sequence was no sequence at all
-                state.suspects_dropped += 1
-        state.last_id = suspect.trade_id
-        state.anchored = True
-        counted = [suspect]
-        # Lower suspects now sit inside the gap just opened: they are some of its trades.
-        while state.suspects and state.suspects[0].trade_id < suspect.trade_id:
-            held = state.suspects.pop(0)
-            if self._fill(state, held.trade_id):
-                counted.append(held)
-        counted += self._release(state)
-        if trade.trade_id == state.last_id + 1:
-            state.last_id = trade.trade_id
-            counted.append(trade)
-            counted += self._release(state)
-        else:  # yet another jump: it waits for its own confirmation
-            self._hold(state, trade)
-        counted.sort(key=lambda t: t.trade_id)
-        return tuple(counted), gap
-
-    @staticmethod
-    def _release(state: SymbolContinuity) -> list[Trade]:
-        """Suspects that now continue the confirmed sequence."""
-        out = []
-        while state.suspects and state.last_id is not None:
-            head = state.suspects[0]
-            if head.trade_id != state.last_id + 1:
-                break
-            state.suspects.pop(0)
-            state.last_id = head.trade_id
-            out.append(head)
-        return out
-
-    @staticmethod
-    def _open_gap(state: SymbolContinuity, gap: TradeGap) -> TradeGap:
-        state.gaps += 1
-        if gap.refetchable:
-            state.open_gaps.append([gap.first_id, gap.last_id, gap.first_id])
-            state.remaining[gap.first_id] = gap.size
-        else:
-            state.lost_trades += gap.size
-        return gap
+        return state
 
     def give_up(self, venue: str, symbol: str, first_id: int, last_id: int) -> int:
         """Declare ids in [first_id, last_id] lost (refetch failed); returns how many were open."""
         state = self.symbols.get((venue, symbol))
-        if state is None:
-            return 0
-        lost = 0
-        for trade_id in range(first_id, last_id + 1):
-            if self._fill(state, trade_id, recovered=False):
-                lost += 1
-        state.lost_trades += lost
-        return lost
-
-    @staticmethod
-    def _fill(state: SymbolContinuity, trade_id: int, recovered: bool = True) -> bool:
-        for i, (lo, hi, origin) in enumerate(state.open_gaps):
-            if lo <= trade_id <= hi:
-                parts = [
-                    [a, b, origin] for a, b in ((lo, trade_id - 1), (trade_id + 1, hi)) if a <= b
-                ]
-                state.open_gaps[i : i + 1] = parts
-                state.remaining[origin] -= 1
-                done = state.remaining[origin] == 0
-                if done:
-                    del state.remaining[origin]
-                if recovered:
-                    state.recovered_trades += 1
-                    state.recovered_gaps += done
-                return True
-        return False
+        return 0 if state is None else state.give_up(first_id, last_id)
 
     def report(self) -> dict[str, dict[str, int]]:
         return {

@@ -218,3 +218,32 @@ def test_a_stream_nobody_knows_is_parsed_and_found_malformed_not_skipped() -> No
     frame = '{"stream":"btcusdt@mysteryStream","data":{"e":"mysteryUpdate","E":1,"s":"BTCUSDT"}}'
     with pytest.raises(MalformedFrame, match="unknown_event"):
         SPOT.decoder().decode(frame, 1)
+
+
+def test_a_frames_parser_depends_on_its_stream_name_alone_whatever_its_head() -> None:
+    """The decoder remembers a stream's parser by the frame's first characters (its head): only
+    a head holding the whole stream name is remembered, and never more than a bound of them."""
+    from streams.venues._binance import FRAME_HEAD, MAX_CACHED_STREAMS
+
+    decoder = SPOT.decoder()
+    trade = '{"e":"trade","E":2,"T":1,"s":"BTCUSDT","t":7,"p":"100","q":"1","m":true}'
+    (event,) = decoder.decode(f'{{"stream":"btcusdt@trade","data":{trade}}}', 1)
+    assert isinstance(event, Trade)
+    # Same head, broken body: the strict parser still says what is wrong.
+    with pytest.raises(MalformedFrame, match="not_json"):
+        decoder.decode('{"stream":"btcusdt@trade","data":{"e":"trade",', 1)
+    # A name too long for the head: routed by the name every time, never remembered.
+    long_name = "x" * FRAME_HEAD + "usdt"
+    for _ in range(2):
+        assert decoder.decode(f'{{"stream":"{long_name}@bookTicker","data":{{}}}}', 1) == []
+        (event,) = decoder.decode(f'{{"stream":"{long_name}@trade","data":{trade}}}', 1)
+        assert isinstance(event, Trade)
+    assert decoder.not_read == 2
+    assert not any(long_name[:8] in str(head) for head in decoder._parsers)
+    # Bytes frames are read alike.
+    (event,) = decoder.decode(f'{{"stream":"btcusdt@trade","data":{trade}}}'.encode(), 1)
+    assert isinstance(event, Trade)
+    # Heads of made-up streams (or of one stream whose payloads start differently) are bounded.
+    for i in range(MAX_CACHED_STREAMS + 100):
+        decoder.decode(f'{{"stream":"s{i}@bookTicker","data":{{}}}}', 1)
+    assert len(decoder._parsers) == MAX_CACHED_STREAMS
