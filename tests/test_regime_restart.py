@@ -218,15 +218,17 @@ async def test_a_checkpoint_newer_than_the_outbox_wins(tmp_path: Path) -> None:
 SPEED = 4.0
 
 
-def outbox_pending(path: Path) -> int:
+def delivered_id(path: Path, topic: str) -> str | None:
+    """The event id of ``topic``'s newest acknowledged outbox message (None: none yet)."""
     if not path.exists():
-        return -1
+        return None
     uri = f"file:{path}?mode=ro"
     with sqlite3.connect(uri, uri=True, timeout=5) as db:
         try:
-            return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            row = db.execute("SELECT payload FROM delivered WHERE topic = ?", (topic,)).fetchone()
         except sqlite3.OperationalError:  # created, no table yet
-            return -1
+            return None
+    return None if row is None else orjson.loads(row[0]).get("id")
 
 
 async def wait_until(check: Any, timeout: float, what: str, log: Path | None = None) -> None:
@@ -281,9 +283,12 @@ async def test_sigkill_mid_regime_then_restart_keeps_the_regime_and_sends_its_ex
         first, log1 = start(1)
         await sub.wait_for(lambda s: entries(s), timeout=45)
         [entry] = entries(sub)
-        # The broker has the entry (its outbox row is acknowledged); then kill -9 at once,
-        # whether or not the checkpoint behind it has been written yet.
-        await wait_until(lambda: outbox_pending(outbox) == 0, 10, "the entry's PUBACK", log1)
+        # The entry is durable (its outbox row is committed and acknowledged); then kill -9 at
+        # once, whether or not a checkpoint behind it has been written yet. Seeing the entry on
+        # the broker is not enough: the row is written while the message is being delivered.
+        await wait_until(
+            lambda: delivered_id(outbox, events) == entry["id"], 10, "the entry's PUBACK", log1
+        )
         first.send_signal(signal.SIGKILL)
         assert first.wait(10) == -signal.SIGKILL
         before = len(sub.messages)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+from typing import Any
 
 from streams.tasks import stop_tasks
 
@@ -45,3 +47,29 @@ async def test_a_task_that_never_stops_is_reported_after_the_grace_period() -> N
     assert not task.done()
     release.set()
     await task
+
+
+async def _fails(after: asyncio.Event) -> None:
+    await after.wait()
+    raise ConnectionError("the connection dropped")
+
+
+async def test_the_exceptions_of_stopped_tasks_are_retrieved() -> None:
+    # Two tasks on one connection: both fail when it drops. The caller re-raises one; the other
+    # must not be reported as "never retrieved" (logged with a traceback) when it is collected.
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    dropped = asyncio.Event()
+    first = asyncio.create_task(_fails(dropped), name="deliver")
+    second = asyncio.create_task(_fails(dropped), name="listen")
+    dropped.set()
+    done, _ = await asyncio.wait([first, second], return_when=asyncio.ALL_COMPLETED)
+    assert len(done) == 2
+    with contextlib.suppress(ConnectionError):
+        first.result()  # the caller's re-raise; ``second`` is left to stop_tasks
+    assert await stop_tasks([first, second]) == []
+    del first, second, done
+    gc.collect()
+    loop.set_exception_handler(None)
+    assert reported == []
