@@ -5,11 +5,15 @@ value observed in it). Buckets in which the metric was missing, or in which the 
 hold no sample, so they are excluded rather than read as zero. ``z = (x - mean) / std`` with
 ddof 0, or, robust, ``(x - median) / (1.4826 * MAD)``.
 
-Why there is no running-moment update here: samples arrive once per bucket (once a minute), so
-the moments are recomputed exactly with numpy after a bucket closes (two-pass, about 0.2 ms for
-129,600 samples, 1 ms when gaps force a copy). Add/subtract moment updates drift after a
-volatile stretch, and even an exact sum of squares cancels catastrophically at large levels
-(open interest in billions): a two-pass recompute has neither problem.
+Why there is no running-moment update here: add/subtract moment updates drift after a volatile
+stretch, and even an exact sum of squares cancels catastrophically at large levels (open
+interest in billions). The mean and std are instead kept per block of about sqrt(slots)
+consecutive slots (360 blocks of 360 for 90 days of minutes): each block's count, mean and sum
+of squared deviations come from a two-pass pass over its own samples, and the blocks combine
+exactly (Chan, Golub and LeVeque's pairwise formula: every term non-negative, nothing
+cancels). A closing bucket changes one slot, so only its block is recomputed: about 30 us,
+where a two-pass over all 129,600 samples took 1.5 ms (4.5 ms at p99) on a busy 2-core VM. The
+robust (median/MAD) baseline has no such decomposition and recomputes over every sample.
 
 Every baseline of every asset closes its bucket on the same tick, so the recompute is deferred:
 ``observe`` only marks the baseline ``stale``, ``score`` recomputes first unless told not to, and
@@ -45,6 +49,7 @@ class Baseline:
         self.robust = robust
         self._open: tuple[int, float] | None = None  # (bucket, latest value) not yet closed
         self._bucket: int | None = None  # the bucket of the latest observation
+        self._blocks = _BlockMoments(self.window)
         self._center: float | None = None
         self._scale: float | None = None
         self.n_obs = 0
@@ -54,11 +59,14 @@ class Baseline:
         """The metric's value at ``ts_ms`` (None = missing). O(1) unless a bucket closes."""
         bucket = ts_ms // self.bucket_ms
         if self._bucket is not None and bucket > self._bucket:
+            end = self.window.end_ms
             if self._open is not None:
                 closed, last = self._open
                 self.window.add(closed * self.bucket_ms, (last,))
+                self._blocks.changed(closed, closed)
             # The baseline ends at the last closed bucket, and slides even without samples.
             self.window.advance((bucket - 1) * self.bucket_ms)
+            self._blocks.moved(end)
             self.stale = True
         self._bucket = max(bucket, self._bucket or bucket)
         # The value at the bucket's close is the last one observed: missing included. A
@@ -81,6 +89,7 @@ class Baseline:
         pick = len(buckets) - 1 - last
         added = self.window.fill(buckets[pick], values[pick].reshape(-1, 1))
         if added:
+            self._blocks.changed_all()
             self.refresh()
         return added
 
@@ -88,7 +97,11 @@ class Baseline:
         """A feed outage: its buckets carry no sample."""
         if self._open is not None and start_ms // self.bucket_ms <= self._open[0]:
             self._open = None
+        end = self.window.end_ms
         self.window.mark_missing(start_ms, end_ms)
+        self._blocks.moved(end)
+        if end_ms > start_ms:
+            self._blocks.changed(start_ms // self.bucket_ms, (end_ms - 1) // self.bucket_ms)
         self.refresh()
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -111,6 +124,7 @@ class Baseline:
             raise ValueError("baseline window changed since the checkpoint")
         bucket, open_bucket = int(state["marks"][0]), int(state["marks"][1])
         self.window = window
+        self._blocks = _BlockMoments(window)
         self._bucket = None if bucket < 0 else bucket
         value = float(state["open_value"][0])
         self._open = None if open_bucket < 0 or not np.isfinite(value) else (open_bucket, value)
@@ -119,10 +133,14 @@ class Baseline:
     def refresh(self) -> None:
         """Recompute the moments (n_obs, center, scale) from the window's samples."""
         self.stale = False
+        if not self.robust:
+            n, center, scale = self._blocks.moments()
+            if n == 0 or (math.isfinite(center) and math.isfinite(scale)):
+                self._set(n, center, scale)
+                return
         samples = self.window.values()  # slot order: the moments do not need time order
-        self.n_obs = len(samples)
-        if self.n_obs == 0:
-            self._center = self._scale = None
+        if len(samples) == 0:
+            self._set(0, math.nan, math.nan)
             return
         center, scale = _moments(samples, self.robust)
         if not (math.isfinite(center) and math.isfinite(scale)):
@@ -131,6 +149,13 @@ class Baseline:
             top = float(np.abs(samples).max())
             center, scale = _moments(samples / top, self.robust)
             center, scale = center * top, scale * top
+        self._set(len(samples), center, scale)
+
+    def _set(self, n_obs: int, center: float, scale: float) -> None:
+        self.n_obs = n_obs
+        if n_obs == 0:
+            self._center = self._scale = None
+            return
         self._center = center
         self._scale = scale if 0 < scale < math.inf else None
 
@@ -147,10 +172,16 @@ class Baseline:
 
 def _moments(samples: np.ndarray, robust: bool) -> tuple[float, float]:
     """(center, scale): median and scaled MAD, or mean and population std."""
-    n = len(samples)
     if robust:
         center = float(np.median(samples))
         return center, MAD_TO_STD * float(np.median(np.abs(samples - center)))
+    mean, sum_sq = _mean_and_sum_sq(samples)
+    return mean, math.sqrt(max(sum_sq, 0.0) / len(samples))  # ddof 0
+
+
+def _mean_and_sum_sq(samples: np.ndarray) -> tuple[float, float]:
+    """The mean and the sum of squared deviations from it of a non-empty array."""
+    n = len(samples)
     # Corrected two-pass: no cancellation at large levels, and the second pass also removes
     # the first mean's rounding (which, at a level of 1e9, is not negligible against a spread
     # of 1).
@@ -159,4 +190,68 @@ def _moments(samples: np.ndarray, robust: bool) -> tuple[float, float]:
         deviations = samples - first
         shift = float(deviations.sum())
         sum_sq = float(np.dot(deviations, deviations)) - shift * shift / n
-    return first + shift / n, math.sqrt(max(sum_sq, 0.0) / n)  # ddof 0
+    return first + shift / n, sum_sq
+
+
+class _BlockMoments:
+    """Count, mean and sum of squared deviations per block of a window's slots, recomputed
+    only for blocks whose slots changed (see the module docstring). The owner reports every
+    change it makes to the window: ``changed`` (buckets written or flagged), ``moved`` (the
+    window's end moved on: the buckets it passed were cleared), ``changed_all``."""
+
+    def __init__(self, window: BucketWindow) -> None:
+        self.window = window
+        self.size = max(1, math.isqrt(window.slots))
+        count = -(-window.slots // self.size)
+        self._n = np.zeros(count)
+        self._mean = np.zeros(count)
+        self._sum_sq = np.zeros(count)
+        self._dirty: set[int] = set(range(count))
+
+    def changed_all(self) -> None:
+        self._dirty.update(range(len(self._n)))
+
+    def changed(self, first: int, last: int) -> None:
+        """Buckets ``first`` to ``last`` (absolute indices) changed."""
+        slots = self.window.slots
+        if last - first + 1 >= slots:
+            self.changed_all()
+            return
+        lo, hi = first % slots // self.size, last % slots // self.size
+        if first % slots <= last % slots:
+            self._dirty.update(range(lo, hi + 1))
+        else:  # wraps around the ring's end
+            self._dirty.update(range(lo, len(self._n)))
+            self._dirty.update(range(hi + 1))
+
+    def moved(self, end_before: int | None) -> None:
+        """The window's end was at ``end_before`` (``BucketWindow.end_ms``) before a change."""
+        end = self.window.end_ms
+        if end_before is None:
+            self.changed_all()
+        elif end is not None and end > end_before:
+            bucket_ms = self.window.bucket_ms
+            self.changed(end_before // bucket_ms, end // bucket_ms - 1)
+
+    def moments(self) -> tuple[int, float, float]:
+        """(n, mean, population std) over every sample in the window; (0, nan, nan) when there
+        is none. Non-finite when the samples overflow (the caller falls back then)."""
+        size, slots = self.size, self.window.slots
+        for block in self._dirty:
+            samples = self.window.slot_values(block * size, min((block + 1) * size, slots))
+            n = len(samples)
+            mean, sum_sq = _mean_and_sum_sq(samples) if n else (0.0, 0.0)
+            self._n[block], self._mean[block], self._sum_sq[block] = n, mean, sum_sq
+        self._dirty.clear()
+        counts = self._n
+        total = float(counts.sum())
+        if total == 0:
+            return 0, math.nan, math.nan
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = float(np.dot(counts, self._mean)) / total
+            deviations = self._mean - mean
+            # The weighted mean's own rounding, removed as in the two-pass (``shift``).
+            shift = float(np.dot(counts, deviations)) / total
+            between = float(np.dot(counts * deviations, deviations)) - total * shift * shift
+            sum_sq = float(self._sum_sq.sum()) + between
+        return int(total), mean + shift, math.sqrt(max(sum_sq, 0.0) / total)

@@ -292,6 +292,16 @@ class BucketWindow:
         keep = self._filled & ~self._missing
         return column if keep.all() else column[keep]
 
+    def slot_values(self, lo: int, hi: int, channel: int = 0) -> np.ndarray:
+        """``values`` of slots ``lo`` to ``hi - 1`` only (a part of the ring, in slot order; a
+        view when every one of them holds a sample)."""
+        self._flush()
+        column = self._sums[lo:hi, channel]
+        if self._head is None:
+            return column[:0]
+        keep = self._filled[lo:hi] & ~self._missing[lo:hi]
+        return column if keep.all() else column[keep]
+
     def samples_since(self, ts_ms: int, until_ms: int | None = None) -> np.ndarray:
         """``samples()`` restricted to the buckets from the one holding ``ts_ms`` on (up to
         the one holding ``until_ms``, if given)."""

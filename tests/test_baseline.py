@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from signals.baseline import MAD_TO_STD, Baseline
 
@@ -92,3 +94,44 @@ def test_robust_z_ignores_an_outlier() -> None:
     feed(b, [10.0, 11.0, 9.0, 10.0, 1e6])
     # median 10, |dev| = [0, 1, 1, 0, 999990] -> MAD 1
     assert b.score(12.0).z == pytest.approx(2.0 / MAD_TO_STD)
+
+
+# One step of a baseline's life: (kind, buckets ahead, value or outage length).
+_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["observe", "observe", "observe", "missing", "fill"]),
+        st.integers(0, 30),
+        st.one_of(st.none(), st.floats(-5.0, 5.0)),
+    ),
+    min_size=1,
+    max_size=120,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=_steps, level=st.sampled_from([0.0, 1e3, 1e9]), slots=st.sampled_from([7, 50, 64]))
+def test_moments_kept_per_block_equal_a_recompute_over_the_window(
+    steps: list[tuple[str, int, float | None]], level: float, slots: int
+) -> None:
+    """The mean and std kept per block of slots, after any mix of closes, jumps, outages and
+    history fills, equal numpy's over exactly the samples the window holds."""
+    b = Baseline(slots * MIN, MIN, min_obs=1)
+    bucket = 0
+    for kind, ahead, value in steps:
+        x = None if value is None else level + value * max(1.0, level * 1e-6)
+        if kind == "observe":
+            bucket += ahead
+            b.observe(bucket * MIN + 30_000, x)
+        elif kind == "missing":
+            b.mark_missing((bucket - ahead) * MIN, (bucket - ahead + 1 + ahead // 3) * MIN)
+        else:
+            past = np.arange(bucket - ahead - 3, bucket - ahead) * MIN
+            b.fill(past, level + np.linspace(-1.0, 1.0, len(past)))
+        b.refresh()
+        samples = b.window.samples()[:, 0]
+        got = b.score(level + 2.0)
+        assert got.n_obs == len(samples)
+        std = float(samples.std()) if len(samples) else 0.0
+        if std > 0 and std > abs(level) * 1e-12:  # a spread above rounding noise at that level
+            expected = (level + 2.0 - float(samples.mean())) / std
+            assert got.z == pytest.approx(expected, rel=1e-9, abs=1e-9)
