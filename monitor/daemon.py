@@ -463,15 +463,25 @@ class Daemon:
         A regime change goes out before the next frame is processed: the consumer waits (at
         most ``URGENT_WAIT_S``, and only while connected) for its PUBACK. Otherwise the rest of
         a batch of hundreds of frames would hold the event loop the publisher needs. Changes
-        come a few an hour, so the pause costs nothing; frames wait in the queue meanwhile."""
+        come a few an hour, so the pause costs nothing; frames wait in the queue meanwhile, and
+        the sockets are not read (``Connection.hold``): parsing the frames arriving then would
+        delay each of the publisher's turns on the loop. The kernel keeps them."""
         publisher = self.publisher
         if publisher is None:
             return
         for msg in msgs:
             publisher.publish(msg, received_ms)
         if publisher.connected.is_set() and any(msg.qos for msg in msgs):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(publisher.acknowledged(), URGENT_WAIT_S)
+            for connection in self.connections:
+                connection.hold()
+            try:
+                async with asyncio.timeout(URGENT_WAIT_S):
+                    await publisher.acknowledged()
+            except TimeoutError:
+                pass
+            finally:
+                for connection in self.connections:
+                    connection.release()
 
     async def _consume(self) -> None:
         pipeline, recorder = self.pipeline, self.recorder

@@ -178,6 +178,7 @@ class Connection:
         self.stall_timeout = stall_timeout
         self.carries_trades = carries_trades
         self._ws: ClientConnection | None = None
+        self._held: asyncio.Transport | None = None  # paused by ``hold``
         self._restart_reason: str | None = None
         self._watch_reason: str | None = None  # why ``_read``'s watch closed the socket
         # Shared by a daemon's connections and REST clients: one line per host, not per socket.
@@ -193,6 +194,26 @@ class Connection:
         self._proxied = _proxied(url)
         self._unreachable = False  # the last session ended because the host was not reached
         self._opened = False  # the current session's socket opened
+
+    def hold(self) -> None:
+        """Stop reading the socket until ``release``: the kernel keeps what arrives. While a
+        regime change waits for its PUBACK, parsing the next burst of frames would delay the
+        publisher's turns on the event loop (bench/latency.py)."""
+        transport = self._ws.transport if self._ws is not None else None
+        if transport is not None and not transport.is_closing() and transport.is_reading():
+            transport.pause_reading()
+            self._held = transport
+
+    def release(self) -> None:
+        """Read again after ``hold`` (a socket replaced meanwhile was never held)."""
+        transport, self._held = self._held, None
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    @property
+    def reading(self) -> bool:
+        """A socket is open and read (not held)."""
+        return self._ws is not None and self._ws.transport.is_reading()
 
     def request_reconnect(self, reason: str) -> None:
         """Close the current socket; ``run`` reconnects at once (e.g. to re-subscribe)."""

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -24,6 +25,7 @@ from streams.connection import (
     ReadWatch,
 )
 from streams.reporting import HostReporter
+from streams.tasks import stop_tasks
 from tests.conftest import free_port
 
 Handler = Callable[[ServerConnection, int], Awaitable[None]]
@@ -311,6 +313,46 @@ async def test_each_frame_carries_its_receive_time_to_the_microsecond(server: An
         assert f.ts_recv_ms == int(f.recv_ms)  # the same instant, floored
     assert any(f.recv_ms != f.ts_recv_ms for f in frames)  # finer than whole milliseconds
     assert [f.recv_ms for f in frames] == sorted(f.recv_ms for f in frames)
+
+
+async def test_a_held_socket_is_not_read_and_loses_nothing_when_released(server: Any) -> None:
+    """``hold`` (the daemon's, while a regime change waits for its PUBACK) stops reading the
+    socket; what the server sends meanwhile waits in the kernel and comes after ``release``,
+    all of it, in order."""
+    go, sent = asyncio.Event(), asyncio.Event()
+
+    async def handler(ws: ServerConnection, n: int) -> None:
+        await ws.send(frame("btcusdt@aggTrade", 0))
+        await go.wait()
+        for i in range(1, 200):
+            await ws.send(frame("btcusdt@aggTrade", i))
+        sent.set()
+        await ws.wait_closed()
+
+    _, url = await server(handler)
+    queue = FrameQueue(1_000)
+    conn, stats = connection(url, queue)
+    task = asyncio.create_task(conn.run())
+    try:
+        async with asyncio.timeout(10):
+            while stats.frames < 1:
+                await asyncio.sleep(0.01)  # polling a counter
+            assert conn.reading
+            conn.hold()
+            assert not conn.reading
+            go.set()
+            await sent.wait()
+            for _ in range(50):  # loop turns in which an unheld socket would be read
+                await asyncio.sleep(0)
+            assert stats.frames == 1
+            conn.release()
+            assert conn.reading
+            while stats.frames < 200:
+                await asyncio.sleep(0.01)
+    finally:
+        await stop_tasks([task])
+    received = [orjson.loads(item.raw)["data"]["i"] for item in queue._items]
+    assert received == list(range(200))
 
 
 def test_the_read_watch_ends_a_socket_silent_stalled_or_old_and_sleeps_until_then() -> None:

@@ -68,6 +68,11 @@ async def test_daemon_publishes_status_regime_and_signals(
         )
     )
 
+    # The sockets, held while the change waited for its PUBACK, are read again.
+    async with asyncio.timeout(5):
+        while not all(c.reading for c in running.daemon.connections):
+            await asyncio.sleep(0.01)  # polling a flag
+
     assert sub.on(status)[0]["state"] == "online"
     assert sub.on(status)[0]["session"] == running.daemon.session
     regimes = sub.on(f"{prefix}/BTC/regime")
