@@ -11,8 +11,9 @@ interest in billions). The mean and std are instead kept per block of about sqrt
 consecutive slots (360 blocks of 360 for 90 days of minutes): each block's count, mean and sum
 of squared deviations come from a two-pass pass over its own samples, and the blocks combine
 exactly (Chan, Golub and LeVeque's pairwise formula: every term non-negative, nothing
-cancels). A closing bucket changes one slot, so only its block is recomputed: about 30 us,
-where a two-pass over all 129,600 samples took 1.5 ms (4.5 ms at p99) on a busy 2-core VM. The
+cancels). A closing bucket changes one slot, so only its block is recomputed: 17 us in an idle
+loop, where a two-pass over all 129,600 samples took 166 us there and 1.5 ms (4.5 ms at p99)
+amid bench/latency.py's traffic on a 2-core VM. The
 robust (median/MAD) baseline has no such decomposition and recomputes over every sample.
 
 Every baseline of every asset closes its bucket on the same tick, so the recompute is deferred:
