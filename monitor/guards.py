@@ -53,13 +53,11 @@ OI_NOTIONAL_FACTOR = 1_000.0
 
 # Clock offset: the median of the last OFFSET_SAMPLES measured frames (the newest event of every
 # OFFSET_STRIDE-th frame of the venue, rejected ones too: a single forged time cannot move a
-# median, and a venue whose clock really differs is followed within about 130 frames: a second
-# or two of a busy feed). Every 8th frame, not every 2nd: the sample was ~0.1 us of a trade
-# frame's ~3 us (bench/README.md).
+# median, and a venue whose clock really differs is followed within a few dozen frames).
 # Recomputed every OFFSET_EVERY samples, which keeps it off the per-frame bill; offset 0 until
 # OFFSET_MIN samples are in.
 OFFSET_SAMPLES = 31
-OFFSET_STRIDE = 8
+OFFSET_STRIDE = 2
 OFFSET_EVERY = 8
 OFFSET_MIN = 5
 
