@@ -156,6 +156,21 @@ def control(tape: list[TapeRecord]) -> Run:
     return run
 
 
+def test_the_clock_offset_follows_event_time_that_outruns_its_receipt(
+    tape: list[TapeRecord],
+) -> None:
+    """The recording ran at 8x: its event time gains seconds on its receive time every second.
+    With the shipped guard limits, each venue's clock offset (a median of recent frames) must
+    follow that drift, or every frame past the first seconds is rejected as ``future_ts``
+    (what sampling the clock on every 8th frame instead of every 2nd did)."""
+    data = yaml.safe_load((REPO / "config.yaml").read_text())
+    data["assets"] = {"BTC": data["assets"]["BTC"]}
+    data["signals"]["backfill"] = False
+    run = Run(tape, config_from_dict(data, env={}))
+    assert run.rejected() == {}
+    assert run.signals(), "the tape publishes"
+
+
 # -- one bad frame ---------------------------------------------------------------------------
 def test_a_trade_ten_years_ahead_changes_nothing(tape: list[TapeRecord], control: Run) -> None:
     at = perp_trades(tape)[300]  # 300 good trades before it, thousands after
