@@ -97,6 +97,8 @@ def parse_frame(venue: str, raw: str | bytes, ts_recv: int) -> list[Event]:
 
 def parse_payload(venue: str, payload: dict, ts_recv: int) -> list[Event]:
     kind = payload.get("e")
+    if kind is not None and kind.__class__ is not str:  # a list would not even hash
+        raise MalformedFrame("bad_type", f"e={str(kind)[:40]}")
     if kind == "aggTrade":
         return [_trade(venue, payload, ts_recv, "a")]
     if kind == "trade":
@@ -279,6 +281,15 @@ def parse_trade_frame(venue: str, raw: str | bytes, ts_recv: int) -> list[Event]
     if trade_id is None or not p.s:
         return parse_frame(venue, raw, ts_recv)
     return [Trade(venue, p.s, p.T, ts_recv, p.p, p.q, SELL if p.m else BUY, trade_id)]
+
+
+try:
+    from streams import _trade_frame
+except ImportError:  # built without a C compiler: every trade frame parsed as above
+    read_trade_frame = parse_trade_frame
+else:
+    _trade_frame.setup(Trade, BUY, SELL, parse_trade_frame)
+    read_trade_frame = _trade_frame.parse
 
 
 def _book_ticker(venue: str, p: dict, ts_recv: int) -> BookTicker:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import orjson
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from streams import binance
 from streams.binance import (
@@ -372,3 +375,167 @@ def test_an_agg_trade_frame_takes_its_id_from_a_on_the_fast_path() -> None:
         Trade(BINANCE_USDM, "BTCUSDT", 4, 9, 100.5, 2.0, BUY, 42)
     ]
     assert parse_trade_frame(BINANCE_USDM, raw, 9) == parse_frame(BINANCE_USDM, raw, 9)
+
+
+# -- trade frames read in C (streams/_trade_frame.c) ------------------------------------------
+@contextmanager
+def fallback_calls() -> Iterator[list[str]]:
+    """The C reader of trade frames (which the install builds: its absence is a failure here,
+    not a skip) with a fallback that records the frames it was handed."""
+    from streams import _trade_frame
+
+    assert binance.read_trade_frame is _trade_frame.parse
+    handed: list[str] = []
+
+    def spy(venue: str, raw: str | bytes, ts_recv: int) -> list[Event]:
+        handed.append(str(raw))
+        return parse_trade_frame(venue, raw, ts_recv)
+
+    _trade_frame.setup(Trade, BUY, SELL, spy)
+    try:
+        yield handed
+    finally:
+        _trade_frame.setup(Trade, BUY, SELL, parse_trade_frame)
+
+
+def outcome(parse: Callable[[str, str | bytes, int], list[Event]], raw: str | bytes) -> object:
+    """What a parser makes of a frame: its events, or the kind and detail of what it raised."""
+    try:
+        return parse(BINANCE_USDM, raw, 3)
+    except (MalformedFrame, IgnoredFrame) as exc:
+        return type(exc).__name__, exc.kind, exc.detail
+
+
+@pytest.mark.parametrize("name", sorted(TAPES))
+def test_the_c_reader_takes_every_recorded_trade_frame_as_the_strict_parser_does(
+    name: str,
+) -> None:
+    venue, seen = TAPES[name], 0
+    with fallback_calls() as handed:
+        for rec in read_tape(DATA / name):
+            head = "" if rec.url is not None or rec.ctl is not None else rec.msg[:40]
+            if "@trade" in head or "@aggTrade" in head:
+                assert binance.read_trade_frame(venue, rec.msg, 7) == parse_frame(venue, rec.msg, 7)
+                assert binance.read_trade_frame(venue, rec.msg.encode(), 7) == parse_frame(
+                    venue, rec.msg, 7
+                )
+                seen += 1
+    assert seen > 0, "the tape holds trade frames"
+    assert handed == [], "every recorded frame was read in C"
+
+
+@pytest.mark.parametrize(("frame", "fast_parser", "fields"), BAD_FIELDS)
+def test_a_bad_frame_handed_to_the_c_reader_is_malformed_the_same_way(
+    frame: str, fast_parser: Callable[[str, str, int], list[Event]], fields: str
+) -> None:
+    raw = frame % fields
+    assert outcome(binance.read_trade_frame, raw) == outcome(parse_frame, raw)
+
+
+DIGITS = st.text("0123456789", min_size=0, max_size=26)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(whole=DIGITS, frac=st.none() | DIGITS, qty=st.sampled_from(["1", "0.001", "12.5"]))
+@example(whole="0", frac="0" * 22 + "1", qty="1")  # 22 decimals: 1e22 is exact
+@example(whole="0", frac="0" * 22 + "3", qty="1")  # 23: 1e23 is not, CPython converts it
+@example(whole="0", frac="0" * 22 + "7", qty="1")
+@example(whole="9" * 15, frac=None, qty="1")  # 15 significant digits: exact
+@example(whole="9007199254740993", frac=None, qty="1")  # 2**53 + 1, 16 digits: not
+def test_the_c_reader_converts_decimal_strings_exactly_as_float_does(
+    whole: str, frac: str | None, qty: str
+) -> None:
+    """Up to 15 significant digits and 22 decimals by one exact division, beyond that by
+    CPython's own conversion: the price is float()'s to the last bit, or the frame is the
+    Python parser's to judge."""
+    price = whole if frac is None else f"{whole}.{frac}"
+    raw = TRADE_FRAME % f'"p":"{price}","q":"{qty}","t":1'
+    with fallback_calls() as handed:
+        got = outcome(binance.read_trade_frame, raw)
+    assert got == outcome(parse_trade_frame, raw)
+    if any(c.isdigit() for c in price) and float(price) > 0:
+        assert handed == [], "a plain decimal is read in C"
+        assert isinstance(got, list) and got[0].price == float(price)
+
+
+# A trade payload's fields as Binance sends them, and odd values any of them may be given.
+PAYLOAD = {
+    "e": ['"trade"', '"aggTrade"'],
+    "E": ["1721347022708"],
+    "s": ['"BTCUSDT"', '"ETHUSDT"'],
+    "t": ["4217896584"],
+    "a": ["42"],
+    "p": ['"65000.10"', '"0.5"', '"3424.98"', '"1.000000000000000001"'],
+    "q": ['"0.007"', '"12"', '"0.00000000000000000000001"'],
+    "T": ["1721347022707"],
+    "m": ["true", "false"],
+    "X": ['"MARKET"'],
+}
+ODD = [
+    *("null", "1.5", "1e3", "-7", "01", "0", "true", "false"),
+    *("999999999999999999", "9999999999999999999", "99999999999999999999"),  # 18, 19, 20 digits
+    *("[]", "{}", '{"a":1}', '""', '"x\\"y"', '"\\u0041"', '"É"', '"1e5"', '" 1"', '"-1"'),
+    *('"inf"', '"NaN"', '"1_0"', '".5"', '"5."', '"."', '"1.2.3"', '"0x10"', '"+1"', '"1,5"'),
+]
+ENVELOPES = [
+    '{"stream":"%s","data":{%s}}',
+    '{"stream":"%s", "data":{%s}}',
+    '{"stream":"%s","data":{%s}} ',
+    '{"stream":"%s","data":{%s}',
+    '{"stream":"%s","data":{%s}}}',
+    '{"stream":"%s","data":{%s},"x":1}',
+    ' {"stream":"%s","data":{%s}}',
+]
+
+
+@st.composite
+def trade_frames(draw: st.DrawFn) -> str:
+    """A well-formed trade or aggTrade frame with up to three things wrong with it."""
+    fields = {key: draw(st.sampled_from(values)) for key, values in PAYLOAD.items()}
+    for _ in range(draw(st.integers(0, 3))):
+        key = draw(st.sampled_from([*PAYLOAD, "M", "f"]))
+        change = draw(st.sampled_from(["odd", "drop", "again"]))
+        if change == "odd":
+            fields[key] = draw(st.sampled_from(ODD))
+        elif change == "drop":
+            fields.pop(key, None)
+        else:  # the key given twice, the second time with another value
+            fields[f"{key} "] = draw(st.sampled_from(ODD + PAYLOAD.get(key, [])))
+    items = draw(st.permutations(list(fields.items())))
+    body = ",".join(f'"{key.strip()}":{value}' for key, value in items)
+    stream = draw(st.sampled_from(["btcusdt@trade", "ethusdt@aggTrade", 'x\\"y']))
+    if draw(st.integers(0, 3)):
+        return ENVELOPES[0] % (stream, body)
+    return draw(st.sampled_from(ENVELOPES)) % (stream, body)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(raw=trade_frames(), as_bytes=st.booleans())
+def test_the_c_reader_makes_of_any_frame_what_the_python_parser_makes_of_it(
+    raw: str, as_bytes: bool
+) -> None:
+    frame: str | bytes = raw.encode() if as_bytes else raw
+    assert outcome(binance.read_trade_frame, frame) == outcome(parse_trade_frame, frame)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(raw=st.text(max_size=300) | st.binary(max_size=300))
+def test_the_c_reader_hands_on_any_text_without_a_crash(raw: str | bytes) -> None:
+    assert outcome(binance.read_trade_frame, raw) == outcome(parse_trade_frame, raw)
+
+
+def test_the_c_reader_names_each_trades_symbol_among_many() -> None:
+    """Its cache of symbol strings holds a few: more symbols than that, in turn, and one too
+    long to be cached, each come back as their own."""
+    symbols = [f"SYM{i}USDT" for i in range(20)] + ["X" * 40]
+    with fallback_calls() as handed:
+        for _ in range(3):
+            for i, symbol in enumerate(symbols):
+                raw = (
+                    f'{{"stream":"x@trade","data":{{"e":"trade","s":"{symbol}","t":{i},'
+                    f'"p":"1.5","q":"2","T":{i},"m":false}}}}'
+                )
+                assert binance.read_trade_frame(BINANCE_SPOT, raw, 1) == [
+                    Trade(BINANCE_SPOT, symbol, i, 1, 1.5, 2.0, BUY, i)
+                ]
+    assert handed == []

@@ -46,8 +46,8 @@ class BinanceDecoder(FrameDecoder):
         self._strict: Parser = binance.parse_frame
         self._by_kind: dict[str, Parser] = {
             "depth": binance.parse_depth_frame,
-            "trade": binance.parse_trade_frame,
-            "aggTrade": binance.parse_trade_frame,
+            "trade": binance.read_trade_frame,
+            "aggTrade": binance.read_trade_frame,
         }
         self._parsers: dict[str | bytes, Parser] = {}  # frame head -> its stream's parser
         self._cached = self._parsers.get
