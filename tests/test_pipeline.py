@@ -14,7 +14,7 @@ from monitor.config import Config, config_from_dict
 from monitor.messages import OutMessage
 from monitor.pipeline import Pipeline, RefetchRequest, ResubscribeRequest, SnapshotRequest
 from streams.continuity import TradeGap
-from streams.events import BINANCE_USDM, COINBASE
+from streams.events import BINANCE_USDM, COINBASE, Event, FeedGap
 from streams.tape import TapeRecord, read_tape
 from tests.conftest import DATA, USDM_TAPE
 
@@ -178,6 +178,52 @@ def test_unrecovered_outage_marks_its_span_missing() -> None:
     window = p.engine.assets["BTC"].perp_flow
     assert window.coverage() < 1.0  # the outage's buckets are excluded, not read as quiet
     assert p.engine.assets["ETH"].perp_flow.coverage() == 1.0  # other symbols untouched
+
+
+class GapRecorder(Pipeline):
+    """A pipeline that keeps the feed gaps it hands the engine."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gaps: list[FeedGap] = []
+
+    def feed_event(self, event: Event, now_ms: int | None = None) -> list[OutMessage]:
+        if isinstance(event, FeedGap):
+            self.gaps.append(event)
+        return super().feed_event(event, now_ms)
+
+
+def test_an_unrecovered_outage_runs_from_the_venues_last_trade_to_the_first_after() -> None:
+    """The span marked missing starts at the newest trade the venue delivered before its socket
+    dropped (any symbol's) and ends at the first trade of the symbol after the reconnect."""
+    records = list(read_tape(USDM_TAPE))
+    edited, cut = _outage(records, first=200, count=25)
+    first_id = orjson.loads(cut[0].msg)["data"]["t"]
+    last_id = orjson.loads(cut[-1].msg)["data"]["t"]
+    back = _after_reconnect(edited)
+    done = {"kind": "refetch_done", "symbol": "BTCUSDT", "first_id": first_id, "last_id": last_id}
+    failed = [
+        *edited[:back],
+        TapeRecord(edited[back].ts, BINANCE_USDM, "", ctl=done),
+        *edited[back:],
+    ]
+    p = GapRecorder.for_session(USDM, "t", "t", 0)
+    assert isinstance(p, GapRecorder)
+    for rec in failed:
+        if rec.ctl is not None:
+            p.control(rec.src, rec.ctl)
+        elif rec.url is None:
+            p.feed_frame(rec.src, rec.msg, round(rec.ts * 1000))
+    lost = next(i for i, r in enumerate(failed) if r.ctl)
+    trade_times = [
+        orjson.loads(r.msg)["data"]["T"]
+        for r in failed[:lost]
+        if r.ctl is None and r.url is None and '@trade"' in r.msg[:40]
+    ]
+    first_after = next(r for r in failed[lost + 1 :] if is_btc_trade(r))
+    assert [(g.symbol, g.ts_event, g.ts_end) for g in p.gaps] == [
+        ("BTCUSDT", max(trade_times), orjson.loads(first_after.msg)["data"]["T"])
+    ]
 
 
 def test_duplicated_frames_are_not_counted_twice() -> None:
