@@ -37,8 +37,10 @@ def make_config(**assets: dict[str, str]) -> Config:
 USDM = make_config(BTC={"binance_usdm": "BTCUSDT"}, ETH={"binance_usdm": "ETHUSDT"})
 
 
-def run(records: list[TapeRecord], config: Config = USDM) -> tuple[Pipeline, list[OutMessage]]:
-    p = Pipeline.for_session(config, "t", "t", 0)
+def run(
+    records: list[TapeRecord], config: Config = USDM, kind: type[Pipeline] = Pipeline
+) -> tuple[Pipeline, list[OutMessage]]:
+    p = kind.for_session(config, "t", "t", 0)
     out: list[OutMessage] = []
     for rec in records:
         ts = round(rec.ts * 1000)
@@ -160,19 +162,18 @@ def test_outage_is_backfilled_exactly_and_signals_match_the_uncut_recording() ->
     assert btc_signals(out)[-20:] == btc_signals(original)[-20:]
 
 
-def test_unrecovered_outage_marks_its_span_missing() -> None:
-    records = list(read_tape(USDM_TAPE))
-    edited, cut = _outage(records, first=200, count=25)
+def _unrecovered_outage() -> list[TapeRecord]:
+    """The tape with 25 BTC trades cut by a dropped socket, and a refetch that brought none."""
+    edited, cut = _outage(list(read_tape(USDM_TAPE)), first=200, count=25)
     first_id = orjson.loads(cut[0].msg)["data"]["t"]
     last_id = orjson.loads(cut[-1].msg)["data"]["t"]
     back = _after_reconnect(edited)
     done = {"kind": "refetch_done", "symbol": "BTCUSDT", "first_id": first_id, "last_id": last_id}
-    failed = [
-        *edited[:back],
-        TapeRecord(edited[back].ts, BINANCE_USDM, "", ctl=done),
-        *edited[back:],
-    ]
-    p, _ = run(failed)
+    return [*edited[:back], TapeRecord(edited[back].ts, BINANCE_USDM, "", ctl=done), *edited[back:]]
+
+
+def test_unrecovered_outage_marks_its_span_missing() -> None:
+    p, _ = run(_unrecovered_outage())
     state = p.continuity.symbols[BINANCE_USDM, "BTCUSDT"]
     assert (state.missing, state.lost_trades) == (0, 25)
     window = p.engine.assets["BTC"].perp_flow
@@ -196,24 +197,9 @@ class GapRecorder(Pipeline):
 def test_an_unrecovered_outage_runs_from_the_venues_last_trade_to_the_first_after() -> None:
     """The span marked missing starts at the newest trade the venue delivered before its socket
     dropped (any symbol's) and ends at the first trade of the symbol after the reconnect."""
-    records = list(read_tape(USDM_TAPE))
-    edited, cut = _outage(records, first=200, count=25)
-    first_id = orjson.loads(cut[0].msg)["data"]["t"]
-    last_id = orjson.loads(cut[-1].msg)["data"]["t"]
-    back = _after_reconnect(edited)
-    done = {"kind": "refetch_done", "symbol": "BTCUSDT", "first_id": first_id, "last_id": last_id}
-    failed = [
-        *edited[:back],
-        TapeRecord(edited[back].ts, BINANCE_USDM, "", ctl=done),
-        *edited[back:],
-    ]
-    p = GapRecorder.for_session(USDM, "t", "t", 0)
+    failed = _unrecovered_outage()
+    p, _ = run(failed, kind=GapRecorder)
     assert isinstance(p, GapRecorder)
-    for rec in failed:
-        if rec.ctl is not None:
-            p.control(rec.src, rec.ctl)
-        elif rec.url is None:
-            p.feed_frame(rec.src, rec.msg, round(rec.ts * 1000))
     lost = next(i for i, r in enumerate(failed) if r.ctl)
     trade_times = [
         orjson.loads(r.msg)["data"]["T"]
