@@ -357,7 +357,7 @@ class Pipeline:
         if trade.trade_id - 1 == seq.last_id and not seq.suspects and not self._reconnecting:
             # ``SymbolContinuity.admit``'s first case and ``_admitted``, inline (nearly every
             # trade: the trade continues its sequence, nothing is held, and no reconnect is
-            # being settled); the call was 4 % of a trade frame's time (measured in turn).
+            # being settled); the call was 3.5 % of a trade frame's time (measured in turn).
             seq.last_id = trade.trade_id
             seq.anchored = True
             if live and trade.ts_event > self._last_trade_ms.get(venue, 0):

@@ -261,6 +261,8 @@ GOOD = {"e": "aggTrade", "E": 1, "s": "BTCUSDT", "a": 1, "p": "1", "q": "1", "T"
         (orjson.dumps({**GOOD, "q": "0"}).decode(), "bad_value"),
         (orjson.dumps({**GOOD, "p": "abc"}).decode(), "bad_type"),
         (orjson.dumps({**GOOD, "e": "bogus"}).decode(), "unknown_event"),
+        (orjson.dumps({**GOOD, "e": []}).decode(), "bad_type"),  # was a TypeError
+        (orjson.dumps({**GOOD, "e": 5}).decode(), "bad_type"),
         (
             '{"stream":"x","data":{"e":"markPriceUpdate","E":1,"s":"BTCUSDT","p":"inf"}}',
             "bad_value",
