@@ -17,11 +17,12 @@
            {"stream":"<name>","data":{"<key>":<value>,...}}
 
        with keys and strings free of escapes and non-ASCII, values that are strings, integers
-       (at most 18 digits, no fraction or exponent) or true/false, "e" of
-       "trade" (id "t") or "aggTrade" (id "a"), a non-empty "s", and "p" and "q" decimal strings
-       of digits and one point with a finite, positive value. Anything else (another key order
-       at the top, whitespace, a null, a float, a duplicate key, an escape) goes to ``fallback``,
-       which decides what it is, so this scan never has to be right about an odd frame. */
+       (at most 18 digits, no fraction or exponent) or true/false, "e" of "trade" (id "t") or
+       "aggTrade" (id "a"), a non-empty "s", and "p" and "q" decimal strings of digits and one
+       point with a finite, positive value; a key given twice counts with its last value, as in
+       the Python readers. Anything else (another key order at the top, whitespace, a null, a
+       float, an escape) goes to ``fallback``, which decides what it is, so this scan never has
+       to be right about an odd frame. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,9 +31,10 @@
 
 static PyObject *trade_type, *buy, *sell, *fallback;
 
-/* Symbols seen, so a trade reuses its symbol's str (and its cached hash) instead of making one;
-   a few slots: a decoder sees a few symbols, and a hostile stream of new ones only misses. */
-#define SYMBOL_SLOTS 8
+/* Symbols seen, so a trade reuses its symbol's str (and its cached hash) instead of making one:
+   room for every symbol of a daemon's assets on the Binance venues; beyond that, or on a hostile
+   stream of new names, a trade's symbol is made anew, as it was without the cache. */
+#define SYMBOL_SLOTS 32
 #define SYMBOL_MAX 32
 static struct {
     char text[SYMBOL_MAX];

@@ -529,7 +529,7 @@ def test_the_c_reader_hands_on_any_text_without_a_crash(raw: str | bytes) -> Non
 def test_the_c_reader_names_each_trades_symbol_among_many() -> None:
     """Its cache of symbol strings holds a few: more symbols than that, in turn, and one too
     long to be cached, each come back as their own."""
-    symbols = [f"SYM{i}USDT" for i in range(20)] + ["X" * 40]
+    symbols = [f"SYM{i}USDT" for i in range(50)] + ["X" * 40]
     with fallback_calls() as handed:
         for _ in range(3):
             for i, symbol in enumerate(symbols):
