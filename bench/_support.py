@@ -76,7 +76,12 @@ def _watch(stream: IO[str], ready: threading.Event) -> None:
 
 
 SIMULATOR = """
+import os
 import sys
+
+if "idle" in sys.argv[8:]:  # before any import starts a thread (numpy's): threads inherit it
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
 import uvloop
 from simulator.server import Simulator, serve_forever
 
@@ -92,7 +97,7 @@ sim = Simulator(
     speed=float(speed),
     seed=int(seed),
     symbols={f"{a}USDT": prices.get(a, 100.0) for a in symbols.split(",")},
-    pace=sys.argv[8:] == ["pace"],
+    pace="pace" in sys.argv[8:],
 )
 uvloop.run(serve_forever(sim, config, sys.argv[7]))
 """
@@ -117,10 +122,15 @@ class SimulatorProcess:
         seed: int = 3,
         tick: float | None = None,
         pace: bool = False,
+        idle: bool = False,
     ) -> None:
         """``tick``: seconds between two advances of the simulated market, each sending its
         frames at once (None: the simulator's own, 50 ms); ``pace``: the event clock waits
-        for a client that falls behind (``Simulator(pace=True)``) instead of cutting it off."""
+        for a client that falls behind (``Simulator(pace=True)``) instead of cutting it off;
+        ``idle``: the simulator runs under Linux's SCHED_IDLE policy, so it gets a core only
+        when nothing else wants one. It stands in for exchanges that run on other machines:
+        a latency measurement must not count the time the daemon, runnable, waited for the
+        core the simulator was on (``perf sched`` showed waits of 2.5-3.9 ms)."""
         self.config = workdir / "simulator.yaml"
         args = [str(speed), str(seed), scenario, ",".join(assets), str(self.config)]
         args.append("" if tick is None else str(tick))
@@ -132,6 +142,7 @@ class SimulatorProcess:
                 *args,
                 str(REPO / "config.yaml"),
                 *(["pace"] if pace else []),
+                *(["idle"] if idle else []),
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,

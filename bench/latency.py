@@ -1,6 +1,7 @@
 """Frame receive → broker PUBACK of each regime change, with ~5,000 frames/s flowing.
 
     .venv/bin/python bench/latency.py [--speed 20] [--seconds 60] [--assets BTC,ETH,SOL]
+    .venv/bin/python bench/latency.py --speed 31 --tick 10 --seconds 120   # bench/README's runs
 
 Three processes on loopback: the simulator (``sell_wave`` with the demo rule its
 ``config_overrides`` gives: seller_dominance on the perp taker buy/sell ratio, entered and left
@@ -9,6 +10,13 @@ and the real ``Daemon`` in this process under uvloop, as ``tapewatch run`` runs 
 three simulated assets send about 5,000 frames/s. The daemon's z-score baselines start full (90
 days of synthetic one-minute samples, bench/_support.py ``fill_synthetic``), as after 90 days of
 running; ``--empty-baselines`` starts them empty, as on a first start without backfill.
+
+The simulator stands in for exchanges that run on other machines, so by default it runs under
+Linux's SCHED_IDLE policy: it gets a core only when the daemon, Mosquitto and everything else
+are not runnable. Left at normal priority (``--simulator-priority normal``) on a 2-core machine,
+the scheduler sometimes queues the woken daemon behind the simulator's burst on one core while
+the other idles (``perf sched timehist`` showed the daemon runnable but waiting 2.5-3.9 ms),
+and one such wait in a run is its p99.
 
 The figure is the daemon's own ``publish_latency_ms`` (monitor/health.py): for each regime and
 events message (QoS 1), from the receive stamp of the frame that caused it (``Frame.recv_ms``,
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import os
 import shutil
 import subprocess
@@ -225,6 +234,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="start with empty z-score baselines (default: full 90-day ones, as in steady state)",
     )
+    parser.add_argument(
+        "--simulator-priority",
+        choices=("idle", "normal"),
+        default="idle",
+        help="the simulator's scheduling: SCHED_IDLE, or as any process [idle]",
+    )
     parser.add_argument("--each", action="store_true", help="print every message's stages")
     return parser.parse_args()
 
@@ -238,10 +253,17 @@ async def main() -> None:
         work = Path(tmp)
         broker = Mosquitto(work)
         sim: SimulatorProcess | None = None
-        sub: subprocess.Popen[str] | None = None
+        sub: subprocess.Popen[bytes] | None = None
         try:
             tick = None if args.tick is None else args.tick / 1000
-            sim = SimulatorProcess(work, args.speed, assets, scenario="sell_wave", tick=tick)
+            sim = SimulatorProcess(
+                work,
+                args.speed,
+                assets,
+                scenario="sell_wave",
+                tick=tick,
+                idle=args.simulator_priority == "idle",
+            )
             over = {
                 "mqtt": {"url": broker.url, "prefix": PREFIX, "broker": "external"},
                 "signals": {"backfill": False},  # the demo rule has no z-score condition
@@ -250,12 +272,13 @@ async def main() -> None:
             }
             data = deep_merge(yaml.safe_load(sim.config.read_text()), over)
             config = config_from_dict(data, env={})
+            received = work / "events.txt"
             if mosquitto_sub := shutil.which("mosquitto_sub"):
-                sub = subprocess.Popen(
-                    [mosquitto_sub, "-p", str(broker.port), "-q", "1", "-t", f"{PREFIX}/+/events"],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
+                # To a file, not a pipe: a pipe nobody reads fills after ~160 events, and the
+                # subscriber, blocked, would stop taking them from the broker.
+                with received.open("w") as out:
+                    argv = [mosquitto_sub, "-p", str(broker.port), "-q", "1"]
+                    sub = subprocess.Popen([*argv, "-t", f"{PREFIX}/+/events"], stdout=out)
             daemon = Daemon(config)
             assert daemon.publisher is not None
             if not args.empty_baselines:  # what a daemon running for 90 days holds
@@ -287,10 +310,11 @@ async def main() -> None:
             holders.detach()
             if sub is not None:
                 sub.terminate()
+                sub.wait(timeout=10)
             if sim is not None:
                 sim.stop()
             broker.stop()
-        delivered = sub.communicate()[0].count("\n") if sub is not None else None
+        delivered = received.read_text().count("\n") if sub is not None else None
     report(args, daemon, probe, holders, start, end, delivered)
 
 
@@ -313,6 +337,7 @@ def report(
         f"{args.warmup:g} s warm-up, "
         + ("empty baselines" if args.empty_baselines else "full 90-day baselines")
         + (f", simulator frames in bursts every {args.tick:g} ms" if args.tick else "")
+        + f", simulator at {args.simulator_priority} priority"
     )
     print(
         f"frames into the daemon: {(end.frames - start.frames) / span:,.0f}/s ({per_link}); "
@@ -383,8 +408,21 @@ def report(
                 + "".join(f"{t - d.received:8.2f}" for t in times)
             )
     p99 = percentile(sorted(health), 99)
-    verdict = "no sample" if p99 is None else ("met" if p99 <= BUDGET_MS else "MISSED")
-    print(f"budget p99 ≤ {BUDGET_MS:g} ms with 5,000 frames/s: {verdict} (p99 {p99:.1f} ms)")
+    if p99 is None:
+        print(f"budget p99 ≤ {BUDGET_MS:g} ms with 5,000 frames/s: no sample")
+        return
+    verdict = "met" if p99 <= BUDGET_MS else "MISSED"
+    # Nearest rank: of n samples, p99 is the k-th largest. Of a 40-s run's ~160 it is the second
+    # largest, the run's worst regime change; a 120-s run's ~480 make it a percentile.
+    rank = len(health) - math.ceil(0.99 * len(health)) + 1
+    print(
+        f"budget p99 ≤ {BUDGET_MS:g} ms with 5,000 frames/s: {verdict} (p99 {p99:.1f} ms, "
+        f"the {rank}{_ordinal(rank)} largest of {len(health)})"
+    )
+
+
+def _ordinal(n: int) -> str:
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 if __name__ == "__main__":
