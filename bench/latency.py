@@ -22,12 +22,13 @@ The figure is the daemon's own ``publish_latency_ms`` (monitor/health.py): for e
 events message (QoS 1), from the receive stamp of the frame that caused it (``Frame.recv_ms``,
 taken by the socket reader as the websocket message arrives, to the microsecond) to the return
 of the publish, which for QoS 1 is the broker's PUBACK. To say where the time goes the bench
-also wraps, in this process only, the publisher's ``publish`` and ``_send`` (stages of each
-message), the queue's ``get_batch`` and the daemon's ``_publish`` (each step of the consumer: a
-batch, split where it awaits a regime change's PUBACK), the pipeline's ``feed_event`` (publish
-ticks: snapshots, regimes, messages), the engine's ``checkpoint`` (the state copy a save makes
-on the loop) and ``gc.callbacks`` (collector pauses); a ``mosquitto_sub`` counts the events
-delivered. Runs warm-up + measured seconds, then stops.
+also wraps, in this process only, the publisher's ``publish`` and ``_write`` and its queue's
+``delivered`` (stages of each message), the queue's ``get_batch`` and the daemon's ``_publish``
+(each step of the consumer: a batch, split where it awaits a regime change's PUBACK), the
+pipeline's ``feed_event`` (publish ticks: snapshots, regimes, messages), the engine's
+``checkpoint`` (the state copy a save makes on the loop) and ``gc.callbacks`` (collector
+pauses); a ``mosquitto_sub`` counts the events delivered. Runs warm-up + measured seconds, then
+stops.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from _support import Mosquitto, SimulatorProcess, cpu_seconds, fill_synthetic, m
 
 from monitor.config import config_from_dict, deep_merge
 from monitor.daemon import Daemon
+from monitor.delivery import Entry
 from monitor.health import percentile
 from monitor.messages import OutMessage
 from monitor.mqtt import Publisher
@@ -74,9 +76,8 @@ class Delivery:
     kind: str  # "regime" or "events"
     received: float  # Frame.recv_ms of the causing frame
     handed: float  # the daemon calls Publisher.publish
-    stored: float  # publish returned (the events message is queued for the outbox's thread)
-    sending: float = 0.0  # the publisher's drain task starts sending it
-    acked: float = 0.0  # PUBACK: the publish returned
+    sending: float = 0.0  # written to the socket, by publish() itself or the publisher's task
+    acked: float = 0.0  # its PUBACK reported to the delivery queue
 
     @property
     def total(self) -> float:
@@ -85,7 +86,8 @@ class Delivery:
 
 @dataclass
 class Probe:
-    """Times each stage of each QoS 1 message, through the Publisher's ``publish``/``_send``."""
+    """Times each stage of each QoS 1 message, through the Publisher's ``publish`` and
+    ``_write`` and its queue's ``delivered``."""
 
     publisher: Publisher
     deliveries: list[Delivery] = field(default_factory=list)
@@ -93,28 +95,32 @@ class Probe:
 
     def __post_init__(self) -> None:
         pub = self.publisher
-        publish, send = pub.publish, pub._send
+        publish, write, delivered = pub.publish, pub._write, pub.queue.delivered
 
         def timed_publish(msg: OutMessage, received_ms: float | None = None) -> None:
             if msg.qos == 0 or received_ms is None:
                 publish(msg, received_ms)
                 return
-            handed = now_ms()
-            publish(msg, received_ms)
             kind = msg.topic.rsplit("/", 1)[1]
-            self._pending[id(msg)] = Delivery(kind, received_ms, handed, now_ms())
+            self._pending[id(msg)] = Delivery(kind, received_ms, now_ms())
+            publish(msg, received_ms)  # may write it at once (``Publisher._write_early``)
 
-        async def timed_send(client: Any, msg: OutMessage) -> None:
-            delivery = self._pending.pop(id(msg), None)
+        def timed_write(client: Any, entry: Entry) -> None:
+            delivery = self._pending.get(id(entry.msg))
             if delivery is not None:
                 delivery.sending = now_ms()
-            await send(client, msg)
+            write(client, entry)
+
+        def timed_delivered(entry: Entry) -> int | None:
+            delivery = self._pending.pop(id(entry.msg), None)
             if delivery is not None:
                 delivery.acked = now_ms()
                 self.deliveries.append(delivery)
+            return delivered(entry)
 
         pub.publish = timed_publish  # type: ignore[method-assign]
-        pub._send = timed_send  # type: ignore[method-assign]
+        pub._write = timed_write  # type: ignore[method-assign]
+        pub.queue.delivered = timed_delivered  # type: ignore[method-assign]
 
 
 @dataclass
@@ -361,9 +367,8 @@ def report(
     row("both: health publish_latency_ms", health)
     print(f"{'stages of each message, ms':<36}count     p50     p99     max")
     row("receive → handed to the publisher", [d.handed - d.received for d in window])
-    row("publish() (events: outbox insert)", [d.stored - d.handed for d in window])
-    row("waiting for the publisher task", [d.sending - d.stored for d in window])
-    row("send → PUBACK", [d.acked - d.sending for d in window])
+    row("handed → written to the socket", [d.sending - d.handed for d in window])
+    row("written → PUBACK reported", [d.acked - d.sending for d in window])
 
     def measured(span: Span) -> bool:
         return start.at <= span[0] < end.at
@@ -400,9 +405,9 @@ def report(
         "readers, MQTT I/O and loop turns"
     )
     if args.each:
-        print("  received kind    handed  stored sending   acked (ms after the receive stamp)")
+        print("  received kind    handed written   acked (ms after the receive stamp)")
         for d in window:
-            times = (d.handed, d.stored, d.sending, d.acked)
+            times = (d.handed, d.sending, d.acked)
             print(
                 f"{d.received % 100_000:>10.2f} {d.kind:<7}"
                 + "".join(f"{t - d.received:8.2f}" for t in times)

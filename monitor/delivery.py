@@ -7,14 +7,15 @@ hands this queue's decisions to the MQTT client; ``monitor/outbox.py`` owns the 
   and one that is sent is gone (a drop mid-send loses state the next message replaces).
 - QoS >= 1 messages (regime state and events) wait in publish order and leave only when
   ``delivered`` reports the broker's PUBACK, so a connection lost mid-send sends the same
-  message again first on the next connection. One is in flight at a time: the broker receives
-  them in publish order. They go before any signal.
+  message again first on the next connection. Several may be in flight together
+  (``in_flight``), sent back to back on one connection, so the broker receives them in publish
+  order and acknowledges them in that order. They go before any signal.
 - With an outbox, the QoS >= 1 messages that are history rather than state (not retained: the
   ``events`` topics) are written to it when published (``add`` returns the entry to write;
   ``stored`` reports the write's outcome). The send does not wait for the write: an event is
   handed out while its write is under way. The outbox guarantees no less for it: an event is
   safe once committed or PUBACKed, the writes commit in publish order, and the broker holds a
-  prefix of the QoS >= 1 messages published (one in flight at a time), so a crash loses only
+  prefix of the QoS >= 1 messages published (sent in order on one connection), so a crash loses only
   the newest events, those neither committed nor PUBACKed: the window there always was between
   ``publish`` and the commit. The broker may acknowledge an event before its write is done;
   its row is then deleted once written (``stored`` returns it).
@@ -29,6 +30,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 from monitor.messages import OutMessage
 
@@ -139,6 +141,12 @@ class DeliveryQueue:
             _topic, msg = self._latest.popitem(last=False)
             return Entry(msg)
         return None
+
+    def in_flight(self, limit: int) -> list[Entry]:
+        """The QoS >= 1 entries at the head, oldest first, at most ``limit``: sent back to back,
+        in flight together. Each stays queued until ``delivered``; asked again before that
+        (after a lost connection) they are handed out again."""
+        return list(islice(self._ordered, limit))
 
     def delivered(self, entry: Entry) -> int | None:
         """The broker acknowledged ``entry`` (a QoS 0 one: it was written to the socket).

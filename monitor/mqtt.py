@@ -20,8 +20,11 @@ connection loop between them and the broker, on the event loop.
   republishes it. Delivery is at-least-once: a crash between PUBACK and the delete sends that
   event again after the restart, with the same payload and unique ``id``, so consumers can
   recognise the duplicate.
-- One QoS >= 1 message is in flight at a time, so the broker receives them in publish order
-  (events from the outbox and in-memory regime messages stay interleaved as published).
+- QoS >= 1 messages go in publish order, up to ``IN_FLIGHT_MAX`` back to back before their
+  PUBACKs (a regime change is two messages; several assets can change in one tick), so the
+  broker receives them in that order (events from the outbox and in-memory regime messages stay
+  interleaved as published). Each packet is written in the call that sends it, not on a later
+  turn of the event loop (``monitor/mqtt_client.py``).
 - A message on ``<prefix>/cmd/rebirth`` republishes the status and every retained message.
   The command topic is open to whoever the broker lets publish there, so it is bounded: on
   MQTT 5 the CONNECT announces a Maximum Packet Size (the broker never sends us more), payloads
@@ -64,6 +67,7 @@ from monitor.config import MqttConfig
 from monitor.delivery import DeliveryQueue, Entry, Rebirth
 from monitor.health import LatencyWindow
 from monitor.messages import OutMessage
+from monitor.mqtt_client import Client
 from monitor.outbox import Outbox
 from streams.connection import Backoff
 from streams.tasks import stop_tasks
@@ -88,6 +92,11 @@ MAX_PACKET_BYTES = 16 * 1024
 RECEIVE_MAXIMUM = 20
 REBIRTH_MIN_INTERVAL_S = 5.0  # at most one rebirth per window; requests within it coalesce
 REPEAT_LOG_WINDOW_S = 60.0  # ignored commands: the first is logged, then one summary per window
+# QoS >= 1 messages sent back to back before their PUBACKs: a burst of regime changes costs one
+# round trip. Well under the 20 that paho and Mosquitto allow in flight by default.
+IN_FLIGHT_MAX = 8
+# A broker that keeps the connection but never acknowledges: given up on, reconnected.
+PUBACK_TIMEOUT_S = 10.0
 # How long a sweep of retained messages (``Publisher.sweep``) waits for its end marker.
 SWEEP_TIMEOUT_S = 10.0
 
@@ -232,6 +241,10 @@ class Publisher:
         self._idle = asyncio.Event()  # set while nothing waits to be sent
         self._acked = asyncio.Event()  # set while no QoS >= 1 message waits for its PUBACK
         self._acked.set()
+        # QoS >= 1 entries written on this connection, until their PUBACK: a prefix of the queue.
+        self._written: dict[Entry, asyncio.Future[None]] = {}
+        # The connection ``publish`` may write on: set while the delivery task waits.
+        self._early: Client | None = None
         self.published = 0
         self.connects = 0
         self._client: aiomqtt.Client | None = None
@@ -262,6 +275,7 @@ class Publisher:
             self._store(entry)
         if msg.qos:
             self._acked.clear()
+            self._write_early()
         self._idle.clear()
         self._wake.set()
 
@@ -409,7 +423,7 @@ class Publisher:
         )
         await asyncio.sleep(delay)
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
+    async def _serve(self, client: Client) -> None:
         """Deliver and listen for commands until one of them fails (MqttError)."""
         # Not a TaskGroup: aborting one waits forever for a child that swallowed its
         # cancellation (see streams/tasks.py), and aiomqtt's publish can do exactly that.
@@ -445,9 +459,9 @@ class Publisher:
         except aiomqtt.MqttError as exc:
             log.warning("mqtt: could not publish offline status: %s", exc)
 
-    def _client_factory(self) -> aiomqtt.Client:
+    def _client_factory(self) -> Client:
         cfg = self.config
-        return aiomqtt.Client(
+        return Client(
             cfg.host,
             cfg.port,
             identifier=self.client_id,
@@ -516,38 +530,101 @@ class Publisher:
         for msg in self.announce:
             await self._send(client, msg)
 
-    async def _deliver(self, client: aiomqtt.Client) -> None:
-        """Send what the queue hands out, one message at a time, until the connection fails.
-        A message in flight when it does stays queued and is handed out again on the next
-        connection."""
+    async def _deliver(self, client: Client) -> None:
+        """Send what the queue hands out until the connection fails. QoS >= 1 messages go up to
+        ``IN_FLIGHT_MAX`` at a time, in publish order; while this waits (for work or for
+        PUBACKs), ``publish`` writes new ones itself (``_write_early``). A message in flight
+        when the connection fails stays queued and is sent again, in its place, on the next."""
         queue = self.queue
-        while True:
-            item = queue.next()
-            if item is None:
-                # A write still under way may owe a delete (its event acknowledged meanwhile):
-                # not idle until it reports, so a clean stop asks for that delete before the
-                # outbox closes.
-                if queue.idle and not queue.storing:
-                    self._idle.set()
-                self._wake.clear()  # set again by publish, a finished outbox write, a rebirth
-                await self._wake.wait()
-                continue
-            if isinstance(item, Rebirth):
-                await self._send_birth(client)
-                for msg in item.retained:
-                    await self._send(client, msg)
-                continue
-            await self._send(client, item.msg)
-            if item.received_ms is not None:
-                ms = time.time_ns() / 1e6 - item.received_ms
+        try:
+            while True:
+                item = queue.next()
+                if item is None:
+                    # A write still under way may owe a delete (its event acknowledged
+                    # meanwhile): not idle until it reports, so a clean stop asks for that
+                    # delete before the outbox closes.
+                    if queue.idle and not queue.storing:
+                        self._idle.set()
+                    self._wake.clear()  # set again by publish, an outbox write, a rebirth
+                    self._early = client
+                    await self._wake.wait()
+                    self._early = None
+                    continue
+                if isinstance(item, Rebirth):
+                    await self._send_birth(client)
+                    for msg in item.retained:
+                        await self._send(client, msg)
+                    continue
+                if item.msg.qos == 0:
+                    await self._send(client, item.msg)
+                    continue
+                burst = queue.in_flight(IN_FLIGHT_MAX)
+                for entry in burst:
+                    if entry not in self._written:
+                        self._write(client, entry)
+                self._early = client
+                await self._settle(burst)
+                self._early = None
+        finally:
+            self._early = None
+            self._drop_written()  # the next connection sends them again
+
+    def _write_early(self) -> None:
+        """From ``publish``: write the QoS >= 1 messages now in the window, if the delivery
+        task waits (so nothing it sends can come between, like a rebirth's retained copies).
+        Handing them to that task instead costs a turn of the event loop, and the PUBACK wait
+        another three through aiomqtt's ``publish``: with 5,000 frames/s flowing, a turn is
+        where a regime change waits (bench/README.md, "Latency")."""
+        client = self._early
+        if client is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a caller off the loop: the delivery task sends it
+            return
+        for entry in self.queue.in_flight(IN_FLIGHT_MAX):
+            if entry not in self._written:
+                self._write(client, entry)
+
+    def _write(self, client: Client, entry: Entry) -> None:
+        """Put ``entry`` on the wire (in publish order: every entry before it is written)."""
+        msg = entry.msg
+        self._written[entry] = client.publish_soon(
+            msg.topic, msg.payload_bytes(), msg.qos, msg.retain, self._properties(msg)
+        )
+
+    async def _settle(self, burst: list[Entry]) -> None:
+        """Wait for each PUBACK of ``burst`` (written), in publish order, which is the order
+        the broker acknowledges them in, and report each to the queue and the outbox."""
+        queue = self.queue
+        for entry in burst:
+            done = self._written[entry]
+            try:
+                async with asyncio.timeout(PUBACK_TIMEOUT_S):
+                    await done
+            except TimeoutError:
+                raise aiomqtt.MqttError(f"no PUBACK within {PUBACK_TIMEOUT_S:g}s") from None
+            del self._written[entry]
+            self.published += 1
+            if entry.received_ms is not None:
+                ms = time.time_ns() / 1e6 - entry.received_ms
                 self.latency.add(ms)
                 if self.on_latency is not None:
                     self.on_latency(ms)
-            outbox_id = queue.delivered(item)
-            if queue.acknowledged:
-                self._acked.set()
+            outbox_id = queue.delivered(entry)
             if outbox_id is not None:
                 self._forget(outbox_id)
+        if queue.acknowledged:
+            self._acked.set()
+
+    def _drop_written(self) -> None:
+        """Forget the writes of a connection that ended: their PUBACKs will never come."""
+        for done in self._written.values():
+            if not done.done():
+                done.cancel()
+            elif not done.cancelled():  # (a wait cut short cancels what it awaited)
+                done.exception()  # retrieved: it is the connection's end, reported elsewhere
+        self._written.clear()
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         """Commands are handled as paho reads them (``_handled_on_arrival``): nothing is ever
@@ -607,7 +684,7 @@ class Publisher:
         topics seen so far are cleared anyway: each one seen is stale whatever else was missed."""
         cfg = self.config
         found: set[str] = set()
-        async with aiomqtt.Client(
+        async with Client(
             cfg.host,
             cfg.port,
             identifier=f"{self.client_id}-sweep",

@@ -52,7 +52,7 @@ def send_all(queue: DeliveryQueue) -> list[OutMessage]:
 
 
 # -- ordering -----------------------------------------------------------------------------------
-def test_qos1_messages_leave_in_publish_order_one_at_a_time_and_before_signals() -> None:
+def test_qos1_messages_leave_in_publish_order_and_before_signals() -> None:
     queue = DeliveryQueue()
     published = [signals("BTC", 1), regime("BTC", 1), event("BTC", 1), regime("ETH", 1)]
     for msg in published:
@@ -64,6 +64,46 @@ def test_qos1_messages_leave_in_publish_order_one_at_a_time_and_before_signals()
     assert queue.delivered(first) is None  # in memory only: nothing to delete from an outbox
     assert send_all(queue) == [event("BTC", 1), regime("ETH", 1), signals("BTC", 1)]
     assert queue.next() is None and queue.idle
+
+
+def test_messages_in_flight_together_are_the_head_in_publish_order_until_delivered() -> None:
+    queue = DeliveryQueue()
+    published = [
+        signals("BTC", 1),
+        regime("BTC", 1),
+        event("BTC", 1),
+        regime("ETH", 1),
+        event("ETH", 1),
+    ]
+    for msg in published:
+        queue.add(msg)
+
+    burst = queue.in_flight(3)
+    assert [e.msg for e in burst] == [regime("BTC", 1), event("BTC", 1), regime("ETH", 1)]
+    assert queue.in_flight(3) == burst  # none acknowledged: the same again (a new connection)
+    queue.delivered(burst[0])
+    assert [e.msg for e in queue.in_flight(3)] == [
+        event("BTC", 1),
+        regime("ETH", 1),
+        event("ETH", 1),
+    ]
+    for sent in burst[1:]:
+        queue.delivered(sent)
+    assert not queue.acknowledged
+    assert send_all(queue) == [event("ETH", 1), signals("BTC", 1)]
+    assert queue.acknowledged and queue.idle
+
+
+def test_a_message_dropped_from_a_burst_in_flight_leaves_the_others_in_order() -> None:
+    queue = DeliveryQueue(max_queued=3)
+    for seq in (1, 2, 3):
+        queue.add(regime("BTC", seq))
+    burst = queue.in_flight(8)
+    queue.add(regime("BTC", 4))  # full: the oldest in memory is the first of the burst
+    assert queue.dropped == 1
+    for sent in burst:  # their PUBACKs arrive anyway
+        queue.delivered(sent)
+    assert send_all(queue) == [regime("BTC", 4)]
 
 
 def test_acknowledged_counts_qos1_messages_only_and_idle_counts_everything() -> None:

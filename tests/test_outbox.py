@@ -13,10 +13,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import orjson
 import pytest
 
 from monitor.config import MqttConfig
+from monitor.delivery import Entry
 from monitor.messages import MessageBuilder, OutMessage, Topics
 from monitor.mqtt import Publisher
 from monitor.outbox import Outbox, OutboxMarks
@@ -289,13 +291,13 @@ async def test_an_event_is_sent_while_its_write_waits_and_its_row_is_deleted_onc
     try:
         await asyncio.wait_for(pub.connected.wait(), 30)
         on_disk: list[tuple[str, list[tuple[str, str]]]] = []
-        send = pub._send
+        write = pub._write
 
-        async def send_watched(client: Any, msg: OutMessage) -> None:
-            on_disk.append((msg.topic, stored(path)))
-            await send(client, msg)
+        def write_watched(client: Any, entry: Entry) -> None:
+            on_disk.append((entry.msg.topic, stored(path)))
+            write(client, entry)
 
-        pub._send = send_watched  # type: ignore[method-assign]
+        pub._write = write_watched  # type: ignore[method-assign]
         # The outbox runs its calls in order on one thread: the append waits behind this. (The
         # timeout only keeps a failing test from hanging the thread.)
         pub.outbox._submit(gate.wait, 30)
@@ -317,6 +319,62 @@ async def test_an_event_is_sent_while_its_write_waits_and_its_row_is_deleted_onc
         gate.set()
         assert await stop_tasks([task]) == []
     assert on_disk == [(state.topic, []), (event.topic, [])]
+
+
+async def test_a_burst_in_flight_when_the_broker_dies_is_sent_again_on_the_next_connection(
+    prefix: str, tmp_path: Path
+) -> None:
+    """Six QoS 1 messages written back to back to a broker that stopped reading: it dies with
+    them unacknowledged. The publisher keeps running, and on the next connection sends them
+    again, in order: the broker's retained regime is the newest, and the outbox empties."""
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    broker = Mosquitto(workdir)
+    broker.start()
+    path = tmp_path / "outbox.sqlite"
+    pub = make_publisher(broker.port, prefix, "burst", path)
+    task = asyncio.create_task(pub.run())
+    try:
+        await asyncio.wait_for(pub.connected.wait(), 30)
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGSTOP)  # reads nothing, acknowledges nothing
+        msgs = regime_flips(builder(prefix, "burst"), 3)
+        for msg in msgs:
+            pub.publish(msg)
+        await wait_for_rows(path, 3)  # the events are in the outbox; their PUBACKs awaited
+        assert not pub.queue.acknowledged
+        broker.proc.kill()  # its sockets close: the connection is lost mid-burst
+        broker.proc.wait(10)
+        broker.proc = None
+        broker.start()
+        await asyncio.wait_for(pub.acknowledged(), 30)
+        assert not task.done()
+        assert pub.outbox is not None
+        await asyncio.wait_for(pub.drained(), 10)
+        pub.outbox.flush()
+        assert stored(path) == []
+        newest = msgs[-2]  # the last change's regime state (its events message follows)
+        retained = await first_retained(broker.port, newest.topic)
+        assert orjson.loads(retained) == newest.payload
+    finally:
+        assert await stop_tasks([task]) == []
+        broker.stop()
+
+
+async def wait_for_rows(path: Path, n: int) -> None:
+    async with asyncio.timeout(20):
+        while not (path.exists() and len(stored(path)) >= n):
+            await asyncio.sleep(0.05)  # polling a file another thread writes: nothing to await
+
+
+async def first_retained(port: int, topic: str) -> bytes:
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.subscribe(topic, qos=1)
+        async with asyncio.timeout(20):
+            async for message in client.messages:
+                assert message.retain and isinstance(message.payload, bytes)
+                return message.payload
+    raise AssertionError("no retained message")
 
 
 CHILD = """
