@@ -19,10 +19,11 @@ PUBACK waits until the broker has our TCP acknowledgement of the first, and Linu
 one by up to 40 ms. After each PUBACK is read the client asks for its acknowledgement at once
 (``TCP_QUICKACK``); elsewhere, where there is no such option, the delay stays.
 
-Everything else is aiomqtt's, unchanged. Two of its methods are extended: the hooks it gives
+Everything else is aiomqtt's, unchanged. Two of its methods are extended, the hooks it gives
 paho for writes (``_on_socket_register_write``) and for a publish's completion (``_on_publish``),
-which is why ``pyproject.toml`` keeps aiomqtt below 3, and ``tests/test_mqtt_client.py`` fails if
-a release stops calling either.
+and ``publish_soon`` calls its paho client (``_client``) as its own ``publish`` does. That is
+why ``pyproject.toml`` keeps aiomqtt below 3, and ``tests/test_mqtt_client.py`` fails if a
+release changes any of the three.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Client(aiomqtt.Client):
     ) -> asyncio.Future[None]:
         """Publish without awaiting: called from a task, the packet is on the socket when this
         returns. The future is done at once for QoS 0 (written) and on the PUBACK for QoS >= 1,
-        or fails with ``MqttCodeError`` when paho refuses the message (no connection). One lost
+        or fails with ``MqttCodeError`` when paho refuses the message (no connection). A lost
         connection leaves it pending: the caller bounds its wait.
 
         Why not aiomqtt's ``publish``: awaiting it costs three more turns of the event loop
