@@ -558,10 +558,7 @@ class Publisher:
                 if item.msg.qos == 0:
                     await self._send(client, item.msg)
                     continue
-                burst = queue.in_flight(IN_FLIGHT_MAX)
-                for entry in burst:
-                    if entry not in self._written:
-                        self._write(client, entry)
+                burst = self._write_window(client)
                 self._early = client
                 await self._settle(burst)
                 self._early = None
@@ -582,9 +579,16 @@ class Publisher:
             asyncio.get_running_loop()
         except RuntimeError:  # a caller off the loop: the delivery task sends it
             return
-        for entry in self.queue.in_flight(IN_FLIGHT_MAX):
+        self._write_window(client)
+
+    def _write_window(self, client: Client) -> list[Entry]:
+        """Write the QoS >= 1 entries in the window not yet written on this connection (in
+        order: those written are a prefix of it); returns the window."""
+        window = self.queue.in_flight(IN_FLIGHT_MAX)
+        for entry in window:
             if entry not in self._written:
                 self._write(client, entry)
+        return window
 
     def _write(self, client: Client, entry: Entry) -> None:
         """Put ``entry`` on the wire (in publish order: every entry before it is written)."""
