@@ -79,8 +79,12 @@ SIMULATOR = """
 import os
 import sys
 
-if "idle" in sys.argv[8:]:  # before any import starts a thread (numpy's): threads inherit it
+# Before any import starts a thread (numpy's): threads inherit the policy and the CPUs.
+if "idle" in sys.argv[8:]:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+for arg in sys.argv[8:]:
+    if arg.startswith("cpu="):
+        os.sched_setaffinity(0, {int(arg[4:])})
 
 import uvloop
 from simulator.server import Simulator, serve_forever
@@ -123,6 +127,7 @@ class SimulatorProcess:
         tick: float | None = None,
         pace: bool = False,
         idle: bool = False,
+        cpu: int | None = None,
     ) -> None:
         """``tick``: seconds between two advances of the simulated market, each sending its
         frames at once (None: the simulator's own, 50 ms); ``pace``: the event clock waits
@@ -130,7 +135,9 @@ class SimulatorProcess:
         ``idle``: the simulator runs under Linux's SCHED_IDLE policy, so it gets a core only
         when nothing else wants one. It stands in for exchanges that run on other machines:
         a latency measurement must not count the time the daemon, runnable, waited for the
-        core the simulator was on (``perf sched`` showed waits of 2.5-3.9 ms)."""
+        core the simulator was on (``perf sched`` showed waits of 2.5-3.9 ms). ``cpu``: the
+        one CPU it runs on (the latency bench keeps the daemon off it: on Linux 6.6 and later
+        SCHED_IDLE alone still let it run a whole 4-ms tick while the daemon waited)."""
         self.config = workdir / "simulator.yaml"
         args = [str(speed), str(seed), scenario, ",".join(assets), str(self.config)]
         args.append("" if tick is None else str(tick))
@@ -143,6 +150,7 @@ class SimulatorProcess:
                 str(REPO / "config.yaml"),
                 *(["pace"] if pace else []),
                 *(["idle"] if idle else []),
+                *([f"cpu={cpu}"] if cpu is not None else []),
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,

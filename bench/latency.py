@@ -12,17 +12,21 @@ days of synthetic one-minute samples, bench/_support.py ``fill_synthetic``), as 
 running; ``--empty-baselines`` starts them empty, as on a first start without backfill.
 
 The simulator stands in for exchanges that run on other machines, so by default it runs under
-Linux's SCHED_IDLE policy: it gets a core only when the daemon, Mosquitto and everything else
-are not runnable. Left at normal priority (``--simulator-priority normal``) on a 2-core machine,
-the scheduler sometimes queues the woken daemon behind the simulator's burst on one core while
-the other idles (``perf sched timehist`` showed the daemon runnable but waiting 2.5-3.9 ms),
-and one such wait in a run is its p99.
+Linux's SCHED_IDLE policy, on a CPU of its own (the last one), and the daemon, Mosquitto and
+the subscriber run on the others (``--placement apart``): on a 2-core machine they share one
+core, as if the machine had one. Left at normal priority (``--simulator-priority normal``), the
+scheduler sometimes queues the woken daemon behind the simulator's burst on one core while the
+other idles (``perf sched timehist`` showed the daemon runnable but waiting 2.5-3.9 ms), and
+one such wait in a run is its p99. SCHED_IDLE alone (``--placement shared``) is not enough on
+Linux 6.6 and later (EEVDF): the simulator's send wakes the daemon onto the simulator's core,
+and there the simulator still got whole 4-ms ticks while the daemon, runnable, waited and the
+other core idled (60 such waits over 1 ms in 15 s, ``perf sched timehist --state``).
 
 The figure is the daemon's own ``publish_latency_ms`` (monitor/health.py): for each regime and
 events message (QoS 1), from the receive stamp of the frame that caused it (``Frame.recv_ms``,
 taken by the socket reader as the websocket message arrives, to the microsecond) to the return
 of the publish, which for QoS 1 is the broker's PUBACK. To say where the time goes the bench
-also wraps, in this process only, the publisher's ``publish`` and ``_write`` and its queue's
+also wraps, in this process only, the publisher's ``publish_all`` and ``_write`` and its queue's
 ``delivered`` (stages of each message), the queue's ``get_batch`` and the daemon's ``_publish``
 (each step of the consumer: a batch, split where it awaits a regime change's PUBACK), the
 pipeline's ``feed_event`` (publish ticks: snapshots, regimes, messages), the engine's
@@ -43,6 +47,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +80,7 @@ class Delivery:
 
     kind: str  # "regime" or "events"
     received: float  # Frame.recv_ms of the causing frame
-    handed: float  # the daemon calls Publisher.publish
+    handed: float  # the daemon calls Publisher.publish_all
     sending: float = 0.0  # written to the socket, by publish() itself or the publisher's task
     acked: float = 0.0  # its PUBACK reported to the delivery queue
 
@@ -86,7 +91,7 @@ class Delivery:
 
 @dataclass
 class Probe:
-    """Times each stage of each QoS 1 message, through the Publisher's ``publish`` and
+    """Times each stage of each QoS 1 message, through the Publisher's ``publish_all`` and
     ``_write`` and its queue's ``delivered``."""
 
     publisher: Publisher
@@ -95,15 +100,17 @@ class Probe:
 
     def __post_init__(self) -> None:
         pub = self.publisher
-        publish, write, delivered = pub.publish, pub._write, pub.queue.delivered
+        publish_all, write, delivered = pub.publish_all, pub._write, pub.queue.delivered
 
-        def timed_publish(msg: OutMessage, received_ms: float | None = None) -> None:
-            if msg.qos == 0 or received_ms is None:
-                publish(msg, received_ms)
-                return
-            kind = msg.topic.rsplit("/", 1)[1]
-            self._pending[id(msg)] = Delivery(kind, received_ms, now_ms())
-            publish(msg, received_ms)  # may write it at once (``Publisher._write_early``)
+        def timed_publish_all(msgs: Iterable[OutMessage], received_ms: float | None = None) -> None:
+            msgs = list(msgs)
+            if received_ms is not None:
+                handed = now_ms()
+                for msg in msgs:
+                    if msg.qos:
+                        kind = msg.topic.rsplit("/", 1)[1]
+                        self._pending[id(msg)] = Delivery(kind, received_ms, handed)
+            publish_all(msgs, received_ms)  # may write them at once (``Publisher._write_early``)
 
         def timed_write(client: Any, entry: Entry) -> None:
             delivery = self._pending.get(id(entry.msg))
@@ -118,7 +125,7 @@ class Probe:
                 self.deliveries.append(delivery)
             return delivered(entry)
 
-        pub.publish = timed_publish  # type: ignore[method-assign]
+        pub.publish_all = timed_publish_all  # type: ignore[method-assign]
         pub._write = timed_write  # type: ignore[method-assign]
         pub.queue.delivered = timed_delivered  # type: ignore[method-assign]
 
@@ -246,6 +253,13 @@ def parse_args() -> argparse.Namespace:
         default="idle",
         help="the simulator's scheduling: SCHED_IDLE, or as any process [idle]",
     )
+    parser.add_argument(
+        "--placement",
+        choices=("apart", "shared"),
+        default="apart",
+        help="apart: the simulator on the last CPU, the daemon, Mosquitto and the subscriber "
+        "on the others; shared: all on every CPU, as the scheduler likes [apart]",
+    )
     parser.add_argument("--each", action="store_true", help="print every message's stages")
     return parser.parse_args()
 
@@ -255,6 +269,12 @@ async def main() -> None:
     assets = args.assets.split(",")
     print(machine_line())
     holders = LoopHolders()
+    cpus = os.sched_getaffinity(0)
+    simulator_cpu = None
+    if args.placement == "apart" and len(cpus) > 1:
+        # Before Mosquitto and the subscriber start: they inherit this process's CPUs.
+        simulator_cpu = max(cpus)
+        os.sched_setaffinity(0, cpus - {simulator_cpu})
     with tempfile.TemporaryDirectory(prefix="tapewatch-latency-") as tmp:
         work = Path(tmp)
         broker = Mosquitto(work)
@@ -269,6 +289,7 @@ async def main() -> None:
                 scenario="sell_wave",
                 tick=tick,
                 idle=args.simulator_priority == "idle",
+                cpu=simulator_cpu,
             )
             over = {
                 "mqtt": {"url": broker.url, "prefix": PREFIX, "broker": "external"},
@@ -344,6 +365,7 @@ def report(
         + ("empty baselines" if args.empty_baselines else "full 90-day baselines")
         + (f", simulator frames in bursts every {args.tick:g} ms" if args.tick else "")
         + f", simulator at {args.simulator_priority} priority"
+        + f", placement {args.placement}"
     )
     print(
         f"frames into the daemon: {(end.frames - start.frames) / span:,.0f}/s ({per_link}); "

@@ -469,19 +469,22 @@ class Daemon:
         publisher = self.publisher
         if publisher is None:
             return
-        for msg in msgs:
-            publisher.publish(msg, received_ms)
-        if publisher.connected.is_set() and any(msg.qos for msg in msgs):
+        if not (publisher.connected.is_set() and any(msg.qos for msg in msgs)):
+            publisher.publish_all(msgs, received_ms)
+            return
+        for connection in self.connections:
+            connection.hold()
+        try:
+            # The change's packets are written in here: the last thing before the wait, so
+            # the loop is free when its PUBACK comes.
+            publisher.publish_all(msgs, received_ms)
+            async with asyncio.timeout(URGENT_WAIT_S):
+                await publisher.acknowledged()
+        except TimeoutError:
+            pass
+        finally:
             for connection in self.connections:
-                connection.hold()
-            try:
-                async with asyncio.timeout(URGENT_WAIT_S):
-                    await publisher.acknowledged()
-            except TimeoutError:
-                pass
-            finally:
-                for connection in self.connections:
-                    connection.release()
+                connection.release()
 
     async def _consume(self) -> None:
         pipeline, recorder = self.pipeline, self.recorder

@@ -11,12 +11,13 @@ hands this queue's decisions to the MQTT client; ``monitor/outbox.py`` owns the 
   (``in_flight``), sent back to back on one connection, so the broker receives them in publish
   order and acknowledges them in that order. They go before any signal.
 - With an outbox, the QoS >= 1 messages that are history rather than state (not retained: the
-  ``events`` topics) are written to it when published (``add`` returns the entry to write;
-  ``stored`` reports the write's outcome). The send does not wait for the write: an event is
-  handed out while its write is under way. The outbox guarantees no less for it: an event is
-  safe once committed or PUBACKed, the writes commit in publish order, and the broker holds a
-  prefix of the QoS >= 1 messages published (sent in order on one connection), so a crash loses only
-  the newest events, those neither committed nor PUBACKed: the window there always was between
+  ``events`` topics) are written to it (``add`` returns the entry to write; ``stored``
+  reports the write's outcome). The send does not wait for the write: an event is handed out
+  before its write is done, or even begun (the publisher starts it at the PUBACK, or a few ms
+  later if that is late). The outbox guarantees no less for it: an event is safe once
+  committed or PUBACKed, the writes commit in publish order, and the broker holds a prefix of
+  the QoS >= 1 messages published (sent in order on one connection), so a crash loses only the
+  newest events, those neither committed nor PUBACKed: the window there always was between
   ``publish`` and the commit. The broker may acknowledge an event before its write is done;
   its row is then deleted once written (``stored`` returns it).
 - A message in the outbox, or on its way there, is never dropped; one in memory only is
@@ -46,7 +47,7 @@ class Entry:
     # measured. None: not measured (QoS 0, or no receive time given).
     received_ms: float | None = None
     outbox_id: int | None = None  # its outbox row once stored; None: in memory only
-    storing: bool = False  # its outbox write is under way
+    storing: bool = False  # its outbox write is due or under way
     # The broker's PUBACK came (``delivered``). If its write was still under way then, the row
     # is deleted once the write reports its id.
     acked: bool = False
@@ -73,7 +74,7 @@ class DeliveryQueue:
         self._ordered: deque[Entry] = deque()  # QoS >= 1: order and delivery matter
         self._latest: OrderedDict[str, OutMessage] = OrderedDict()  # QoS 0: newest only
         self._retained: dict[str, OutMessage] = {}  # everything retained, for a rebirth
-        self._storing = 0  # outbox writes under way
+        self._storing = 0  # outbox writes due or under way
         self._rebirth = False
 
     # -- what goes in -------------------------------------------------------------------------

@@ -10,11 +10,13 @@ connection loop between them and the broker, on the event loop.
   topic is kept. Regime and event messages are queued in order (bounded) and a message leaves the
   queue only after the broker acknowledged it, so a dropped connection loses nothing queued.
 - With an ``outbox_path``, the messages that are history rather than state (QoS >= 1 and not
-  retained: the ``events`` topics) are also written to a durable SQLite outbox when published,
-  and deleted from it after the broker's PUBACK. The writes run on the outbox's thread, so an
-  fsync never holds the event loop, and the send does not wait for them: an event goes to the
-  broker while its write is under way (safe: see ``monitor/delivery.py``), and one the broker
-  acknowledged before the write was done is deleted once it is written. A new Publisher on the
+  retained: the ``events`` topics) are also written to a durable SQLite outbox, and deleted
+  from it after the broker's PUBACK. The writes run on the outbox's thread, so an fsync never
+  holds the event loop, and the send does not wait for them: an event goes to the broker
+  before its write (safe: see ``monitor/delivery.py``), and one the broker acknowledged before
+  the write was done is deleted once it is written. While connected, the write starts when the
+  PUBACK comes or ``STORE_AFTER_S`` after the publish, whichever is first, so the outbox's
+  thread does not compete with the PUBACK for the core; otherwise at once. A new Publisher on the
   same file (the restarted daemon) sends what an earlier process left there first, in order,
   before anything of its own. Retained regime state stays in memory only: the new session
   republishes it. Delivery is at-least-once: a crash between PUBACK and the delete sends that
@@ -48,12 +50,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import socket
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,6 +100,12 @@ REPEAT_LOG_WINDOW_S = 60.0  # ignored commands: the first is logged, then one su
 IN_FLIGHT_MAX = 8
 # A broker that keeps the connection but never acknowledges: given up on, reconnected.
 PUBACK_TIMEOUT_S = 10.0
+# While connected, an event's outbox write starts when its PUBACK comes, or this long after it
+# was published if the PUBACK is late. Started at once, the write's thread took the core and
+# the GIL just as the PUBACK arrived (bench/README.md, "Latency": p99 +2 ms on a 2-core VM). A
+# crash loses an event only if neither written nor acknowledged, so the window for that grows
+# by at most this.
+STORE_AFTER_S = 0.01
 # How long a sweep of retained messages (``Publisher.sweep``) waits for its end marker.
 SWEEP_TIMEOUT_S = 10.0
 
@@ -245,6 +254,9 @@ class Publisher:
         self._written: dict[Entry, asyncio.Future[None]] = {}
         # The connection ``publish`` may write on: set while the delivery task waits.
         self._early: Client | None = None
+        # Events whose outbox write waits for their PUBACK (``_store_later``), in publish order.
+        self._unstored: list[Entry] = []
+        self._store_timer: asyncio.TimerHandle | None = None
         self.published = 0
         self.connects = 0
         self._client: aiomqtt.Client | None = None
@@ -270,14 +282,49 @@ class Publisher:
     def publish(self, msg: OutMessage, received_ms: float | None = None) -> None:
         """Queue ``msg``. ``received_ms``: when the frame that caused it was received (wall
         clock, ms); its delivery latency is then measured if it is QoS >= 1."""
-        entry = self.queue.add(msg, received_ms)
-        if entry is not None:
-            self._store(entry)
-        if msg.qos:
+        self.publish_all((msg,), received_ms)
+
+    def publish_all(self, msgs: Iterable[OutMessage], received_ms: float | None = None) -> None:
+        """Queue ``msgs`` in order, as ``publish`` does. If the delivery task waits, the QoS >= 1
+        ones are written here and now, together (``Client.together``); their outbox writes
+        start after that, so the outbox thread's share of the GIL comes after the packets
+        are on the wire."""
+        to_store: list[Entry] = []
+        urgent = False
+        for msg in msgs:
+            entry = self.queue.add(msg, received_ms)
+            if entry is not None:
+                to_store.append(entry)
+            urgent = urgent or msg.qos > 0
+        if urgent:
             self._acked.clear()
             self._write_early()
+        if to_store:
+            self._store_later(to_store)
         self._idle.clear()
         self._wake.set()
+
+    def _store_later(self, entries: list[Entry]) -> None:
+        """Start the outbox writes of ``entries`` (published, maybe written to the broker) once
+        their PUBACKs come, or ``STORE_AFTER_S`` from now, whichever is first; at once when
+        no PUBACK can come soon (not connected, or no loop)."""
+        if not self.connected.is_set():
+            for entry in entries:
+                self._store(entry)
+            return
+        self._unstored.extend(entries)
+        if self._store_timer is None:
+            loop = asyncio.get_running_loop()  # connected: the loop runs
+            self._store_timer = loop.call_later(STORE_AFTER_S, self._store_unstored)
+
+    def _store_unstored(self) -> None:
+        """Start the outbox writes ``_store_later`` holds, in publish order."""
+        if self._store_timer is not None:
+            self._store_timer.cancel()
+            self._store_timer = None
+        entries, self._unstored = self._unstored, []
+        for entry in entries:
+            self._store(entry)
 
     def _store(self, entry: Entry) -> None:
         """Start ``entry``'s outbox write on the outbox's thread; the queue hears the outcome
@@ -348,6 +395,7 @@ class Publisher:
             await self._run()
         finally:
             self.command_topic.cancel()
+            self._store_unstored()
             if self.outbox is not None:
                 self.outbox.close()  # waits for the writes asked for: events published last
 
@@ -505,11 +553,7 @@ class Publisher:
         retained signals message of a daemon that died does not outlive its meaning."""
         if self._protocol != ProtocolVersion.V5:
             return None
-        props = Properties(packet)
-        props.ContentType = "application/json"
-        if msg.expiry is not None:
-            props.MessageExpiryInterval = msg.expiry
-        return props
+        return _json_properties(packet, msg.expiry)
 
     async def _send(self, client: aiomqtt.Client, msg: OutMessage) -> None:
         """Publish ``msg``; for QoS >= 1 this returns on the broker's PUBACK."""
@@ -585,9 +629,10 @@ class Publisher:
         """Write the QoS >= 1 entries in the window not yet written on this connection (in
         order: those written are a prefix of it); returns the window."""
         window = self.queue.in_flight(IN_FLIGHT_MAX)
-        for entry in window:
-            if entry not in self._written:
-                self._write(client, entry)
+        with client.together():
+            for entry in window:
+                if entry not in self._written:
+                    self._write(client, entry)
         return window
 
     def _write(self, client: Client, entry: Entry) -> None:
@@ -618,6 +663,7 @@ class Publisher:
             outbox_id = queue.delivered(entry)
             if outbox_id is not None:
                 self._forget(outbox_id)
+        self._store_unstored()  # acknowledged: their writes no longer delay a PUBACK
         if queue.acknowledged:
             self._acked.set()
 
@@ -739,6 +785,17 @@ def _handled_on_arrival(
             handle(item)
 
     return Handled
+
+
+@functools.lru_cache(maxsize=16)
+def _json_properties(packet: int, expiry: int | None) -> Properties:
+    """Built once per kind and shared: paho's ``Properties()`` costs more than the rest of a
+    publish (bench/README.md, "Latency"), and paho only reads them (packed into each packet)."""
+    props = Properties(packet)
+    props.ContentType = "application/json"
+    if expiry is not None:
+        props.MessageExpiryInterval = expiry
+    return props
 
 
 def _version(protocol: ProtocolVersion) -> str:

@@ -16,8 +16,10 @@ loop, and leaves the rest to aiomqtt's writer:
 The publisher sends a burst of QoS 1 messages back to back (``monitor/mqtt.py``). Brokers
 leave Nagle's algorithm on (Mosquitto's ``set_tcp_nodelay`` is off by default), so the second
 PUBACK waits until the broker has our TCP acknowledgement of the first, and Linux delays that
-one by up to 40 ms. After each PUBACK is read the client asks for its acknowledgement at once
-(``TCP_QUICKACK``); elsewhere, where there is no such option, the delay stays.
+one by up to 40 ms. After a PUBACK is read while more are awaited, the client asks for its
+acknowledgement at once (``TCP_QUICKACK``); elsewhere, where there is no such option, the delay
+stays. ``together`` holds the packets queued in a block and writes them as it ends, corked
+(``TCP_CORK``): a burst reaches the broker in one segment and wakes it once.
 
 Everything else is aiomqtt's, unchanged. Two of its methods are extended, the hooks it gives
 paho for writes (``_on_socket_register_write``) and for a publish's completion (``_on_publish``),
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import aiomqtt
@@ -39,6 +42,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux only
 
 
 class Client(aiomqtt.Client):
@@ -48,6 +52,32 @@ class Client(aiomqtt.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future[None]] = {}  # by message id, until the PUBACK
+        self._together = False  # inside ``together``: packets wait for its end
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """The packets queued inside the block leave together when it ends, in one TCP
+        segment where the socket can be corked (``TCP_CORK``): the broker is woken once for a
+        burst, not once per packet."""
+        if self._together:  # nested: the outer block writes
+            yield
+            return
+        self._together = True
+        try:
+            yield
+        finally:
+            self._together = False
+            client = self._client
+            if client.want_write():
+                sock = client.socket()
+                corked = CORK is not None and isinstance(sock, socket.socket)
+                if corked:
+                    _set_tcp(sock, CORK, 1)
+                try:
+                    self._on_socket_register_write(client, None, sock)
+                finally:
+                    if corked:
+                        _set_tcp(sock, CORK, 0)  # uncorked: what is queued leaves now
 
     def publish_soon(
         self,
@@ -81,6 +111,8 @@ class Client(aiomqtt.Client):
         userdata: Any,
         sock: Any,
     ) -> None:
+        if self._together:
+            return  # written at the end of ``together``
         if _in_task():
             client.loop_write()
             if not client.want_write():
@@ -98,12 +130,18 @@ class Client(aiomqtt.Client):
     ) -> None:
         super()._on_publish(client, userdata, mid, reason_code, properties)
         done = self._acks.pop(mid, None)
-        if done is not None and not done.done():
+        if done is None:
+            return  # a QoS 0 message written, or a publish awaited through aiomqtt's own
+        if not done.done():
             done.set_result(None)
         sock = client.socket()
-        if QUICKACK is not None and isinstance(sock, socket.socket):  # not a websocket wrapper
-            with contextlib.suppress(OSError):  # closed meanwhile: the reader reports that
-                sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+        if self._acks and QUICKACK is not None and isinstance(sock, socket.socket):
+            _set_tcp(sock, QUICKACK, 1)  # more PUBACKs to come: see the module's docstring
+
+
+def _set_tcp(sock: socket.socket, option: int, value: int) -> None:
+    with contextlib.suppress(OSError):  # closed meanwhile: the reader reports that
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _in_task() -> bool:

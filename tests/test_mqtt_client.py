@@ -107,3 +107,29 @@ async def test_publish_soon_completes_on_the_puback_and_fails_without_a_connecti
         assert await next_payload(watcher) == b"two"
     refused = client.publish_soon(topic, b"three", 1, False, None)
     assert isinstance(refused.exception(), aiomqtt.MqttCodeError)
+
+
+async def test_packets_queued_together_leave_when_the_block_ends_uncorked(
+    mosquitto: Mosquitto, prefix: str
+) -> None:
+    """Inside ``together`` nothing is written (a QoS 0 publish, done once written, is not done);
+    at its end everything leaves in order, and the socket is uncorked again: a packet after
+    it leaves at once."""
+    topic = f"{prefix}/together"
+    async with (
+        aiomqtt.Client(mosquitto.host, mosquitto.port) as watcher,
+        Client(mosquitto.host, mosquitto.port) as client,
+    ):
+        await watcher.subscribe(topic, qos=1)
+        with client.together():
+            first = client.publish_soon(topic, b"one", 1, False, None)
+            second = client.publish_soon(topic, b"two", 0, False, None)
+            assert not second.done()  # queued, not written
+        assert second.done()  # written as the block ended
+        await asyncio.wait_for(first, 30)
+        sock = client._client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
+        after = client.publish_soon(topic, b"three", 0, False, None)
+        assert after.done()
+        assert [await next_payload(watcher) for _ in range(3)] == [b"one", b"two", b"three"]

@@ -321,6 +321,42 @@ async def test_an_event_is_sent_while_its_write_waits_and_its_row_is_deleted_onc
     assert on_disk == [(state.topic, []), (event.topic, [])]
 
 
+async def test_while_connected_an_events_write_starts_after_its_puback(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path
+) -> None:
+    """Connected, the outbox write of each event starts once the broker acknowledged it (its
+    thread would otherwise compete with the PUBACK's reading); the row is still written, then
+    deleted, and the topic's last delivered event is kept. A broker that does not acknowledge
+    gets the write after ``STORE_AFTER_S`` instead (the burst test below)."""
+    path = tmp_path / "outbox.sqlite"
+    pub = make_publisher(mosquitto.port, prefix, "after", path)
+    task = asyncio.create_task(pub.run())
+    acked_when_stored: list[bool] = []
+    store = pub._store
+
+    def store_watched(entry: Entry) -> None:
+        acked_when_stored.append(entry.acked)
+        store(entry)
+
+    pub._store = store_watched  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(pub.connected.wait(), 30)
+        msgs = regime_flips(builder(prefix, "after"), 3)
+        for state, event in zip(msgs[::2], msgs[1::2], strict=True):
+            pub.publish_all((state, event))
+            await asyncio.wait_for(pub.acknowledged(), 10)
+        await asyncio.wait_for(pub.drained(), 10)
+        assert pub.outbox is not None
+        pub.outbox.flush()
+        assert acked_when_stored == [True, True, True]
+        assert stored(path) == []
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            (payload,) = db.execute("SELECT payload FROM delivered").fetchone()
+        assert orjson.loads(payload)["id"] == msgs[-1].payload["id"]
+    finally:
+        assert await stop_tasks([task]) == []
+
+
 async def test_a_burst_in_flight_when_the_broker_dies_is_sent_again_on_the_next_connection(
     prefix: str, tmp_path: Path
 ) -> None:
