@@ -286,9 +286,8 @@ class Publisher:
 
     def publish_all(self, msgs: Iterable[OutMessage], received_ms: float | None = None) -> None:
         """Queue ``msgs`` in order, as ``publish`` does. If the delivery task waits, the QoS >= 1
-        ones are written here and now, together (``Client.together``); their outbox writes
-        start after that, so the outbox thread's share of the GIL comes after the packets
-        are on the wire."""
+        ones are written here and now, together (``Client.together``); the events' outbox
+        writes start at their PUBACKs (``_store_later``)."""
         to_store: list[Entry] = []
         urgent = False
         for msg in msgs:
@@ -308,13 +307,16 @@ class Publisher:
         """Start the outbox writes of ``entries`` (published, maybe written to the broker) once
         their PUBACKs come, or ``STORE_AFTER_S`` from now, whichever is first; at once when
         no PUBACK can come soon (not connected, or no loop)."""
-        if not self.connected.is_set():
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or not self.connected.is_set():
             for entry in entries:
                 self._store(entry)
             return
         self._unstored.extend(entries)
         if self._store_timer is None:
-            loop = asyncio.get_running_loop()  # connected: the loop runs
             self._store_timer = loop.call_later(STORE_AFTER_S, self._store_unstored)
 
     def _store_unstored(self) -> None:

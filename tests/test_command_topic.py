@@ -37,6 +37,10 @@ FLOOD = 50_000  # rebirth commands in the burst (unbounded, this took a daemon f
 BIG_BYTES = 40 * 1024 * 1024  # each oversized payload
 BIG_COUNT = 3
 RSS_GROWTH_MAX_KB = 20 * 1024
+# The rebirth flood, handled, leaves the daemon's RSS up by ~20 MB, more on a slower host
+# (20.5 and 21.6 MB on 2026-12-05's VM, before and after that day's publisher change; 0.2 MB over
+# the same time without the flood): far from the 208 MB of an unbounded queue.
+FLOOD_RSS_GROWTH_MAX_KB = 40 * 1024
 # A real flood's log: the rebirth lines (one per rebirth) and a few others, never one a message.
 LOG_LINES_MAX = 30
 
@@ -242,7 +246,7 @@ async def test_a_burst_of_rebirth_commands_costs_a_few_rebirths_and_no_memory(
     assert republished == rebirths
     assert all(p["state"] == "online" for p in sub.on(daemon.status))
     assert len(lines) <= LOG_LINES_MAX, lines
-    assert rss_after - rss_before < RSS_GROWTH_MAX_KB
+    assert rss_after - rss_before < FLOOD_RSS_GROWTH_MAX_KB
     assert daemon.proc.poll() is None
 
 
