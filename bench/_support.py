@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO
 
@@ -22,11 +23,32 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def machine_line() -> str:
-    """What a bench prints first: the machine, and how busy it was before the bench began."""
+    """What a bench prints first: the machine, how busy it was before the bench began, and
+    how fast it runs Python now (VMs of one kind differed by 2x between sessions and within
+    one night, so a figure is comparable only with its loop time)."""
+    load = os.getloadavg()[0]
     return (
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; load average before: {os.getloadavg()[0]:.2f}"
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"load average before: {load:.2f}; a bare loop of 10 M additions: {bare_loop_s():.2f} s"
     )
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bare_loop_s() -> float:
+    start = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - start
 
 
 def free_port() -> int:

@@ -12,15 +12,24 @@ days of synthetic one-minute samples, bench/_support.py ``fill_synthetic``), as 
 running; ``--empty-baselines`` starts them empty, as on a first start without backfill.
 
 The simulator stands in for exchanges that run on other machines, so by default it runs under
-Linux's SCHED_IDLE policy, on a CPU of its own (the last one), and the daemon, Mosquitto and
-the subscriber run on the others (``--placement apart``): on a 2-core machine they share one
-core, as if the machine had one. Left at normal priority (``--simulator-priority normal``), the
-scheduler sometimes queues the woken daemon behind the simulator's burst on one core while the
-other idles (``perf sched timehist`` showed the daemon runnable but waiting 2.5-3.9 ms), and
-one such wait in a run is its p99. SCHED_IDLE alone (``--placement shared``) is not enough on
-Linux 6.6 and later (EEVDF): the simulator's send wakes the daemon onto the simulator's core,
-and there the simulator still got whole 4-ms ticks while the daemon, runnable, waited and the
-other core idled (60 such waits over 1 ms in 15 s, ``perf sched timehist --state``).
+Linux's SCHED_IDLE policy, and the daemon's process has a core of its own (``--placement
+own-core``): the daemon on the first CPU; the simulator, Mosquitto and the subscriber on the
+last, where the broker, woken, takes the core from the simulator at once. Each other placement
+lets the scheduler charge the daemon for a neighbour (traces with ``perf sched timehist
+--state`` on Linux 6.18, whose EEVDF scheduler lets a running task finish its slice, rounded up
+to the 4-ms tick):
+
+- ``--simulator-priority normal``: the woken daemon queued behind the simulator's burst on one
+  core while the other idled (2.5-3.9 ms).
+- ``--placement shared`` (SCHED_IDLE alone): the simulator's send wakes the daemon onto the
+  simulator's core, and there the simulator still got whole 4-ms ticks while the daemon,
+  runnable, waited and the other core idled (34 such waits in 12 s).
+- ``--placement apart`` (the simulator alone on the last CPU; the daemon, Mosquitto and the
+  subscriber together on the others, one core on a 2-core machine): the broker, woken by a
+  PUBLISH, waited up to 3.6 ms for the daemon's slice to end.
+- Mosquitto and the subscriber left to the scheduler (the daemon and the simulator pinned as
+  in ``own-core``): now and then the broker is woken on the daemon's core, and waits there
+  (up to 2.8 ms).
 
 The figure is the daemon's own ``publish_latency_ms`` (monitor/health.py): for each regime and
 events message (QoS 1), from the receive stamp of the frame that caused it (``Frame.recv_ms``,
@@ -255,10 +264,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--placement",
-        choices=("apart", "shared"),
-        default="apart",
-        help="apart: the simulator on the last CPU, the daemon, Mosquitto and the subscriber "
-        "on the others; shared: all on every CPU, as the scheduler likes [apart]",
+        choices=("own-core", "apart", "shared"),
+        default="own-core",
+        help="own-core: the daemon on the first CPU, the simulator, Mosquitto and the "
+        "subscriber on the last; apart: the simulator on the last CPU, the daemon, Mosquitto "
+        "and the subscriber on the others; shared: all on every CPU, as the scheduler likes "
+        "[own-core]",
     )
     parser.add_argument("--each", action="store_true", help="print every message's stages")
     return parser.parse_args()
@@ -271,10 +282,12 @@ async def main() -> None:
     holders = LoopHolders()
     cpus = os.sched_getaffinity(0)
     simulator_cpu = None
-    if args.placement == "apart" and len(cpus) > 1:
-        # Before Mosquitto and the subscriber start: they inherit this process's CPUs.
+    if args.placement != "shared" and len(cpus) > 1:
         simulator_cpu = max(cpus)
-        os.sched_setaffinity(0, cpus - {simulator_cpu})
+    if simulator_cpu is not None:
+        # Before Mosquitto and the subscriber start: they inherit this process's CPUs.
+        others = cpus - {simulator_cpu}
+        os.sched_setaffinity(0, {simulator_cpu} if args.placement == "own-core" else others)
     with tempfile.TemporaryDirectory(prefix="tapewatch-latency-") as tmp:
         work = Path(tmp)
         broker = Mosquitto(work)
@@ -306,6 +319,10 @@ async def main() -> None:
                 with received.open("w") as out:
                     argv = [mosquitto_sub, "-p", str(broker.port), "-q", "1"]
                     sub = subprocess.Popen([*argv, "-t", f"{PREFIX}/+/events"], stdout=out)
+            if args.placement == "own-core" and simulator_cpu is not None:
+                # Every thread of this process (sched_setaffinity sets one thread's).
+                for thread in os.listdir("/proc/self/task"):
+                    os.sched_setaffinity(int(thread), {min(cpus)})
             daemon = Daemon(config)
             assert daemon.publisher is not None
             if not args.empty_baselines:  # what a daemon running for 90 days holds
