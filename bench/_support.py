@@ -135,6 +135,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to others while our CPUs wanted it, all CPUs together
+    (Linux /proc/stat; 0 on bare metal). A VM's neighbours show up here, not in our load."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 class SimulatorProcess:
     """``simulator.server.Simulator`` in a child process; ``config`` is the config it
     wrote (config.yaml pointed at it, ``Simulator.config_for``)."""

@@ -63,7 +63,14 @@ from typing import Any
 
 import uvloop
 import yaml
-from _support import Mosquitto, SimulatorProcess, cpu_seconds, fill_synthetic, machine_line
+from _support import (
+    Mosquitto,
+    SimulatorProcess,
+    cpu_seconds,
+    fill_synthetic,
+    machine_line,
+    steal_seconds,
+)
 
 from monitor.config import config_from_dict, deep_merge
 from monitor.daemon import Daemon
@@ -232,6 +239,7 @@ class Marks:
     frames: int
     links: dict[str, int]
     cpu: dict[str, float]
+    steal: float  # s, all CPUs
     measured: int  # publish_latency count
     probed: int
 
@@ -338,6 +346,7 @@ async def main() -> None:
                     sum(daemon.health.frames.values()),
                     {name: link.frames for name, link in daemon.health.streams.items()},
                     {name: cpu_seconds(pid) for name, pid in pids.items()},
+                    steal_seconds(),
                     daemon.health.publish_latency.count,
                     len(probe.deliveries),
                 )
@@ -388,7 +397,8 @@ def report(
         f"frames into the daemon: {(end.frames - start.frames) / span:,.0f}/s ({per_link}); "
         f"queue dropped {daemon.queue.dropped}"
     )
-    print(f"CPU, share of one core: {cpu}")
+    steal = (end.steal - start.steal) / span
+    print(f"CPU, share of one core: {cpu}; stolen by the hypervisor: {steal:.1%} of a core")
     window = probe.deliveries[start.probed : end.probed]
     kinds = Counter(d.kind for d in window)
     print(
