@@ -464,8 +464,9 @@ class Daemon:
         most ``URGENT_WAIT_S``, and only while connected) for its PUBACK. Otherwise the rest of
         a batch of hundreds of frames would hold the event loop the publisher needs. Changes
         come a few an hour, so the pause costs nothing; frames wait in the queue meanwhile, and
-        the sockets are not read (``Connection.hold``): parsing the frames arriving then would
-        delay each of the publisher's turns on the loop. The kernel keeps them."""
+        the sockets are not read nor their frames already read queued (``Connection.hold``):
+        parsing or queuing them then would delay the PUBACK's reading. The kernel and the
+        websocket's buffer keep them."""
         publisher = self.publisher
         if publisher is None:
             return

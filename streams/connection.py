@@ -179,6 +179,8 @@ class Connection:
         self.carries_trades = carries_trades
         self._ws: ClientConnection | None = None
         self._held: asyncio.Transport | None = None  # paused by ``hold``
+        self._reading = asyncio.Event()  # clear while held: ``_read`` takes no frame
+        self._reading.set()
         self._restart_reason: str | None = None
         self._watch_reason: str | None = None  # why ``_read``'s watch closed the socket
         # Shared by a daemon's connections and REST clients: one line per host, not per socket.
@@ -196,17 +198,22 @@ class Connection:
         self._opened = False  # the current session's socket opened
 
     def hold(self) -> None:
-        """Stop reading the socket until ``release``: the kernel keeps what arrives. While a
-        regime change waits for its PUBACK, parsing the next burst of frames would delay the
-        publisher's turns on the event loop (bench/latency.py)."""
+        """Stop reading the socket until ``release``: the kernel keeps what arrives, and the
+        websocket's buffer what was read before, unqueued. While a regime change waits for its
+        PUBACK, parsing or queuing frames would delay the PUBACK's reading: the rest of a
+        burst, queued, put it off by 0.4 ms at p50 (bench/README.md, 2026-12-05). A frame's
+        receive stamp is taken when it is queued, so a frame held back is stamped after the
+        hold, as one the kernel kept."""
         transport = self._ws.transport if self._ws is not None else None
         if transport is not None and not transport.is_closing() and transport.is_reading():
             transport.pause_reading()
             self._held = transport
+        self._reading.clear()
 
     def release(self) -> None:
         """Read again after ``hold`` (a socket replaced meanwhile was never held)."""
         transport, self._held = self._held, None
+        self._reading.set()
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
 
@@ -336,7 +343,10 @@ class Connection:
 
         timer = loop.call_later(watch.due(watch.opened) - watch.opened, check)
         try:
+            reading = self._reading
             while True:
+                if not reading.is_set():
+                    await reading.wait()
                 raw = await ws.recv()
                 watch.last_frame = now_mono = time.monotonic()
                 if stream_of is not None:

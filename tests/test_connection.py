@@ -355,6 +355,44 @@ async def test_a_held_socket_is_not_read_and_loses_nothing_when_released(server:
     assert received == list(range(200))
 
 
+async def test_a_held_socket_queues_no_frame_it_had_already_read(server: Any) -> None:
+    """A burst read from the socket before ``hold`` sits in the websocket's buffer: the reader
+    queues none of it until ``release`` (queuing it would delay the PUBACK the daemon holds
+    for), then all of it, in order."""
+    held: list[Connection] = []
+
+    class HoldingQueue(FrameQueue):
+        def put(self, item: Any) -> bool:
+            if not held:  # the first frame, the rest of its burst still unqueued
+                held.append(conn)
+                conn.hold()
+            return super().put(item)
+
+    async def handler(ws: ServerConnection, n: int) -> None:
+        for i in range(100):  # one burst: on this loop the client reads none of it before
+            await ws.send(frame("btcusdt@aggTrade", i))
+        await ws.wait_closed()
+
+    _, url = await server(handler)
+    queue = HoldingQueue(1_000)
+    conn, stats = connection(url, queue)
+    task = asyncio.create_task(conn.run())
+    try:
+        async with asyncio.timeout(10):
+            while not held:
+                await asyncio.sleep(0.01)  # polling a list
+            for _ in range(50):  # loop turns in which an unheld reader would queue the rest
+                await asyncio.sleep(0)
+            assert stats.frames == 1
+            conn.release()
+            while stats.frames < 100:
+                await asyncio.sleep(0.01)
+    finally:
+        await stop_tasks([task])
+    received = [orjson.loads(item.raw)["data"]["i"] for item in queue._items]
+    assert received == list(range(100))
+
+
 def test_the_read_watch_ends_a_socket_silent_stalled_or_old_and_sleeps_until_then() -> None:
     """The timer's arithmetic, without a socket (times in seconds since the socket opened)."""
     watch = ReadWatch(0.0, silence=5.0, max_age=100.0, stall=4.0, watched=("depth",))
