@@ -342,17 +342,26 @@ async def test_a_held_socket_is_not_read_and_loses_nothing_when_released(server:
             assert not conn.reading
             go.set()
             await sent.wait()
-            for _ in range(50):  # loop turns in which an unheld socket would be read
-                await asyncio.sleep(0)
-            assert stats.frames == 1
-            conn.release()
-            assert conn.reading
-            while stats.frames < 200:
-                await asyncio.sleep(0.01)
+            await release_after_the_first(conn, stats, 200)
     finally:
         await stop_tasks([task])
-    received = [orjson.loads(item.raw)["data"]["i"] for item in queue._items]
-    assert received == list(range(200))
+    assert numbers(queue) == list(range(200))
+
+
+async def release_after_the_first(conn: Connection, stats: LinkStats, n: int) -> None:
+    """Only the first of ``n`` frames is queued after 50 loop turns (in which an unheld
+    socket would be read); then ``release``, and all ``n`` come."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert stats.frames == 1
+    conn.release()
+    assert conn.reading
+    while stats.frames < n:
+        await asyncio.sleep(0.01)
+
+
+def numbers(queue: FrameQueue) -> list[int]:
+    return [orjson.loads(item.raw)["data"]["i"] for item in queue._items]
 
 
 async def test_a_held_socket_queues_no_frame_it_had_already_read(server: Any) -> None:
@@ -381,16 +390,10 @@ async def test_a_held_socket_queues_no_frame_it_had_already_read(server: Any) ->
         async with asyncio.timeout(10):
             while not held:
                 await asyncio.sleep(0.01)  # polling a list
-            for _ in range(50):  # loop turns in which an unheld reader would queue the rest
-                await asyncio.sleep(0)
-            assert stats.frames == 1
-            conn.release()
-            while stats.frames < 100:
-                await asyncio.sleep(0.01)
+            await release_after_the_first(conn, stats, 100)
     finally:
         await stop_tasks([task])
-    received = [orjson.loads(item.raw)["data"]["i"] for item in queue._items]
-    assert received == list(range(100))
+    assert numbers(queue) == list(range(100))
 
 
 def test_the_read_watch_ends_a_socket_silent_stalled_or_old_and_sleeps_until_then() -> None:
