@@ -14,10 +14,11 @@ running; ``--empty-baselines`` starts them empty, as on a first start without ba
 The simulator stands in for exchanges that run on other machines, so by default it runs under
 Linux's SCHED_IDLE policy, and the daemon's process has a core of its own (``--placement
 own-core``): the daemon on the first CPU; the simulator, Mosquitto and the subscriber on the
-last, where the broker, woken, takes the core from the simulator at once. Each other placement
-lets the scheduler charge the daemon for a neighbour (traces with ``perf sched timehist
---state`` on Linux 6.18, whose EEVDF scheduler lets a running task finish its slice, rounded up
-to the 4-ms tick):
+last, where the broker, woken, takes the core from the simulator at once. The subscriber, an
+observer that only counts the events, runs under SCHED_IDLE too, so it never takes the core from
+the broker either. Each other placement lets the scheduler charge the daemon for a neighbour
+(traces with ``perf sched timehist --state`` on Linux 6.18, whose EEVDF scheduler lets a running
+task finish its slice, rounded up to the 4-ms tick):
 
 - ``--simulator-priority normal``: the woken daemon queued behind the simulator's burst on one
   core while the other idled (2.5-3.9 ms).
@@ -30,6 +31,10 @@ to the 4-ms tick):
 - Mosquitto and the subscriber left to the scheduler (the daemon and the simulator pinned as
   in ``own-core``): now and then the broker is woken on the daemon's core, and waits there
   (up to 2.8 ms).
+- The subscriber as any process (``own-core`` until 2026-12-05): the forwarded event woke it,
+  it took the core from the broker between a change's two PUBACKs, and when it slept the core
+  went to the SCHED_IDLE simulator, not to the runnable broker, for the rest of the simulator's
+  burst (1.6-2.1 ms; the second PUBACK 3-5 ms late).
 
 The figure is the daemon's own ``publish_latency_ms`` (monitor/health.py): for each regime and
 events message (QoS 1), from the receive stamp of the frame that caused it (``Frame.recv_ms``,
@@ -268,7 +273,7 @@ def parse_args() -> argparse.Namespace:
         "--simulator-priority",
         choices=("idle", "normal"),
         default="idle",
-        help="the simulator's scheduling: SCHED_IDLE, or as any process [idle]",
+        help="the simulator's and subscriber's scheduling: SCHED_IDLE, or as any process [idle]",
     )
     parser.add_argument(
         "--placement",
@@ -327,6 +332,8 @@ async def main() -> None:
                 with received.open("w") as out:
                     argv = [mosquitto_sub, "-p", str(broker.port), "-q", "1"]
                     sub = subprocess.Popen([*argv, "-t", f"{PREFIX}/+/events"], stdout=out)
+                if args.simulator_priority == "idle":
+                    os.sched_setscheduler(sub.pid, os.SCHED_IDLE, os.sched_param(0))  # see above
             if args.placement == "own-core" and simulator_cpu is not None:
                 # Every thread of this process (sched_setaffinity sets one thread's).
                 for thread in os.listdir("/proc/self/task"):

@@ -16,9 +16,14 @@ loop, and leaves the rest to aiomqtt's writer:
 The publisher sends a burst of QoS 1 messages back to back (``monitor/mqtt.py``). Brokers
 leave Nagle's algorithm on (Mosquitto's ``set_tcp_nodelay`` is off by default), so the second
 PUBACK waits until the broker has our TCP acknowledgement of the first, and Linux delays that
-one by up to 40 ms. After a PUBACK is read while more are awaited, the client asks for its
-acknowledgement at once (``TCP_QUICKACK``); elsewhere, where there is no such option, the delay
-stays. ``together`` holds the packets queued in a block and writes them as it ends, corked
+one by up to 40 ms. So the client asks for quick acknowledgements (``TCP_QUICKACK``) as a burst
+leaves, and again after a PUBACK is read while more are awaited; elsewhere, where there is no
+such option, the delay stays. Asked before the first PUBACK comes, the kernel acknowledges it on
+arrival, and the broker's next PUBACK leaves as soon as the broker has written it, often before
+the daemon has woken for the first (tcpdump on loopback: the second PUBACK 0.18 ms after the
+burst at the median, against 0.33 ms when the acknowledgement waited for the daemon to read the
+first).
+``together`` holds the packets queued in a block and writes them as it ends, corked
 (``TCP_CORK``): a burst reaches the broker in one segment and wakes it once.
 
 Everything else is aiomqtt's, unchanged. Two of its methods are extended, the hooks it gives
@@ -78,6 +83,10 @@ class Client(aiomqtt.Client):
                 finally:
                     if corked:
                         _set_tcp(sock, CORK, 0)  # uncorked: what is queued leaves now
+                if self._acks and QUICKACK is not None and isinstance(sock, socket.socket):
+                    _set_tcp(
+                        sock, QUICKACK, 1
+                    )  # before the first PUBACK: see the module's docstring
 
     def publish_soon(
         self,

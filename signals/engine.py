@@ -352,7 +352,7 @@ class AssetSignals:
         window = self.flow.get(venue)
         if window is None or window.filled() < self.flow_min_coverage:
             return None
-        buy, sell = (x if x > FLOW_RESIDUE_USD else 0.0 for x in map(float, window.totals()))
+        buy, sell = (x if x > FLOW_RESIDUE_USD else 0.0 for x in window.totals())
         return buy, sell
 
     def _changes(self, boundary_ms: int, values: dict[str, float | None]) -> None:
@@ -387,7 +387,7 @@ class AssetSignals:
             # The highest 5-minute mean price of the last 24 h: the closed buckets', this
             # bucket's so far, or the price now.
             held = self.history.bucket(end)
-            now_mean = float(held[2] / held[3]) if held is not None and held[3] > 0 else price
+            now_mean = held[2] / held[3] if held is not None and held[3] > 0 else price
             high = max(price, now_mean, past.high_24h or price)
         values["price_from_high_pct_24h"] = _change_pct(price, high)
 
@@ -402,7 +402,7 @@ class AssetSignals:
 
         def past(ago_ms: int, total: int, count: int) -> float | None:
             sums = history.bucket(end - ago_ms)
-            return None if sums is None or sums[count] == 0 else float(sums[total] / sums[count])
+            return None if sums is None or sums[count] == 0 else sums[total] / sums[count]
 
         rows = history.samples_since(end - DAY_MS, end - history.bucket_ms)
         rows = rows[rows[:, 3] > 0]
@@ -463,7 +463,7 @@ class AssetSignals:
             combined[0] - combined[1] if combined is not None and sum(combined) > 0 else None
         )
 
-        perp_vol, spot_vol = (float(x) for x in self.volume.totals())
+        perp_vol, spot_vol = self.volume.totals()
         volume_ok = self.volume.filled() >= self.flow_min_coverage
         values["perp_spot_volume_ratio"] = (
             perp_vol / spot_vol if volume_ok and spot_vol > 0 else None
@@ -487,9 +487,7 @@ class AssetSignals:
 
         # No liquidation in a covered window is information (0.0), not missing data.
         liq_ok = self.liquidations.filled() >= self.flow_min_coverage
-        longs, shorts = (
-            x if x > FLOW_RESIDUE_USD else 0.0 for x in map(float, self.liquidations.totals())
-        )
+        longs, shorts = (x if x > FLOW_RESIDUE_USD else 0.0 for x in self.liquidations.totals())
         values["liquidations_usd"] = longs + shorts if liq_ok else None
         values["liquidations_usd_long"] = longs if liq_ok else None
         values["liquidations_usd_short"] = shorts if liq_ok else None

@@ -250,16 +250,19 @@ class BucketWindow:
         self._advances_since_exact = 0
 
     # -- reading -------------------------------------------------------------------------
-    def totals(self) -> np.ndarray:
-        """Per-channel sums over the non-missing buckets of the window (a copy)."""
+    # The two reads below are on every snapshot's path: plain floats through the memoryviews,
+    # no numpy scalar or array made (a tick's numpy calls, cold between ticks in the daemon,
+    # cost several times what they do in a loop).
+    def totals(self) -> list[float]:
+        """Per-channel sums over the non-missing buckets of the window."""
         self._flush()
         if not self._n_kept:
-            return np.zeros_like(self._totals)  # exactly: no drift left over from the past
-        return self._totals.copy()
+            return [0.0] * len(self._totals)  # exactly: no drift left over from the past
+        return self._totals_at.tolist()
 
-    def bucket(self, ts_ms: int) -> np.ndarray | None:
+    def bucket(self, ts_ms: int) -> list[float] | None:
         """Sums of the bucket holding ``ts_ms``, if it is in the window, received data and is
-        not missing (a copy); None otherwise."""
+        not missing; None otherwise."""
         if self._head is None:
             return None
         self._flush()
@@ -267,9 +270,10 @@ class BucketWindow:
         if not self._head - self.slots < b <= self._head:
             return None
         slot = b % self.slots
-        if not self._filled[slot] or self._missing[slot]:
+        if not self._filled_at[slot] or self._missing_at[slot]:
             return None
-        return self._sums[slot].copy()
+        sums = self._sums_at
+        return [sums[slot, i] for i in range(len(self._totals))]
 
     def samples(self) -> np.ndarray:
         """Per-bucket sums of the buckets that received data and are not missing, oldest first

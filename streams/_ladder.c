@@ -23,6 +23,11 @@
    Returns the best price among the levels kept and set (the caller searches the whole book
    when ``lost_top``: the best level was removed), the new ``used``, and ``lost_top``.
 
+   notional(prices, qtys, used, edge, sign) -> float
+
+   The resting notional (price * qty, summed in slot order) of slots [0, used) whose price is
+   at or better than ``edge``: sign * price <= sign * edge. Dead slots hold quantity 0.
+
    plausible(levels, low, high, cap) -> bool
 
    Whether every (price, qty) pair has low <= price <= high and price * qty <= cap (false for
@@ -178,6 +183,45 @@ done:
 }
 
 static PyObject *
+notional(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "notional() takes 5 arguments");
+        return NULL;
+    }
+    Py_ssize_t used = PyLong_AsSsize_t(args[2]);
+    double edge = PyFloat_AsDouble(args[3]);
+    double sign = PyFloat_AsDouble(args[4]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    doubles prices, qtys;
+    if (get_doubles(args[0], &prices) < 0) {
+        return NULL;
+    }
+    if (get_doubles(args[1], &qtys) < 0) {
+        PyBuffer_Release(&prices.view);
+        return NULL;
+    }
+    if (used < 0 || used > prices.len || used > qtys.len) {
+        PyBuffer_Release(&qtys.view);
+        PyBuffer_Release(&prices.view);
+        PyErr_SetString(PyExc_IndexError, "used is past the arrays");
+        return NULL;
+    }
+    double key = sign * edge, total = 0.0;
+    for (Py_ssize_t i = 0; i < used; i++) {
+        double price = prices.data[i];
+        if (sign * price <= key) {
+            total += price * qtys.data[i];
+        }
+    }
+    PyBuffer_Release(&qtys.view);
+    PyBuffer_Release(&prices.view);
+    return PyFloat_FromDouble(total);
+}
+
+static PyObject *
 plausible(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4) {
@@ -215,6 +259,8 @@ plausible(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"apply", (PyCFunction)(void (*)(void))apply, METH_FASTCALL,
      "apply(levels, slot_of, prices, qtys, free, sign, dead, top, used) -> (top, used, lost_top)"},
+    {"notional", (PyCFunction)(void (*)(void))notional, METH_FASTCALL,
+     "notional(prices, qtys, used, edge, sign) -> float"},
     {"plausible", (PyCFunction)(void (*)(void))plausible, METH_FASTCALL,
      "plausible(levels, low, high, cap) -> bool"},
     {NULL, NULL, 0, NULL},

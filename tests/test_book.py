@@ -52,21 +52,22 @@ from tests.conftest import DATA
 
 @pytest.fixture(autouse=True, scope="module", params=["c", "python"])
 def ladder_loop(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test here runs on both implementations of the per-level loop: the C one
-    (``streams/_ladder.c``, which the install builds; its absence is a failure here, not a
-    skip) and the Python one a machine without a compiler falls back to."""
+    """Every test here runs on both implementations of the per-level loop and of the depth
+    band's sum: the C ones (``streams/_ladder.c``, which the install builds; its absence is a
+    failure here, not a skip) and the Python ones a machine without a compiler falls back to."""
     if request.param == "c":
-        from streams._ladder import apply
+        from streams._ladder import apply, notional
 
         assert streams.book._apply is apply
+        assert streams.book._notional is notional
         yield request.param
         return
-    saved = streams.book._apply
-    streams.book._apply = streams.book._apply_py
+    saved = streams.book._apply, streams.book._notional
+    streams.book._apply, streams.book._notional = streams.book._apply_py, streams.book._notional_py
     try:
         yield request.param
     finally:
-        streams.book._apply = saved
+        streams.book._apply, streams.book._notional = saved
 
 
 # ---------------------------------------------------------------------------------------------
