@@ -14,7 +14,6 @@ every asset, z-score baselines, regimes, messages) is what a long replay pays fo
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from _support import machine_line
 
 from monitor.config import load_config
 from monitor.replay import Replay
@@ -94,9 +94,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     frames, first, last = span["frames"], span["first"] or 0.0, span["last"]
     hours = (last - first) / 3600
-    print(
-        f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}"
-    )
+    print(machine_line())
     print(
         f"replayed {frames:,} frames over {hours:.1f} h of event time in {wall:.1f} s "
         f"({messages:,} messages; {1000 * wall / (hours * 3600):.2f} ms per second of "

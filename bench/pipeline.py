@@ -22,7 +22,6 @@ Reported per tape, best of ``--runs``:
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 
 import orjson
 import yaml
+from _support import machine_line
 
 from monitor.config import Config, config_from_dict
 from monitor.pipeline import Pipeline
@@ -184,9 +184,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="best of this many [5]")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    print(
-        f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}"
-    )
+    print(machine_line())
     results = []
     for path in args.tapes or [DEFAULT_TAPE]:
         results.append(measure(path, args.runs))

@@ -124,13 +124,14 @@ class _Ladder:
     """One side of a book: each level's price and quantity in a slot of two flat arrays, a dict
     from price to slot, and the best price.
 
-    The arrays make a depth band one vectorised pass (numpy views of the arrays, no copy) over
-    a book that grows to thousands of levels per side, while setting a level stays a dict
-    lookup and an array store, done in C (``_ladder.c``; ``_apply_py`` where it was not built):
-    a depth frame's 40-odd levels were half of its time in CPython. A removed level's slot
-    keeps quantity 0 (so it adds nothing to a band) and a price that can never be the best,
-    ``_dead`` (0 for bids, the largest float for asks), until a new level reuses it (the last
-    freed slot first).
+    The arrays make a depth band one pass over a book that grows to thousands of levels per
+    side, in C (``_ladder.c``'s ``notional``; numpy in ``_notional_py`` where it was not built:
+    in the daemon, where a snapshot's code is cold, numpy's calls cost ~50 µs a band), while
+    setting a level stays a dict lookup and an array store, done in C too (``_apply_py`` where
+    it was not built): a depth frame's 40-odd levels were half of its time in CPython. A
+    removed level's slot keeps quantity 0 (so it adds nothing to a band) and a price that can
+    never be the best, ``_dead`` (0 for bids, the largest float for asks), until a new level
+    reuses it (the last freed slot first).
 
     ``top`` is the best price, kept up to date by ``apply``: a new level better than it becomes
     it. Only when the best level itself is removed is the book searched for the next one, once
