@@ -22,8 +22,7 @@ such option, the delay stays. Asked before the first PUBACK comes, the kernel ac
 arrival, and the broker's next PUBACK leaves as soon as the broker has written it, often before
 the daemon has woken for the first (tcpdump on loopback: the second PUBACK 0.18 ms after the
 burst at the median, against 0.33 ms when the acknowledgement waited for the daemon to read the
-first).
-``together`` holds the packets queued in a block and writes them as it ends, corked
+first). ``together`` holds the packets queued in a block and writes them as it ends, corked
 (``TCP_CORK``): a burst reaches the broker in one segment and wakes it once.
 
 Everything else is aiomqtt's, unchanged. Two of its methods are extended, the hooks it gives
@@ -84,9 +83,8 @@ class Client(aiomqtt.Client):
                     if corked:
                         _set_tcp(sock, CORK, 0)  # uncorked: what is queued leaves now
                 if self._acks and QUICKACK is not None and isinstance(sock, socket.socket):
-                    _set_tcp(
-                        sock, QUICKACK, 1
-                    )  # before the first PUBACK: see the module's docstring
+                    # Before the first PUBACK comes: see the module's docstring.
+                    _set_tcp(sock, QUICKACK, 1)
 
     def publish_soon(
         self,
